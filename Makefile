@@ -1,0 +1,29 @@
+# Thin wrapper over CMake. `make demo` and `make test` also install missing packages (scripts/bootstrap).
+BUILD ?= build
+LUA ?= 5.4
+CMAKE_FLAGS ?=
+
+.PHONY: all build bootstrap demo test bench lint clean
+
+all: build
+
+build:
+	cmake -S . -B $(BUILD) -DRTCADMIN_LUA=$(LUA) $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(BUILD) -j2
+
+bootstrap:
+	./scripts/bootstrap
+
+demo: bootstrap
+	$(MAKE) build
+	./scripts/demo
+
+test: bootstrap
+	$(MAKE) build
+	ctest --test-dir $(BUILD) --output-on-failure
+
+lint:
+	luacheck lua tests examples bench bin
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,65 @@
+/* The one place that bridges Lua 5.1 (and LuaJIT), 5.2, 5.3 and 5.4. */
+#ifndef RTCADMIN_COMPAT_H
+#define RTCADMIN_COMPAT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#if LUA_VERSION_NUM < 502
+#define lua_rawlen(L, i) lua_objlen((L), (i))
+#define luaL_newlib(L, l) (lua_newtable(L), luaL_register((L), NULL, (l)))
+static inline void rtc_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
+    int i;
+    for (; l->name; l++) {
+        for (i = 0; i < nup; i++) lua_pushvalue(L, -nup);
+        lua_pushcclosure(L, l->func, nup);
+        lua_setfield(L, -(nup + 2), l->name);
+    }
+    lua_pop(L, nup);
+}
+#define luaL_setfuncs rtc_setfuncs
+static inline void *rtc_testudata(lua_State *L, int i, const char *tname) {
+    void *p = lua_touserdata(L, i);
+    if (p && lua_getmetatable(L, i)) {
+        luaL_getmetatable(L, tname);
+        if (!lua_rawequal(L, -1, -2)) p = NULL;
+        lua_pop(L, 2);
+        return p;
+    }
+    return NULL;
+}
+#define luaL_testudata rtc_testudata
+#endif
+
+#if LUA_VERSION_NUM < 503
+static inline int rtc_isinteger(lua_State *L, int i) {
+    lua_Number n;
+    if (lua_type(L, i) != LUA_TNUMBER) return 0;
+    n = lua_tonumber(L, i);
+    return n == (lua_Number)(long long)n;
+}
+#define lua_isinteger rtc_isinteger
+#endif
+
+#if LUA_VERSION_NUM < 504
+#define lua_newuserdatauv(L, sz, nuv) lua_newuserdata((L), (sz))
+#endif
+
+/* Integral number as long long; 0 when not integral (check lua_isinteger or rtc_integral first). */
+static inline int rtc_integral(lua_State *L, int i, long long *out) {
+    lua_Number n;
+    if (lua_type(L, i) != LUA_TNUMBER) return 0;
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, i)) {
+        *out = (long long)lua_tointeger(L, i);
+        return 1;
+    }
+#endif
+    n = lua_tonumber(L, i);
+    if (n != n || n < -9007199254740992.0 || n > 9007199254740992.0 || n != (lua_Number)(long long)n) return 0;
+    *out = (long long)n;
+    return 1;
+}
+
+#endif

@@ -1,0 +1,155 @@
+/* Error objects: plain tables with code, message, http_status, request_id, retryable and a readable __tostring. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "rtcadmin.h"
+
+static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
+
+int rtc_is_retryable(const char *code, long http_status) {
+    static const char *const transient[] = {"FlowLimitExceeded", "AccountFlowLimitExceeded", "InternalError",
+                                            "InternalServiceTimeout", "FailToConnect", "ServiceUnavailable",
+                                            "ConnectionFailed", "ConnectionReset", "Timeout", "DNSFailure"};
+    size_t i;
+    if (http_status == 429 || http_status >= 500) return 1;
+    if (!code) return 0;
+    for (i = 0; i < sizeof transient / sizeof *transient; i++)
+        if (starts_with(code, transient[i])) return 1;
+    return 0;
+}
+
+static void setstr(lua_State *L, const char *k, const char *v) {
+    if (!v) return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void setint(lua_State *L, const char *k, long v) {
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_setfield(L, -2, k);
+}
+
+void rtc_push_error(lua_State *L, const rtc_error_info *e, const char *redact, size_t redact_len) {
+    lua_createtable(L, 0, 10);
+    setstr(L, "code", e->code ? e->code : "UnknownError");
+    if (redact && redact_len >= 4 && e->message && strstr(e->message, redact)) {
+        /* Never echo a secret, even if a server or proxy reflected it. */
+        luaL_Buffer b;
+        const char *m = e->message, *hit;
+        luaL_buffinit(L, &b);
+        while ((hit = strstr(m, redact)) != NULL) {
+            luaL_addlstring(&b, m, (size_t)(hit - m));
+            luaL_addstring(&b, "****");
+            m = hit + redact_len;
+        }
+        luaL_addstring(&b, m);
+        luaL_pushresult(&b);
+        lua_setfield(L, -2, "message");
+    } else {
+        setstr(L, "message", e->message ? e->message : "");
+    }
+    setint(L, "http_status", e->http_status);
+    setstr(L, "request_id", e->request_id);
+    lua_pushboolean(L, rtc_is_retryable(e->code, e->http_status));
+    lua_setfield(L, -2, "retryable");
+    setstr(L, "action", e->action);
+    setstr(L, "version", e->version);
+    if (e->code_n) setint(L, "code_n", e->code_n);
+    setint(L, "attempts", e->attempts);
+    luaL_getmetatable(L, RTC_ERROR_MT);
+    lua_setmetatable(L, -2);
+}
+
+static const char *field(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    return lua_tostring(L, -1); /* popped by the caller's settop */
+}
+
+/* "KickUser failed: SignatureDoesNotMatch (HTTP 401): <message> [request <id>]" */
+static int error_tostring(lua_State *L) {
+    const char *action, *code, *message, *rid;
+    lua_Integer status;
+    luaL_Buffer b;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    action = field(L, 1, "action");
+    code = field(L, 1, "code");
+    message = field(L, 1, "message");
+    rid = field(L, 1, "request_id");
+    lua_getfield(L, 1, "http_status");
+    status = lua_tointeger(L, -1);
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, action ? action : "request");
+    luaL_addstring(&b, " failed: ");
+    luaL_addstring(&b, code ? code : "UnknownError");
+    if (status) {
+        char s[32];
+        snprintf(s, sizeof s, " (HTTP %ld)", (long)status);
+        luaL_addstring(&b, s);
+    }
+    if (message && *message) {
+        luaL_addstring(&b, ": ");
+        luaL_addstring(&b, message);
+    }
+    if (rid && *rid) {
+        luaL_addstring(&b, " [request ");
+        luaL_addstring(&b, rid);
+        luaL_addstring(&b, "]");
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+void rtc_error_register(lua_State *L) {
+    if (luaL_newmetatable(L, RTC_ERROR_MT)) {
+        lua_pushcfunction(L, error_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushstring(L, "rtcadmin.error");
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+}
+
+const char *rtc_quote(lua_State *L, const char *s, size_t n) {
+    luaL_Buffer b;
+    size_t i, shown = n > 40 ? 40 : n;
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '"');
+    for (i = 0; i < shown; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            luaL_addchar(&b, (char)c);
+        } else {
+            char x[5];
+            snprintf(x, sizeof x, "\\x%02X", c);
+            luaL_addstring(&b, x);
+        }
+    }
+    luaL_addchar(&b, '"');
+    if (shown < n) luaL_addstring(&b, "...");
+    luaL_pushresult(&b);
+    return lua_tostring(L, -1);
+}
+
+int rtc_argerror(lua_State *L, const char *fname, const char *fmt, ...) {
+    char msg[512];
+    lua_Debug ar;
+    int level, found = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* Point at the nearest Lua caller, also when reached through a module-level forwarder. */
+    for (level = 1; level < 5 && lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "Sl", &ar);
+        if (ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            found = 1;
+            break;
+        }
+    }
+    if (!found) lua_pushliteral(L, "");
+    lua_pushfstring(L, "rtcadmin.%s: %s", fname, msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
