@@ -243,7 +243,8 @@ static void resolve_credentials(lua_State *L, rtc_client *c, int opts) {
     if (ak || sk) {
         if (!ak || !sk) rtc_argerror(L, "client", "give both access_key and secret_key, or neither");
         c->credential_source = "options";
-    } else if ((ak = getenv("VOLC_ACCESSKEY")) != NULL && *ak) {
+    } else if (getenv("VOLC_ACCESSKEY") && *getenv("VOLC_ACCESSKEY")) {
+        ak = getenv("VOLC_ACCESSKEY");
         sk = getenv("VOLC_SECRETKEY");
         if (!sk || !*sk) rtc_argerror(L, "client", "VOLC_ACCESSKEY is set but VOLC_SECRETKEY is not");
         skl = strlen(sk);

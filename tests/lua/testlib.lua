@@ -1,0 +1,154 @@
+-- Minimal test runner for the Lua suites: cases, assertions, and a real emulator per file.
+-- Each file ends with `T.run()`, which prints "N passed, N failed" and exits non-zero on failure.
+local cjson = require "cjson"
+
+local T = {}
+local cases = {}
+
+-- Credentials the emulator knows (emulator/rtc_emulator.py); fake, but treated as secrets all the same.
+T.AK = "AKLTrtcadminEmulatorKey01"
+T.SK = "RW11bGF0b3JTZWNyZXQrLz0hS2V5MDE="
+T.AK2 = "AKLTrtcadminEmulatorKey02"
+T.SK2 = "U2Vjb25kQWNjb3VudFNlY3JldDAy"
+T.STS_AK = "AKTPrtcadminEmulatorTmp01"
+T.STS_SK = "VGVtcG9yYXJ5U2VjcmV0S2V5MDE="
+T.STS_TOKEN = "STSrtcadminEmulatorToken01"
+T.APP = "661e2ebb5ffd4b0e8d3f6b1d"
+
+T.source_dir = os.getenv("RTCADMIN_SOURCE_DIR") or "."
+
+function T.case(name, fn) cases[#cases + 1] = { name = name, fn = fn } end
+
+local function fail(msg, level) error(msg, (level or 1) + 1) end
+
+local function show(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return tostring(v)
+end
+
+function T.eq(got, want, what)
+  if got ~= want then fail(string.format("%s: expected %s, got %s", what or "value", show(want), show(got)), 2) end
+end
+
+function T.ok(v, what)
+  if not v then fail((what or "expected a true value") .. ", got " .. show(v), 2) end
+  return v
+end
+
+function T.match(s, pattern, what)
+  if type(s) ~= "string" or not s:find(pattern) then
+    fail(string.format("%s: %s does not match %q", what or "string", show(s), pattern), 2)
+  end
+end
+
+function T.no_match(s, needle, what)
+  if type(s) == "string" and s:find(needle, 1, true) then
+    fail(string.format("%s: %s must not contain %q", what or "string", show(s), needle), 2)
+  end
+end
+
+-- Calls fn(...) and expects an error whose message matches pattern; returns the message.
+function T.raises(pattern, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then fail("expected an error matching " .. show(pattern) .. ", got success", 2) end
+  err = tostring(err)
+  if not err:find(pattern) then fail(string.format("error %s does not match %q", show(err), pattern), 2) end
+  return err
+end
+
+-- Deep equality for plain data.
+function T.same(a, b, what)
+  local function eq(x, y)
+    if type(x) ~= type(y) then return false end
+    if type(x) ~= "table" then return x == y end
+    for k, v in pairs(x) do if not eq(v, y[k]) then return false end end
+    for k in pairs(y) do if x[k] == nil then return false end end
+    return true
+  end
+  if not eq(a, b) then fail(string.format("%s: expected %s, got %s", what or "value",
+    cjson.encode(b), cjson.encode(a)), 2) end
+end
+
+local function shell_quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+T.shell_quote = shell_quote
+
+-- Starts the emulator on a free loopback port. It exits with this process even if a test dies.
+function T.emulator(args)
+  local cmd = "exec python3 " .. shell_quote(T.source_dir .. "/emulator/rtc_emulator.py")
+    .. " --port 0 --exit-with-parent --quiet " .. (args or "")
+  local proc = assert(io.popen(cmd, "r"))
+  local line = proc:read("l")
+  local url = line and line:match("listening on (http://[%d%.]+:%d+)")
+  if not url then error("emulator did not start: " .. tostring(line)) end
+  local emu = { url = url, proc = proc }
+
+  -- Control endpoints are unsigned JSON; curl keeps them outside the module under test.
+  function emu.control(method, path, body)
+    local cmdline = "curl -s -S --max-time 10 -X " .. method .. " " .. shell_quote(url .. path)
+    if body then
+      cmdline = cmdline .. " -H 'Content-Type: application/json' --data-binary " .. shell_quote(cjson.encode(body))
+    end
+    local p = assert(io.popen(cmdline, "r"))
+    local out = p:read("a")
+    p:close()
+    local ok, doc = pcall(cjson.decode, out)
+    if not ok then error("emulator control " .. path .. " answered: " .. out) end
+    return doc
+  end
+  function emu.reset() return emu.control("POST", "/_emulator/reset") end
+  function emu.state() return emu.control("GET", "/_emulator/state") end
+  function emu.stats() return emu.control("GET", "/_emulator/stats") end
+  function emu.config(cfg) return emu.control("POST", "/_emulator/config", cfg) end
+  function emu.faults(list) return emu.control("POST", "/_emulator/faults", { faults = list }) end
+  function emu.join(app, room, user, extra)
+    local body = { app_id = app, room_id = room, user_id = user }
+    for k, v in pairs(extra or {}) do body[k] = v end
+    return emu.control("POST", "/_emulator/join", body)
+  end
+  function emu.room(app, room)
+    local st = emu.state()
+    local a = st.apps[app]
+    return a and a.rooms[room]
+  end
+  function emu.stop()
+    if emu.proc then
+      pcall(emu.control, "POST", "/_emulator/shutdown")
+      emu.proc:close()
+      emu.proc = nil
+    end
+  end
+  return emu
+end
+
+-- A client for the emulator with the first test account, plus any overrides.
+function T.client(emu, overrides)
+  local rtcadmin = require "rtcadmin"
+  local opts = { access_key = T.AK, secret_key = T.SK, endpoint = emu.url }
+  for k, v in pairs(overrides or {}) do opts[k] = v end
+  return rtcadmin.client(opts)
+end
+
+function T.contains(list, value)
+  for _, v in ipairs(list or {}) do if v == value then return true end end
+  return false
+end
+
+-- Runs every case; a failing case does not stop the others.
+function T.run(teardown)
+  local passed, failed = 0, 0
+  for _, c in ipairs(cases) do
+    local ok, err = xpcall(c.fn, debug.traceback)
+    if ok then
+      passed = passed + 1
+      print("ok - " .. c.name)
+    else
+      failed = failed + 1
+      print("not ok - " .. c.name .. "\n    " .. tostring(err):gsub("\n", "\n    "))
+    end
+  end
+  if teardown then teardown() end
+  print(string.format("%d passed, %d failed", passed, failed))
+  os.exit(failed == 0 and passed > 0 and 0 or 1)
+end
+
+return T
