@@ -9,21 +9,21 @@ all: build
 
 build:
 	cmake -S . -B $(BUILD) -DRTCADMIN_LUA=$(LUA) $(CMAKE_FLAGS) >/dev/null
-	cmake --build $(BUILD) -j2
+	cmake --build $(BUILD) -j2 -- --no-print-directory
 
 bootstrap:
 	./scripts/bootstrap
 
 demo: bootstrap
-	$(MAKE) build
+	@$(MAKE) --no-print-directory build
 	./scripts/demo
 
 test: bootstrap
-	$(MAKE) build
+	@$(MAKE) --no-print-directory build
 	ctest --test-dir $(BUILD) --output-on-failure
 
 lint:
-	luacheck lua tests examples bench bin
+	luacheck .
 
 clean:
 	rm -rf $(BUILD)

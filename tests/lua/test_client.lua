@@ -100,6 +100,7 @@ T.case("mute_user / unmute_user ban and restore streams", function()
   T.eq(m.video, nil, "bob's video untouched")
 
   res, meta = c:unmute_user { app_id = APP, room_id = "room1", user_id = "carol", video = true }
+  T.eq(res.Message, "success", "unmute result")
   T.eq(meta.action, "UnbanUserStream", "unmute action")
   m = emu.room(APP, "room1").muted.carol
   T.ok(m and m.audio, "carol's audio still muted")
@@ -221,7 +222,8 @@ end)
 
 T.case("explicit options win over the environment", function()
   local out = child({ VOLC_ACCESSKEY = "AKLTenvironment", VOLC_SECRETKEY = "envsecret", RTCADMIN_ENDPOINT = emu.url },
-    [[local c = require("rtcadmin").client{access_key = "AKLTfromoptions", secret_key = "x", endpoint = "http://127.0.0.1:9"}
+    [[local c = require("rtcadmin").client{access_key = "AKLTfromoptions", secret_key = "x",
+                                           endpoint = "http://127.0.0.1:9"}
       print(c:info().credential_source, c:info().endpoint)]])
   T.eq(out, "options\thttp://127.0.0.1:9\n", "child output")
 end)

@@ -1,0 +1,38 @@
+rockspec_format = "3.0"
+package = "rtcadmin"
+version = "scm-1"
+source = {
+   url = "git+https://example.invalid/rtcadmin.git",
+}
+description = {
+   summary = "Moderate Volcengine RTC rooms from Lua: signed KickUser, BanRoomUser, mute and more",
+   detailed = [[
+rtcadmin is a C module (libcurl + OpenSSL) with a thin Lua layer. It signs Volcengine
+OpenAPI requests (HMAC-SHA256 V4), sends them over a keep-alive connection with TLS
+verification, and returns decoded results or structured errors.
+]],
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.1, < 5.5",
+   "lua-cjson",
+}
+external_dependencies = {
+   CURL = { header = "curl/curl.h" },
+   OPENSSL = { header = "openssl/evp.h" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      rtcadmin = {
+         sources = {
+            "src/module.c", "src/client.c", "src/actions.c", "src/errors.c", "src/json.c",
+            "src/buf.c", "src/signing.c", "src/transport.c",
+         },
+         defines = { "_POSIX_C_SOURCE=200809L" },
+         incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+         libraries = { "curl", "crypto", "pthread" },
+      },
+   },
+}
