@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
@@ -510,6 +511,11 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        # Clients that give up (timeouts, closed sockets) are normal in fault tests.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
     def process_request(self, request, client_address):
         with self.emu.lock:
             self.emu.connections += 1
@@ -518,8 +524,11 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes; avoid delayed-ACK stalls
     server_version = "rtc-emulator/1.0"
-    sys_version = ""
+
+    def version_string(self):
+        return self.server_version
 
     def log_message(self, fmt, *args):  # request logging is done by Emulator.record
         pass
@@ -590,15 +599,16 @@ class Handler(BaseHTTPRequestHandler):
         return doc
 
     def finish_api(self, status, doc, code, outcome, fault=None, extra_delay_ms=0, content_type=None):
-        """Answer an API request after the configured latency, then log it."""
+        """Answer an API request after the configured latency. It is logged before the answer
+        goes out, so a client that got the answer always finds it in stats and the request log."""
         delay = (self.emu.latency_ms + extra_delay_ms) / 1000.0
         if delay > 0:
             self.emu.stopping.wait(delay)
+        self.emu.record(self.ak, self.action, status, code, outcome, fault)
         if isinstance(doc, bytes):
             self.send_body(status, doc, content_type or "application/json")
         else:
             self.send_json(status, doc)
-        self.emu.record(self.ak, self.action, status, code, outcome, fault)
 
     def api(self):
         query = dict(volc_signer.received_query_pairs(self.raw_query)[::-1])  # first value wins
@@ -634,6 +644,10 @@ class Handler(BaseHTTPRequestHandler):
             self.finish_api(200, self.envelope(result=result), None, "ok", extra_delay_ms=extra_ms)
         except ApiError as err:
             self.finish_api(err.status, self.envelope(error=err), err.code, err.outcome, extra_delay_ms=extra_ms)
+        except Exception:  # an emulator bug: answer like the real service would, and show it
+            traceback.print_exc()
+            err = ApiError(500, "InternalError", "emulator internal error", 100014)
+            self.finish_api(500, self.envelope(error=err), err.code, "error")
 
     def json_params(self):
         if not self.body.strip():
@@ -648,6 +662,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def transport_fault(self, kind):
         self.close_connection = True
+        self.emu.record(self.ak, self.action, 0 if kind == "drop" else 200, None, "error", kind)
         if kind == "reset_mid_body":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -655,14 +670,14 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"Response')  # 10 of the 1000 promised bytes
             self.wfile.flush()
-        self.emu.record(self.ak, self.action, 0 if kind == "drop" else 200, None, "error", kind)
 
     def injected_fault(self, kind):
         emu = self.emu
         if kind == "hang":
+            emu.record(self.ak, self.action, 0, None, "error", kind)
             emu.stopping.wait(30)  # never answered; the connection is closed afterwards
             self.close_connection = True
-            return emu.record(self.ak, self.action, 0, None, "error", kind)
+            return None
         if kind == "status500":
             err = ApiError(500, "InternalError", "Internal error, please retry", 100014)
             return self.finish_api(500, self.envelope(error=err), err.code, "error", kind)

@@ -653,7 +653,9 @@ class FaultTests(EmulatorTestCase):
         other = Client(self.emu.port)
         with self.assertRaises((http.client.RemoteDisconnected, ConnectionError)):
             self.kick(other)
-        self.assertOk(*self.kick(Client(self.emu.port))[:2])
+        other = Client(self.emu.port)
+        self.assertOk(*self.kick(other)[:2])
+        other.close()
         log = self.client.control("GET", "requests?action=KickUser")[1]["requests"]
         self.assertEqual([(e["status"], e.get("fault")) for e in log], [(0, "drop"), (0, "drop"), (200, None)])
 
@@ -819,7 +821,9 @@ class ProcessTests(unittest.TestCase):
         parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         banner = parent.stdout.readline().strip()
         port = int(banner.rsplit(":", 1)[1])
-        self.assertEqual(Client(port).control("GET", "stats")[0], 200)
+        probe = Client(port)
+        self.assertEqual(probe.control("GET", "stats")[0], 200)
+        probe.close()
         parent.kill()
         parent.wait()
         parent.stdout.close()
