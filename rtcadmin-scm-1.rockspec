@@ -26,8 +26,8 @@ build = {
    modules = {
       rtcadmin = {
          sources = {
-            "src/module.c", "src/client.c", "src/actions.c", "src/errors.c", "src/json.c",
-            "src/buf.c", "src/signing.c", "src/transport.c",
+            "src/module.c", "src/client.c", "src/request.c", "src/actions.c", "src/errors.c",
+            "src/json.c", "src/stats.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

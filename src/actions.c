@@ -380,8 +380,9 @@ static size_t get_params(lua_State *L, int t, rtc_kv **out) {
 /* client:call(action, version, params?, {method = "POST"|"GET"}?) for any other Action. */
 static int m_call(lua_State *L) {
     rtc_client *c = rtc_check_client(L, 1, "call");
-    size_t an, vn;
-    const char *action = luaL_optlstring(L, 2, NULL, &an), *version = luaL_optlstring(L, 3, NULL, &vn);
+    size_t an = 0, vn = 0;
+    const char *action = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &an) : NULL;
+    const char *version = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &vn) : NULL;
     const char *method = "POST";
     rtc_api_call call;
     if (!action || !name_ok(action, an, 0))

@@ -2,8 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
+#include <stdint.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -17,7 +18,11 @@
 
 static const char *const client_options[] = {
     "access_key", "secret_key", "session_token", "region", "host", "scheme", "endpoint", "timeout",
-    "connect_timeout", "ca_file", "proxy", "user_agent", "versions", NULL};
+    "connect_timeout", "ca_file", "proxy", "user_agent", "versions", "qps", "limiter", "retries",
+    "retry_base", "retry_cap", "deadline", "concurrency", NULL};
+
+#define PROCESS_LIMITER_KEY "rtcadmin.process_limiter"
+#define LIMITER_MT "rtcadmin.limiter"
 
 static char *xstrdup(const char *s, size_t n) {
     char *d = malloc(n + 1);
@@ -60,6 +65,11 @@ static void client_release(rtc_client *c) {
         free(c->versions[i].action);
         free(c->versions[i].version);
     }
+    for (i = 0; i < c->nqps; i++) free(c->qps[i].action);
+    c->nqps = 0;
+    if (c->limiter_owned) rtc_limiter_free(c->limiter);
+    c->limiter = NULL;
+    rtc_stats_free(&c->stats);
     c->access_key = c->region = c->service = c->base_url = c->host_header = NULL;
     c->ca_file = c->proxy = c->user_agent = NULL;
     c->nversions = 0;
@@ -313,6 +323,124 @@ static void parse_versions(lua_State *L, rtc_client *c, int opts) {
     lua_pop(L, 1);
 }
 
+static double opt_number(lua_State *L, int t, const char *k, double dflt, double min, double max) {
+    double v;
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return dflt;
+    }
+    if (lua_type(L, -1) != LUA_TNUMBER)
+        rtc_argerror(L, "client", "option '%s' must be a number, got %s", k, luaL_typename(L, -1));
+    v = (double)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!(v >= min && v <= max)) rtc_argerror(L, "client", "option '%s' must be between %g and %g", k, min, max);
+    return v;
+}
+
+/* qps = {KickUser = 30, default = 10}: per-Action pacing below the documented limits. */
+static void parse_qps(lua_State *L, rtc_client *c, int opts) {
+    lua_getfield(L, opts, "qps");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1)) rtc_argerror(L, "client", "option 'qps' must be a table {Action = requests per second}");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *a;
+        double q;
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TNUMBER)
+            rtc_argerror(L, "client", "option 'qps' must map Action names to numbers");
+        a = lua_tostring(L, -2);
+        q = (double)lua_tonumber(L, -1);
+        if (!(q > 0 && q <= 100000)) rtc_argerror(L, "client", "option 'qps': %s must be > 0", a);
+        if (strcmp(a, "default") == 0) {
+            c->default_qps = q;
+        } else {
+            if (!valid_action(a)) rtc_argerror(L, "client", "option 'qps': %s is not an Action name", rtc_quote(L, a, strlen(a)));
+            if (c->nqps == RTC_MAX_QPS_OVERRIDES)
+                rtc_argerror(L, "client", "option 'qps': at most %d entries", RTC_MAX_QPS_OVERRIDES);
+            c->qps[c->nqps].action = checked_copy(L, a);
+            c->qps[c->nqps++].qps = q;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static int limiter_gc(lua_State *L) {
+    rtc_limiter **lp = luaL_checkudata(L, 1, LIMITER_MT);
+    rtc_limiter_free(*lp);
+    *lp = NULL;
+    return 0;
+}
+
+/* The process backend is one table per Lua state, shared by all its clients. */
+static rtc_limiter *process_limiter(lua_State *L) {
+    rtc_limiter **lp;
+    lua_getfield(L, LUA_REGISTRYINDEX, PROCESS_LIMITER_KEY);
+    if (!lua_isnil(L, -1)) {
+        lp = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        return *lp;
+    }
+    lua_pop(L, 1);
+    lp = lua_newuserdatauv(L, sizeof *lp, 0);
+    *lp = NULL;
+    if (luaL_newmetatable(L, LIMITER_MT)) {
+        lua_pushcfunction(L, limiter_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    *lp = rtc_limiter_process_new();
+    if (!*lp) luaL_error(L, "out of memory");
+    lua_setfield(L, LUA_REGISTRYINDEX, PROCESS_LIMITER_KEY);
+    return *lp;
+}
+
+/* limiter = "process" | "host" | "none" | {backend = ..., dir = ..., margin = ...} */
+static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
+    const char *backend = "process", *dir = NULL;
+    char err[256];
+    c->margin = 0.01;
+    lua_getfield(L, opts, "limiter");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        backend = lua_tostring(L, -1);
+    } else if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, t)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            lua_pop(L, 1);
+            if (strcmp(k, "backend") != 0 && strcmp(k, "dir") != 0 && strcmp(k, "margin") != 0)
+                rtc_argerror(L, "client", "option 'limiter': unknown field %s (backend, dir, margin)",
+                             rtc_quote(L, k, strlen(k)));
+        }
+        lua_getfield(L, t, "backend");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING) rtc_argerror(L, "client", "option 'limiter.backend' must be a string");
+            backend = lua_tostring(L, -1);
+        }
+        lua_pop(L, 1);
+        dir = opt_string(L, t, "dir", NULL);
+        c->margin = opt_number(L, t, "margin", c->margin, 0, 1);
+    } else if (!lua_isnil(L, -1)) {
+        rtc_argerror(L, "client", "option 'limiter' must be \"process\", \"host\", \"none\" or a table");
+    }
+    if (strcmp(backend, "process") == 0) {
+        c->limiter = process_limiter(L);
+    } else if (strcmp(backend, "host") == 0) {
+        c->limiter = rtc_limiter_host_new(dir, err, sizeof err);
+        if (!c->limiter) rtc_argerror(L, "client", "host limiter: %s", err);
+        c->limiter_owned = 1;
+    } else if (strcmp(backend, "none") != 0) {
+        rtc_argerror(L, "client", "option 'limiter': unknown backend %s (process, host, none)",
+                     rtc_quote(L, backend, strlen(backend)));
+    }
+    lua_pop(L, 1);
+}
+
 const char *rtc_client_version(rtc_client *c, const char *action, const char *dflt) {
     int i;
     for (i = 0; i < c->nversions; i++)
@@ -332,7 +460,7 @@ int rtc_client_new(lua_State *L) {
         lua_settop(L, 0);
         lua_newtable(L);
     }
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1)) rtc_argerror(L, "client", "expects an options table, got %s", luaL_typename(L, 1));
     lua_settop(L, 1);
     lua_pushnil(L);
     while (lua_next(L, opts)) {
@@ -343,8 +471,9 @@ int rtc_client_new(lua_State *L) {
                 if (strcmp(lua_tostring(L, -1), client_options[i]) == 0) known = 1;
         if (!known) {
             const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
-            rtc_argerror(L, "client", "unknown option %s (known: access_key, secret_key, session_token, region, "
-                                      "host, scheme, endpoint, timeout, connect_timeout, ca_file, proxy, user_agent, versions)",
+            rtc_argerror(L, "client", "unknown option %s (known: access_key, secret_key, session_token, region, host, "
+                         "scheme, endpoint, timeout, connect_timeout, ca_file, proxy, user_agent, versions, qps, "
+                         "limiter, retries, retry_base, retry_cap, deadline, concurrency)",
                          rtc_quote(L, k, strlen(k)));
         }
     }
@@ -381,6 +510,21 @@ int rtc_client_new(lua_State *L) {
     snprintf(ua, sizeof ua, "rtcadmin/%s libcurl/%s", RTCADMIN_VERSION, rtc_transport_curl_version());
     c->user_agent = checked_copy(L, (s = opt_string(L, opts, "user_agent", NULL)) ? s : ua);
     parse_versions(L, c, opts);
+    c->default_qps = 10; /* conservative for Actions without a documented limit */
+    parse_qps(L, c, opts);
+    parse_limiter(L, c, opts);
+    c->retries = (int)opt_number(L, opts, "retries", 3, 0, 20);
+    c->retry_base = opt_number(L, opts, "retry_base", 0.1, 0, 60);
+    c->retry_cap = opt_number(L, opts, "retry_cap", 2, 0, 600);
+    c->deadline = opt_number(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, 0.001, 3600);
+    c->concurrency = (long)opt_number(L, opts, "concurrency", 8, 1, 64);
+    {
+        unsigned char digest[RTC_SHA256_LEN];
+        if (rtc_sha256(c->access_key, strlen(c->access_key), digest)) return luaL_error(L, "out of memory");
+        memcpy(c->key_fp, digest, sizeof c->key_fp);
+        /* Jitter only needs to differ between clients and processes. */
+        c->rng = ((uint64_t)time(NULL) << 32) ^ (uint64_t)(uintptr_t)c ^ ((uint64_t)getpid() << 16) ^ 0x9e3779b97f4a7c15ULL;
+    }
 
     c->signer = rtc_signer_new();
     if (!c->signer) return luaL_error(L, "out of memory");
@@ -392,251 +536,6 @@ int rtc_client_new(lua_State *L) {
     c->transport = rtc_transport_new(&topts, err, sizeof err);
     if (!c->transport) return luaL_error(L, "rtcadmin.client: %s", err);
     return 1;
-}
-
-static double now_seconds(void) {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
-
-/* Builds `?k=v&...` in the given order with the canonical encoding (servers decode and re-canonicalise). */
-static int build_url(rtc_buf *url, const char *base, const rtc_kv *q, size_t n) {
-    size_t i;
-    rtc_buf_adds(url, base);
-    rtc_buf_adds(url, "/?");
-    for (i = 0; i < n; i++) {
-        if (i) rtc_buf_addc(url, '&');
-        rtc_uri_encode(url, q[i].key, q[i].key_len, 0);
-        rtc_buf_addc(url, '=');
-        rtc_uri_encode(url, q[i].value, q[i].value_len, 0);
-    }
-    return url->oom ? -1 : 0;
-}
-
-static void push_transport_error(lua_State *L, rtc_client *c, const rtc_api_call *call, rtc_net_error e,
-                                 const char *message) {
-    rtc_error_info info;
-    memset(&info, 0, sizeof info);
-    info.action = call->action;
-    info.version = call->version;
-    info.code = rtc_net_error_code(e);
-    info.message = message;
-    info.attempts = 1;
-    rtc_push_error(L, &info, c->secret_key, c->secret_len);
-}
-
-/* Stack: body string at top. Replaces it with `result, meta` or `nil, err`. */
-static int handle_response(lua_State *L, rtc_client *c, const rtc_api_call *call, long status, const char *ctype,
-                           double elapsed) {
-    int body = lua_gettop(L), doc, md, ok2xx = status >= 200 && status < 300;
-    rtc_error_info info;
-    char msg[256];
-    const char *request_id = NULL;
-
-    memset(&info, 0, sizeof info);
-    info.action = call->action;
-    info.version = call->version;
-    info.http_status = status;
-    info.attempts = 1;
-
-    lua_getfield(L, LUA_REGISTRYINDEX, "rtcadmin.json_decode");
-    lua_pushvalue(L, body);
-    lua_call(L, 1, 1);
-    doc = lua_gettop(L);
-    if (!lua_istable(L, doc)) {
-        snprintf(msg, sizeof msg, "%s response is not a JSON object (Content-Type %s, %lu bytes)",
-                 ok2xx ? "a successful" : "an error", *ctype ? ctype : "none", (unsigned long)lua_rawlen(L, body));
-        info.code = ok2xx ? "MalformedResponse" : "HTTPError";
-        info.message = msg;
-        lua_settop(L, body - 1);
-        lua_pushnil(L);
-        rtc_push_error(L, &info, NULL, 0);
-        return 2;
-    }
-    lua_getfield(L, doc, "ResponseMetadata");
-    md = lua_gettop(L);
-    if (lua_istable(L, md)) {
-        lua_getfield(L, md, "RequestId");
-        request_id = lua_tostring(L, -1);
-        lua_getfield(L, md, "Error");
-    } else {
-        lua_pushnil(L);
-        lua_pushnil(L);
-    }
-    /* Failure: a non-2xx status, or ResponseMetadata.Error whatever the status. */
-    if (!ok2xx || lua_istable(L, -1)) {
-        int et = lua_gettop(L);
-        info.request_id = request_id;
-        if (lua_istable(L, et)) {
-            lua_getfield(L, et, "Code");
-            info.code = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "UnknownError";
-            lua_getfield(L, et, "Message");
-            info.message = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-            lua_getfield(L, et, "CodeN");
-            info.code_n = lua_type(L, -1) == LUA_TNUMBER ? (long)lua_tointeger(L, -1) : 0;
-        } else {
-            snprintf(msg, sizeof msg, "HTTP %ld without an error description", status);
-            info.code = "HTTPError";
-            info.message = msg;
-        }
-        rtc_push_error(L, &info, c->secret_key, c->secret_len);
-        lua_replace(L, body);
-        lua_settop(L, body);
-        lua_pushnil(L);
-        lua_insert(L, body);
-        return 2;
-    }
-    lua_getfield(L, doc, "Result");
-    if (!lua_istable(L, -1)) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-    }
-    lua_createtable(L, 0, 7);
-    if (request_id) {
-        lua_pushstring(L, request_id);
-        lua_setfield(L, -2, "request_id");
-    }
-    lua_pushstring(L, call->action);
-    lua_setfield(L, -2, "action");
-    lua_pushstring(L, call->version);
-    lua_setfield(L, -2, "version");
-    lua_pushinteger(L, (lua_Integer)status);
-    lua_setfield(L, -2, "http_status");
-    lua_pushinteger(L, 1);
-    lua_setfield(L, -2, "attempts");
-    lua_pushnumber(L, (lua_Number)elapsed);
-    lua_setfield(L, -2, "elapsed");
-    lua_replace(L, body + 1);
-    lua_replace(L, body);
-    lua_settop(L, body + 1);
-    return 2;
-}
-
-static void ensure_decoder(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, "rtcadmin.json_decode");
-    if (lua_isnil(L, -1)) {
-        lua_getglobal(L, "require");
-        lua_pushliteral(L, "cjson.safe");
-        lua_call(L, 1, 1);
-        lua_getfield(L, -1, "decode");
-        if (!lua_isfunction(L, -1)) luaL_error(L, "rtcadmin: cjson.safe.decode is missing");
-        lua_setfield(L, LUA_REGISTRYINDEX, "rtcadmin.json_decode");
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-}
-
-int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
-    rtc_kv *q;
-    rtc_kv hdrs[2];
-    rtc_sign_request sr;
-    rtc_sign_result res;
-    rtc_http_request hr;
-    rtc_http_response resp;
-    rtc_buf url, lines;
-    const char *hv[8];
-    size_t offs[8], nh = 0, i;
-    char err[256];
-    char xdate[RTC_XDATE_LEN + 1];
-    double t0;
-    int rc;
-
-    ensure_decoder(L); /* before any C allocation: it may raise */
-    q = lua_newuserdatauv(L, (call->nparams + 2) * sizeof *q, 0);
-    q[0].key = "Action";
-    q[0].key_len = 6;
-    q[0].value = call->action;
-    q[0].value_len = strlen(call->action);
-    q[1].key = "Version";
-    q[1].key_len = 7;
-    q[1].value = call->version;
-    q[1].value_len = strlen(call->version);
-    for (i = 0; i < call->nparams; i++) q[i + 2] = call->params[i];
-
-    hdrs[0].key = "Host";
-    hdrs[0].key_len = 4;
-    hdrs[0].value = c->host_header;
-    hdrs[0].value_len = strlen(c->host_header);
-    hdrs[1].key = "Content-Type";
-    hdrs[1].key_len = 12;
-    hdrs[1].value = "application/json";
-    hdrs[1].value_len = 16;
-
-    memset(&sr, 0, sizeof sr);
-    sr.method = call->is_get ? "GET" : "POST";
-    sr.path = "/";
-    sr.query = q;
-    sr.nquery = call->nparams + 2;
-    sr.headers = hdrs;
-    sr.nheaders = call->is_get ? 1 : 2;
-    sr.body = (const unsigned char *)call->body;
-    sr.body_len = call->is_get ? 0 : call->body_len;
-    sr.access_key = c->access_key;
-    sr.secret_key = c->secret_key;
-    sr.secret_len = c->secret_len;
-    sr.session_token = c->session_token;
-    sr.region = c->region;
-    sr.service = c->service;
-    rtc_format_xdate((long long)time(NULL), xdate);
-    sr.x_date = xdate;
-
-    rtc_sign_result_init(&res);
-    rtc_buf_init(&url);
-    rtc_buf_init(&lines);
-    rtc_http_response_init(&resp);
-    if (rtc_sign(c->signer, &sr, &res, err, sizeof err) || build_url(&url, c->base_url, q, sr.nquery)) {
-        rtc_sign_result_free(&res);
-        rtc_buf_free(&url);
-        return luaL_error(L, "rtcadmin: cannot sign %s: %s", call->action, err);
-    }
-    /* Header lines are packed into one buffer; offsets survive its reallocation. */
-    offs[nh++] = lines.len, rtc_buf_addf(&lines, "Host: %s", c->host_header), rtc_buf_addc(&lines, '\0');
-    if (!call->is_get)
-        offs[nh++] = lines.len, rtc_buf_adds(&lines, "Content-Type: application/json"), rtc_buf_addc(&lines, '\0');
-    offs[nh++] = lines.len, rtc_buf_adds(&lines, "Accept: application/json"), rtc_buf_addc(&lines, '\0');
-    offs[nh++] = lines.len, rtc_buf_addf(&lines, "X-Date: %s", res.x_date), rtc_buf_addc(&lines, '\0');
-    offs[nh++] = lines.len, rtc_buf_addf(&lines, "X-Content-Sha256: %s", res.content_sha256),
-    rtc_buf_addc(&lines, '\0');
-    offs[nh++] = lines.len, rtc_buf_addf(&lines, "Authorization: %s", res.authorization.data),
-    rtc_buf_addc(&lines, '\0');
-    if (c->session_token)
-        offs[nh++] = lines.len, rtc_buf_addf(&lines, "X-Security-Token: %s", c->session_token),
-        rtc_buf_addc(&lines, '\0');
-    rtc_sign_result_free(&res);
-    if (lines.oom) {
-        rtc_buf_free_secure(&lines);
-        rtc_buf_free(&url);
-        return luaL_error(L, "out of memory");
-    }
-    for (i = 0; i < nh; i++) hv[i] = lines.data + offs[i];
-
-    hr.method = sr.method;
-    hr.url = url.data;
-    hr.headers = hv;
-    hr.nheaders = nh;
-    hr.body = call->body;
-    hr.body_len = sr.body_len;
-    t0 = now_seconds();
-    rc = rtc_transport_perform(c->transport, &hr, &resp);
-    c->requests++;
-    c->connections += resp.connects;
-    rtc_buf_free_secure(&lines);
-    rtc_buf_free(&url);
-    if (rc) {
-        lua_pushnil(L);
-        push_transport_error(L, c, call, resp.error, resp.message);
-        rtc_http_response_free(&resp);
-        return 2;
-    }
-    lua_pushlstring(L, resp.body.data ? resp.body.data : "", resp.body.len);
-    {
-        char ctype[sizeof resp.content_type];
-        long status = resp.status;
-        memcpy(ctype, resp.content_type, sizeof ctype);
-        rtc_http_response_free(&resp);
-        return handle_response(L, c, call, status, ctype, now_seconds() - t0);
-    }
 }
 
 static int client_close(lua_State *L) {
@@ -696,7 +595,11 @@ void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
                                     {"__close", client_close},
 #endif
                                     {NULL, NULL}};
-    static const luaL_Reg base[] = {{"close", client_close}, {"info", client_info}, {NULL, NULL}};
+    static const luaL_Reg base[] = {{"close", client_close},
+                                    {"info", client_info},
+                                    {"reserve", rtc_client_reserve_method},
+                                    {"stats", rtc_client_stats_method},
+                                    {NULL, NULL}};
     if (luaL_newmetatable(L, RTC_CLIENT_MT)) {
         luaL_setfuncs(L, meta, 0);
         lua_newtable(L);

@@ -5,7 +5,9 @@
 #include <stddef.h>
 
 #include "compat.h"
+#include "limiter.h"
 #include "signing.h"
+#include "stats.h"
 #include "transport.h"
 
 #define RTCADMIN_VERSION "0.1.0"
@@ -18,11 +20,17 @@
 #define RTC_CLIENT_MT "rtcadmin.client"
 #define RTC_ERROR_MT "rtcadmin.error"
 #define RTC_MAX_VERSION_OVERRIDES 16
+#define RTC_MAX_QPS_OVERRIDES 32
 
 typedef struct {
     char *action;
     char *version;
 } rtc_version_override;
+
+typedef struct {
+    char *action;
+    double qps;
+} rtc_qps_override;
 
 typedef struct rtc_client {
     char *access_key;
@@ -41,6 +49,18 @@ typedef struct rtc_client {
     char *user_agent;
     rtc_version_override versions[RTC_MAX_VERSION_OVERRIDES];
     int nversions;
+    rtc_qps_override qps[RTC_MAX_QPS_OVERRIDES];
+    int nqps;
+    double default_qps;  /* for Actions without a documented or configured limit */
+    rtc_limiter *limiter; /* NULL: no pacing */
+    int limiter_owned;   /* the host backend's mapping belongs to this client */
+    double margin;       /* pacing interval = (1 + margin) / qps */
+    unsigned char key_fp[8]; /* limiter key: a SHA-256 prefix of the access key, never the key */
+    int retries;
+    double retry_base, retry_cap, deadline;
+    long concurrency;    /* connections for bulk calls */
+    uint64_t rng;        /* xorshift state for backoff jitter */
+    rtc_stats stats;
     rtc_signer *signer;
     rtc_transport *transport;
     long requests;      /* requests sent */
@@ -66,6 +86,41 @@ const char *rtc_client_version(rtc_client *c, const char *action, const char *df
 /* Sends the call and pushes `result, meta` or `nil, err`; returns 2. */
 int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call);
 void rtc_client_register(lua_State *L, const luaL_Reg *methods);
+
+/* request.c */
+/* A signed request ready for the wire. `lines` holds the header lines (and so the signature): wiped. */
+typedef struct {
+    rtc_buf url;
+    rtc_buf lines;
+    size_t offsets[8];
+    const char *hv[8];
+    size_t nh;
+    rtc_http_request http;
+} rtc_wire_request;
+
+typedef struct {
+    int ok;
+    int retryable;
+    int throttled;
+    char code[64];
+} rtc_outcome;
+
+void rtc_ensure_decoder(lua_State *L);
+/* Signs the call with the current time. 0, or -1 with err. */
+int rtc_wire_build(rtc_client *c, const rtc_api_call *call, rtc_wire_request *w, char *err, size_t errlen);
+void rtc_wire_free(rtc_wire_request *w);
+/* Turns a finished transfer into `result, meta` or `nil, err` on the stack; frees resp. */
+rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *call, int transfer_rc,
+                             rtc_http_response *resp, int attempt, double elapsed);
+/* Backoff before attempt `attempt + 1`: full jitter in [0, min(cap, base * 2^(attempt-1))]. */
+double rtc_backoff(rtc_client *c, int attempt);
+/* Reserves a send slot: 0 and *start_ns, or -1 when the limiter failed (message in err). */
+int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t *start_ns, char *err, size_t errlen);
+void rtc_push_simple_error(lua_State *L, rtc_client *c, const rtc_api_call *call, const char *code,
+                           const char *message, int attempts);
+double rtc_client_qps(rtc_client *c, const char *action);
+int rtc_client_reserve_method(lua_State *L);
+int rtc_client_stats_method(lua_State *L);
 
 /* actions.c */
 extern const luaL_Reg rtc_action_methods[];

@@ -57,15 +57,20 @@ static int digest(EVP_MD_CTX *ctx, const void *p, size_t n, unsigned char out[RT
                : -1;
 }
 
+int rtc_sha256(const void *data, size_t n, unsigned char out[RTC_SHA256_LEN]) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int rc;
+    if (!ctx) return -1;
+    rc = digest(ctx, data, n, out);
+    EVP_MD_CTX_free(ctx);
+    return rc;
+}
+
 int rtc_sha256_hex(const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]) {
     static const char hex[] = "0123456789abcdef";
     unsigned char md[RTC_SHA256_LEN];
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int rc, i;
-    if (!ctx) return -1;
-    rc = digest(ctx, data, n, md);
-    EVP_MD_CTX_free(ctx);
-    if (rc) return -1;
+    int i;
+    if (rtc_sha256(data, n, md)) return -1;
     for (i = 0; i < RTC_SHA256_LEN; i++) {
         out[2 * i] = hex[md[i] >> 4];
         out[2 * i + 1] = hex[md[i] & 15];

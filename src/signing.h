@@ -69,7 +69,8 @@ int rtc_valid_xdate(const char *s, size_t len);
 /* RFC 3986 percent-encoding of every byte but A-Z a-z 0-9 - _ . ~ (and '/' when keep_slash). */
 int rtc_uri_encode(rtc_buf *b, const char *s, size_t n, int keep_slash);
 
-/* Hex SHA-256 of data into out (65 bytes). */
+/* SHA-256 of data: raw, and lower-case hex into out (65 bytes). */
+int rtc_sha256(const void *data, size_t n, unsigned char out[RTC_SHA256_LEN]);
 int rtc_sha256_hex(const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]);
 
 #endif

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
 
 struct rtc_transport {
     CURL *easy;
+    CURLM *multi;
     char *ca_file, *proxy, *user_agent;
     long timeout_ms, connect_timeout_ms;
 };
@@ -55,6 +55,7 @@ oom:
 void rtc_transport_free(rtc_transport *t) {
     if (!t) return;
     if (t->easy) curl_easy_cleanup(t->easy);
+    if (t->multi) curl_multi_cleanup(t->multi);
     free(t->ca_file);
     free(t->proxy);
     free(t->user_agent);
@@ -117,30 +118,39 @@ const char *rtc_net_error_code(rtc_net_error e) {
 
 const char *rtc_transport_curl_version(void) { return curl_version_info(CURLVERSION_NOW)->version; }
 
-int rtc_transport_perform(rtc_transport *t, const rtc_http_request *req, rtc_http_response *r) {
-    CURL *e = t->easy;
-    struct curl_slist *hl = NULL, *tmp;
-    char errbuf[CURL_ERROR_SIZE];
-    CURLcode rc;
-    size_t i;
-    char *ct = NULL;
-    long connects = 0;
-    int is_get = strcmp(req->method, "GET") == 0;
+CURL *rtc_transport_easy_new(void) { return curl_easy_init(); }
 
+CURLM *rtc_transport_multi(rtc_transport *t, long max_conns) {
+    if (!t->multi) t->multi = curl_multi_init();
+    if (t->multi) {
+        curl_multi_setopt(t->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_conns);
+        curl_multi_setopt(t->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, max_conns);
+    }
+    return t->multi;
+}
+
+int rtc_exchange_setup(rtc_transport *t, rtc_exchange *x, CURL *e, const rtc_http_request *req,
+                       rtc_http_response *r) {
+    struct curl_slist *tmp;
+    size_t i;
+    x->easy = e;
+    x->headers = NULL;
+    x->resp = r;
+    x->errbuf[0] = '\0';
     for (i = 0; i < req->nheaders; i++) {
-        tmp = curl_slist_append(hl, req->headers[i]);
+        tmp = curl_slist_append(x->headers, req->headers[i]);
         if (!tmp) goto oom;
-        hl = tmp;
+        x->headers = tmp;
     }
     /* No "Expect: 100-continue" round trip for small bodies. */
-    tmp = curl_slist_append(hl, "Expect:");
+    tmp = curl_slist_append(x->headers, "Expect:");
     if (!tmp) goto oom;
-    hl = tmp;
+    x->headers = tmp;
 
     /* Reset per-request options only; the handle keeps its connection cache. */
     curl_easy_reset(e);
-    errbuf[0] = '\0';
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_URL, req->url);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -149,20 +159,19 @@ int rtc_transport_perform(rtc_transport *t, const rtc_http_request *req, rtc_htt
     curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* a redirect must not carry the signature elsewhere */
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
     if (t->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, t->ca_file);
     /* An explicit proxy, or none at all: environment proxies would reroute signed traffic silently. */
     curl_easy_setopt(e, CURLOPT_PROXY, t->proxy ? t->proxy : "");
     if (t->user_agent) curl_easy_setopt(e, CURLOPT_USERAGENT, t->user_agent);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    if (is_get) {
+    if (strcmp(req->method, "GET") == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -170,9 +179,22 @@ int rtc_transport_perform(rtc_transport *t, const rtc_http_request *req, rtc_htt
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         if (strcmp(req->method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     }
+    return 0;
+oom:
+    curl_slist_free_all(x->headers);
+    x->headers = NULL;
+    r->error = RTC_NET_OTHER;
+    snprintf(r->message, sizeof r->message, "out of memory");
+    return -1;
+}
 
-    rc = curl_easy_perform(e);
-    curl_slist_free_all(hl);
+int rtc_exchange_finish(rtc_exchange *x, CURLcode rc) {
+    rtc_http_response *r = x->resp;
+    CURL *e = x->easy;
+    char *ct = NULL;
+    long connects = 0;
+    curl_slist_free_all(x->headers);
+    x->headers = NULL;
     curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
     r->connects = connects;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
@@ -183,11 +205,12 @@ int rtc_transport_perform(rtc_transport *t, const rtc_http_request *req, rtc_htt
     if (r->error == RTC_NET_TOO_LARGE)
         snprintf(r->message, sizeof r->message, "response body larger than %d bytes", RTC_MAX_RESPONSE_BYTES);
     else
-        snprintf(r->message, sizeof r->message, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        snprintf(r->message, sizeof r->message, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
     return -1;
-oom:
-    curl_slist_free_all(hl);
-    r->error = RTC_NET_OTHER;
-    snprintf(r->message, sizeof r->message, "out of memory");
-    return -1;
+}
+
+int rtc_transport_perform(rtc_transport *t, const rtc_http_request *req, rtc_http_response *r) {
+    rtc_exchange x;
+    if (rtc_exchange_setup(t, &x, t->easy, req, r)) return -1;
+    return rtc_exchange_finish(&x, curl_easy_perform(t->easy));
 }

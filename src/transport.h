@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include <curl/curl.h>
+
 #include "buf.h"
 
 #define RTC_MAX_RESPONSE_BYTES (1024 * 1024)
@@ -48,6 +50,14 @@ typedef struct {
 
 typedef struct rtc_transport rtc_transport;
 
+/* One request on one easy handle: what libcurl needs alive until the transfer ends. */
+typedef struct {
+    CURL *easy;
+    struct curl_slist *headers;
+    rtc_http_response *resp;
+    char errbuf[CURL_ERROR_SIZE];
+} rtc_exchange;
+
 rtc_transport *rtc_transport_new(const rtc_transport_opts *opts, char *err, size_t errlen);
 void rtc_transport_free(rtc_transport *t);
 void rtc_http_response_init(rtc_http_response *r);
@@ -55,6 +65,15 @@ void rtc_http_response_free(rtc_http_response *r);
 /* Returns 0 when an HTTP response arrived (any status), -1 on transport failure (r->error). */
 int rtc_transport_perform(rtc_transport *t, const rtc_http_request *req, rtc_http_response *r);
 const char *rtc_net_error_code(rtc_net_error e);
+
+/* For concurrent transfers (libcurl multi): a fresh easy handle, request setup, and completion. */
+CURL *rtc_transport_easy_new(void);
+int rtc_exchange_setup(rtc_transport *t, rtc_exchange *x, CURL *easy, const rtc_http_request *req,
+                       rtc_http_response *r);
+/* Fills r->status/content_type/error from the finished transfer; returns 0 on an HTTP response. */
+int rtc_exchange_finish(rtc_exchange *x, CURLcode rc);
+/* The shared multi handle (created on first use); connections per host capped at max_conns. */
+CURLM *rtc_transport_multi(rtc_transport *t, long max_conns);
 const char *rtc_transport_curl_version(void);
 
 #endif

@@ -1,0 +1,100 @@
+#include "stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+rtc_action_stats *rtc_stats_for(rtc_stats *s, const char *action) {
+    int i;
+    for (i = 0; i < s->nactions; i++)
+        if (strcmp(s->actions[i]->action, action) == 0) return s->actions[i];
+    if (s->nactions == RTC_STATS_ACTIONS) return NULL;
+    s->actions[s->nactions] = calloc(1, sizeof(rtc_action_stats));
+    if (!s->actions[s->nactions]) return NULL;
+    strncpy(s->actions[s->nactions]->action, action, sizeof s->actions[0]->action - 1);
+    return s->actions[s->nactions++];
+}
+
+void rtc_stats_attempt(rtc_action_stats *a, int attempt, double waited, double latency, int throttled) {
+    if (!a) return;
+    a->sent++;
+    if (attempt > 1) a->retries++;
+    if (throttled) a->throttled++;
+    a->waited += waited;
+    a->latency[a->next_latency] = (float)latency;
+    a->next_latency = (a->next_latency + 1) % RTC_STATS_SAMPLES;
+    if (a->nlatency < RTC_STATS_SAMPLES) a->nlatency++;
+}
+
+void rtc_stats_outcome(rtc_action_stats *a, const char *failure_code) {
+    int i;
+    if (!a) return;
+    if (!failure_code) {
+        a->succeeded++;
+        return;
+    }
+    a->failed++;
+    for (i = 0; i < a->ncodes; i++)
+        if (strcmp(a->codes[i].code, failure_code) == 0) {
+            a->codes[i].count++;
+            return;
+        }
+    /* The last entry collects every code beyond the first RTC_STATS_CODES - 1. */
+    if (a->ncodes < RTC_STATS_CODES - 1) {
+        i = a->ncodes++;
+        strncpy(a->codes[i].code, failure_code, sizeof a->codes[i].code - 1);
+    } else {
+        i = RTC_STATS_CODES - 1;
+        if (a->ncodes == i) {
+            a->ncodes++;
+            strcpy(a->codes[i].code, "other");
+        }
+    }
+    a->codes[i].count++;
+}
+
+void rtc_stats_free(rtc_stats *s) {
+    int i;
+    for (i = 0; i < s->nactions; i++) free(s->actions[i]);
+    s->nactions = 0;
+}
+
+static int float_cmp(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void set_number(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_integer(lua_State *L, const char *k, long v) {
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_setfield(L, -2, k);
+}
+
+void rtc_stats_push(lua_State *L, const rtc_stats *s) {
+    float sorted[RTC_STATS_SAMPLES];
+    int i, j;
+    lua_createtable(L, 0, s->nactions);
+    for (i = 0; i < s->nactions; i++) {
+        const rtc_action_stats *a = s->actions[i];
+        lua_createtable(L, 0, 10);
+        set_integer(L, "sent", a->sent);
+        set_integer(L, "succeeded", a->succeeded);
+        set_integer(L, "failed", a->failed);
+        set_integer(L, "retries", a->retries);
+        set_integer(L, "throttled", a->throttled);
+        set_number(L, "waited", a->waited);
+        lua_createtable(L, 0, a->ncodes);
+        for (j = 0; j < a->ncodes; j++) set_integer(L, a->codes[j].code, a->codes[j].count);
+        lua_setfield(L, -2, "failures");
+        if (a->nlatency) {
+            memcpy(sorted, a->latency, (size_t)a->nlatency * sizeof *sorted);
+            qsort(sorted, (size_t)a->nlatency, sizeof *sorted, float_cmp);
+            set_number(L, "p50", sorted[(a->nlatency - 1) / 2]);
+            set_number(L, "p99", sorted[(a->nlatency * 99 - 1) / 100]);
+        }
+        lua_setfield(L, -2, a->action);
+    }
+}

@@ -1,0 +1,44 @@
+/* Per-Action counters and latency samples for client:stats(). */
+#ifndef RTCADMIN_STATS_H
+#define RTCADMIN_STATS_H
+
+#include "compat.h"
+
+#define RTC_STATS_ACTIONS 32
+#define RTC_STATS_CODES 16
+#define RTC_STATS_SAMPLES 1024 /* latency percentiles are over the most recent samples */
+
+typedef struct {
+    char code[48];
+    long count;
+} rtc_code_count;
+
+typedef struct {
+    char action[48];
+    long sent;          /* attempts put on the wire */
+    long succeeded;     /* calls that ended in success */
+    long failed;        /* calls that ended in failure */
+    long retries;       /* attempts after the first */
+    long throttled;     /* attempts the server answered with a throttle */
+    double waited;      /* seconds spent waiting for the limiter */
+    rtc_code_count codes[RTC_STATS_CODES];
+    int ncodes;
+    float latency[RTC_STATS_SAMPLES];
+    int nlatency;
+    int next_latency;
+} rtc_action_stats;
+
+typedef struct {
+    rtc_action_stats *actions[RTC_STATS_ACTIONS];
+    int nactions;
+} rtc_stats;
+
+/* NULL when the table is full or memory is short: statistics are best effort, calls are not. */
+rtc_action_stats *rtc_stats_for(rtc_stats *s, const char *action);
+void rtc_stats_attempt(rtc_action_stats *a, int attempt, double waited, double latency, int throttled);
+void rtc_stats_outcome(rtc_action_stats *a, const char *failure_code);
+void rtc_stats_free(rtc_stats *s);
+/* Pushes {Action = {sent, succeeded, failed, failures = {code = n}, retries, throttled, waited, p50, p99}} */
+void rtc_stats_push(lua_State *L, const rtc_stats *s);
+
+#endif
