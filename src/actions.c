@@ -144,6 +144,33 @@ static str field_ip(lua_State *L, int t, const char *fname) {
     return r;
 }
 
+/* Sends the call, or, for a method called through its preparer (upvalue true, see batch.c), returns it
+ * as a prepared table {action, version, get, body, params = {k1, v1, ...}} to be sent later. */
+static int rtc_dispatch(lua_State *L, rtc_client *c, const rtc_api_call *call) {
+    size_t i;
+    if (!lua_toboolean(L, lua_upvalueindex(1))) return rtc_client_request(L, c, call);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, call->action);
+    lua_setfield(L, -2, "action");
+    lua_pushstring(L, call->version);
+    lua_setfield(L, -2, "version");
+    lua_pushboolean(L, call->is_get);
+    lua_setfield(L, -2, "get");
+    if (call->body) {
+        lua_pushlstring(L, call->body, call->body_len);
+        lua_setfield(L, -2, "body");
+    }
+    lua_createtable(L, (int)call->nparams * 2, 0);
+    for (i = 0; i < call->nparams; i++) {
+        lua_pushlstring(L, call->params[i].key, call->params[i].key_len);
+        lua_rawseti(L, -2, (int)(2 * i + 1));
+        lua_pushlstring(L, call->params[i].value, call->params[i].value_len);
+        lua_rawseti(L, -2, (int)(2 * i + 2));
+    }
+    lua_setfield(L, -2, "params");
+    return 1;
+}
+
 /* Bodies are written in a fixed key order, straight from validated values. */
 typedef struct {
     rtc_buf b;
@@ -186,7 +213,7 @@ static int post(lua_State *L, rtc_client *c, const char *action, const char *ver
     call.action = action;
     call.version = rtc_client_version(c, action, version);
     call.body = lua_tolstring(L, -1, &call.body_len);
-    return rtc_client_request(L, c, &call);
+    return rtc_dispatch(L, c, &call);
 }
 
 static void body_init(body *w) {
@@ -316,7 +343,7 @@ static int m_online_users(lua_State *L) {
     call.is_get = 1;
     call.params = q;
     call.nparams = 2;
-    return rtc_client_request(L, c, &call);
+    return rtc_dispatch(L, c, &call);
 }
 
 static int name_ok(const char *s, size_t n, int version) {
@@ -428,7 +455,7 @@ static int m_call(lua_State *L) {
         rtc_buf_free(&b);
         call.body = lua_tolstring(L, -1, &call.body_len);
     }
-    return rtc_client_request(L, c, &call);
+    return rtc_dispatch(L, c, &call);
 }
 
 const luaL_Reg rtc_action_methods[] = {

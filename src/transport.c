@@ -120,6 +120,17 @@ const char *rtc_transport_curl_version(void) { return curl_version_info(CURLVERS
 
 CURL *rtc_transport_easy_new(void) { return curl_easy_init(); }
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/* libcurl silently sends a request again when a reused connection dies before any response byte.
+ * Each send must pass the limiter and the retry policy, so a second send is refused here. */
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port) {
+    rtc_exchange *x = ud;
+    (void)conn_primary_ip, (void)conn_local_ip, (void)conn_primary_port, (void)conn_local_port;
+    return ++x->sends > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+}
+#endif
+
 CURLM *rtc_transport_multi(rtc_transport *t, long max_conns) {
     if (!t->multi) t->multi = curl_multi_init();
     if (t->multi) {
@@ -136,6 +147,7 @@ int rtc_exchange_setup(rtc_transport *t, rtc_exchange *x, CURL *e, const rtc_htt
     x->easy = e;
     x->headers = NULL;
     x->resp = r;
+    x->sends = 0;
     x->errbuf[0] = '\0';
     for (i = 0; i < req->nheaders; i++) {
         tmp = curl_slist_append(x->headers, req->headers[i]);
@@ -151,6 +163,10 @@ int rtc_exchange_setup(rtc_transport *t, rtc_exchange *x, CURL *e, const rtc_htt
     curl_easy_reset(e);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+#endif
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_URL, req->url);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -201,6 +217,11 @@ int rtc_exchange_finish(rtc_exchange *x, CURLcode rc) {
     if (curl_easy_getinfo(e, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
         snprintf(r->content_type, sizeof r->content_type, "%s", ct);
     if (rc == CURLE_OK) return 0;
+    if (x->sends > 1) {
+        r->error = RTC_NET_RESET;
+        snprintf(r->message, sizeof r->message, "the connection closed before any response (not resent)");
+        return -1;
+    }
     if (r->error != RTC_NET_TOO_LARGE) r->error = r->body.oom ? RTC_NET_OTHER : classify(rc);
     if (r->error == RTC_NET_TOO_LARGE)
         snprintf(r->message, sizeof r->message, "response body larger than %d bytes", RTC_MAX_RESPONSE_BYTES);

@@ -55,6 +55,7 @@ typedef struct {
     CURL *easy;
     struct curl_slist *headers;
     rtc_http_response *resp;
+    int sends;            /* times libcurl was about to send the request in this transfer */
     char errbuf[CURL_ERROR_SIZE];
 } rtc_exchange;
 
