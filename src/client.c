@@ -605,6 +605,7 @@ void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
         lua_newtable(L);
         luaL_setfuncs(L, base, 0);
         luaL_setfuncs(L, methods, 0);
+        luaL_setfuncs(L, rtc_batch_methods, 0);
         lua_setfield(L, -2, "__index");
         lua_pushliteral(L, "rtcadmin.client");
         lua_setfield(L, -2, "__name");

@@ -257,6 +257,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
 
     rtc_error_register(L);
     rtc_client_register(L, rtc_action_methods);
+    rtc_batch_register(L, rtc_action_methods);
 
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);
@@ -278,6 +279,11 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
         lua_pushcfunction(L, rtc_action_methods[i].func);
         lua_pushcclosure(L, forward_to_default, 1);
         lua_setfield(L, -2, rtc_action_methods[i].name);
+    }
+    for (i = 0; rtc_batch_methods[i].name; i++) {
+        lua_pushcfunction(L, rtc_batch_methods[i].func);
+        lua_pushcclosure(L, forward_to_default, 1);
+        lua_setfield(L, -2, rtc_batch_methods[i].name);
     }
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");

@@ -125,6 +125,10 @@ int rtc_client_stats_method(lua_State *L);
 /* actions.c */
 extern const luaL_Reg rtc_action_methods[];
 
+/* batch.c */
+extern const luaL_Reg rtc_batch_methods[];
+void rtc_batch_register(lua_State *L, const luaL_Reg *methods);
+
 /* errors.c */
 typedef struct {
     const char *action;
