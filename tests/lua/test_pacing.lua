@@ -72,7 +72,9 @@ T.case("four independent processes sharing the host limiter stay within 60/s and
   local code = string.format([[
     local c = require("rtcadmin").client{access_key = %q, secret_key = %q, endpoint = %q,
                                          limiter = {backend = "host", dir = %q}}
-    local _, s = c:kick_users(%q, "room1", (function() local t = {} for i = 1, 60 do t[i] = "p" .. i end return t end)())
+    local users = {}
+    for i = 1, 60 do users[i] = "p" .. i end
+    local _, s = c:kick_users(%q, "room1", users)
     print(s.succeeded, s.failed)
   ]], T.AK, T.SK, emu.url, dir, APP)
   local lua = arg[-1] or "lua5.4"
@@ -96,7 +98,8 @@ end)
 T.case("each retryable fault is retried and then succeeds; meta.attempts tells", function()
   emu.reset()
   local c = T.client(emu, { retry_base = 0.01, timeout = 1 })
-  for _, kind in ipairs { "status500", "internal_error_200", "throttle", "html502", "drop", "reset_mid_body", "hang" } do
+  local kinds = { "status500", "internal_error_200", "throttle", "html502", "drop", "reset_mid_body", "hang" }
+  for _, kind in ipairs(kinds) do
     emu.faults { { action = "KickUser", kind = kind, count = 1 } }
     local res, meta = c:kick_user(APP, "room1", "alice")
     T.ok(res, kind .. ": succeeded after a retry, got " .. tostring(meta))
