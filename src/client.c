@@ -517,7 +517,7 @@ int rtc_client_new(lua_State *L) {
     c->retry_base = opt_number(L, opts, "retry_base", 0.1, 0, 60);
     c->retry_cap = opt_number(L, opts, "retry_cap", 2, 0, 600);
     c->deadline = opt_number(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, 0.001, 3600);
-    c->concurrency = (long)opt_number(L, opts, "concurrency", 8, 1, 64);
+    c->concurrency = (long)opt_number(L, opts, "concurrency", 16, 1, 64);
     {
         unsigned char digest[RTC_SHA256_LEN];
         if (rtc_sha256(c->access_key, strlen(c->access_key), digest)) return luaL_error(L, "out of memory");
