@@ -66,16 +66,28 @@ int rtc_sha256(const void *data, size_t n, unsigned char out[RTC_SHA256_LEN]) {
     return rc;
 }
 
-int rtc_sha256_hex(const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]) {
+static void to_hex(const unsigned char *md, char out[2 * RTC_SHA256_LEN + 1]) {
     static const char hex[] = "0123456789abcdef";
-    unsigned char md[RTC_SHA256_LEN];
     int i;
-    if (rtc_sha256(data, n, md)) return -1;
     for (i = 0; i < RTC_SHA256_LEN; i++) {
         out[2 * i] = hex[md[i] >> 4];
         out[2 * i + 1] = hex[md[i] & 15];
     }
     out[2 * RTC_SHA256_LEN] = '\0';
+}
+
+/* Hex digest with the signer's reusable context: no allocation per hash. */
+static int digest_hex(EVP_MD_CTX *ctx, const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]) {
+    unsigned char md[RTC_SHA256_LEN];
+    if (digest(ctx, data, n, md)) return -1;
+    to_hex(md, out);
+    return 0;
+}
+
+int rtc_sha256_hex(const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]) {
+    unsigned char md[RTC_SHA256_LEN];
+    if (rtc_sha256(data, n, md)) return -1;
+    to_hex(md, out);
     return 0;
 }
 
@@ -363,6 +375,16 @@ void rtc_sign_result_free(rtc_sign_result *r) {
     rtc_buf_free(&r->string_to_sign);
 }
 
+/* YYYYMMDD/region/service/request */
+static void add_scope(rtc_buf *b, const char *x_date, const char *region, const char *service) {
+    rtc_buf_add(b, x_date, 8);
+    rtc_buf_addc(b, '/');
+    rtc_buf_adds(b, region);
+    rtc_buf_addc(b, '/');
+    rtc_buf_adds(b, service);
+    rtc_buf_adds(b, "/request");
+}
+
 #define FAIL(...)                                  \
     do {                                           \
         if (err) snprintf(err, errlen, __VA_ARGS__); \
@@ -394,7 +416,7 @@ int rtc_sign(rtc_signer *s, const rtc_sign_request *req, rtc_sign_result *res, c
         FAIL("session_token contains CR, LF or NUL");
 
     memcpy(res->x_date, req->x_date, RTC_XDATE_LEN + 1);
-    if (rtc_sha256_hex(req->body ? (const void *)req->body : "", req->body_len, res->content_sha256))
+    if (digest_hex(s->ctx, req->body ? (const void *)req->body : "", req->body_len, res->content_sha256))
         FAIL("out of memory");
 
     hs = malloc((req->nheaders + 5) * sizeof *hs);
@@ -477,19 +499,29 @@ int rtc_sign(rtc_signer *s, const rtc_sign_request *req, rtc_sign_result *res, c
     rtc_buf_addc(cr, '\n');
     rtc_buf_add(cr, res->content_sha256, 2 * RTC_SHA256_LEN);
     if (cr->oom || res->signed_headers.oom) FAIL("out of memory");
-    if (rtc_sha256_hex(cr->data, cr->len, creq_hash)) FAIL("out of memory");
+    if (digest_hex(s->ctx, cr->data, cr->len, creq_hash)) FAIL("out of memory");
 
+    /* Plain appends: printf-style formatting cost more than the hashing here. */
     rtc_buf_reset(&res->string_to_sign);
-    rtc_buf_addf(&res->string_to_sign, "HMAC-SHA256\n%s\n%.8s/%s/%s/request\n%s", res->x_date, res->x_date,
-                 req->region, req->service, creq_hash);
+    rtc_buf_adds(&res->string_to_sign, "HMAC-SHA256\n");
+    rtc_buf_add(&res->string_to_sign, res->x_date, RTC_XDATE_LEN);
+    rtc_buf_addc(&res->string_to_sign, '\n');
+    add_scope(&res->string_to_sign, res->x_date, req->region, req->service);
+    rtc_buf_addc(&res->string_to_sign, '\n');
+    rtc_buf_add(&res->string_to_sign, creq_hash, 2 * RTC_SHA256_LEN);
     if (res->string_to_sign.oom) FAIL("out of memory");
 
     key = signing_key(s, req);
     if (!key || hmac_finish(s->ctx, key->inner, key->outer, res->string_to_sign.data, res->string_to_sign.len, md))
         FAIL("signing failed (OpenSSL error or out of memory)");
     rtc_buf_reset(&res->authorization);
-    rtc_buf_addf(&res->authorization, "HMAC-SHA256 Credential=%s/%.8s/%s/%s/request, SignedHeaders=%s, Signature=",
-                 req->access_key, res->x_date, req->region, req->service, res->signed_headers.data);
+    rtc_buf_adds(&res->authorization, "HMAC-SHA256 Credential=");
+    rtc_buf_adds(&res->authorization, req->access_key);
+    rtc_buf_addc(&res->authorization, '/');
+    add_scope(&res->authorization, res->x_date, req->region, req->service);
+    rtc_buf_adds(&res->authorization, ", SignedHeaders=");
+    rtc_buf_add(&res->authorization, res->signed_headers.data, res->signed_headers.len);
+    rtc_buf_adds(&res->authorization, ", Signature=");
     rtc_buf_addhex(&res->authorization, md, sizeof md);
     OPENSSL_cleanse(md, sizeof md);
     if (res->authorization.oom) FAIL("out of memory");
