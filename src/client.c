@@ -108,17 +108,23 @@ static const char *opt_string(lua_State *L, int t, const char *k, size_t *len) {
     return s;
 }
 
-static double opt_seconds(lua_State *L, int t, const char *k, double dflt) {
-    double v;
+/* Reads the numeric option k into *v; 0 when it is absent. */
+static int opt_fetch_number(lua_State *L, int t, const char *k, const char *kind, double *v) {
     lua_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        return dflt;
+        return 0;
     }
     if (lua_type(L, -1) != LUA_TNUMBER)
-        rtc_argerror(L, "client", "option '%s' must be a number of seconds, got %s", k, luaL_typename(L, -1));
-    v = (double)lua_tonumber(L, -1);
+        rtc_argerror(L, "client", "option '%s' must be %s, got %s", k, kind, luaL_typename(L, -1));
+    *v = (double)lua_tonumber(L, -1);
     lua_pop(L, 1);
+    return 1;
+}
+
+static double opt_seconds(lua_State *L, int t, const char *k, double dflt) {
+    double v;
+    if (!opt_fetch_number(L, t, k, "a number of seconds", &v)) return dflt;
     if (!(v > 0 && v <= 600)) rtc_argerror(L, "client", "option '%s' must be > 0 and <= 600 seconds", k);
     return v;
 }
@@ -325,15 +331,7 @@ static void parse_versions(lua_State *L, rtc_client *c, int opts) {
 
 static double opt_number(lua_State *L, int t, const char *k, double dflt, double min, double max) {
     double v;
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return dflt;
-    }
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        rtc_argerror(L, "client", "option '%s' must be a number, got %s", k, luaL_typename(L, -1));
-    v = (double)lua_tonumber(L, -1);
-    lua_pop(L, 1);
+    if (!opt_fetch_number(L, t, k, "a number", &v)) return dflt;
     if (!(v >= min && v <= max)) rtc_argerror(L, "client", "option '%s' must be between %g and %g", k, min, max);
     return v;
 }
