@@ -24,17 +24,13 @@ for i = 1, 4 do procs[i] = assert(io.popen(T.shell_quote(lua) .. " -e " .. T.she
 for i = 1, 4 do io.write("process ", i, ": ", procs[i]:read("a")) procs[i]:close() end
 os.execute("rm -rf " .. T.shell_quote(dir))
 
-local t, throttled = {}, 0
-for _, r in ipairs(emu.control("GET", "/_emulator/requests?action=KickUser").requests) do
+local reqs, t, throttled = emu.control("GET", "/_emulator/requests?action=KickUser").requests, {}, 0
+for _, r in ipairs(reqs) do
   t[#t + 1] = r.t
   if r.status ~= 200 then throttled = throttled + 1 end
 end
 table.sort(t)
-local max, j = 0, 1
-for i = 1, #t do
-  while t[i] - t[j] >= 1.0 do j = j + 1 end
-  if i - j + 1 > max then max = i - j + 1 end
-end
+local max = T.max_in_any_second(reqs)
 local span = t[#t] - t[1]
 print(string.format("%d requests over %.2f s: max %d in any 1 s window, mean %.1f/s, %d throttled",
   #t, span, max, (#t - 1) / span, throttled))

@@ -14,17 +14,7 @@ local function arrivals(action)
   return out
 end
 
-local function max_in_any_second(reqs)
-  local t = {}
-  for _, r in ipairs(reqs) do t[#t + 1] = r.t end
-  table.sort(t)
-  local best, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1.0 do j = j + 1 end
-    if i - j + 1 > best then best = i - j + 1 end
-  end
-  return best
-end
+local max_in_any_second = T.max_in_any_second
 
 local function ids(n, prefix)
   local out = {}

@@ -128,6 +128,19 @@ function T.client(emu, overrides)
   return rtcadmin.client(opts)
 end
 
+-- The most emulator request records ({t = seconds, ...}) that fall in any window [t, t + 1 s).
+function T.max_in_any_second(reqs)
+  local t = {}
+  for _, r in ipairs(reqs) do t[#t + 1] = r.t end
+  table.sort(t)
+  local best, j = 0, 1
+  for i = 1, #t do
+    while t[i] - t[j] >= 1.0 do j = j + 1 end
+    if i - j + 1 > best then best = i - j + 1 end
+  end
+  return best
+end
+
 function T.contains(list, value)
   for _, v in ipairs(list or {}) do if v == value then return true end end
   return false
