@@ -153,8 +153,9 @@ static void killed_process_leaves_table_usable(const char *dir) {
         int64_t now = rtc_monotonic_ns(), s = 0;
         int rc = l ? l->ops->reserve(l, KEY_A, "KillTest", SEC / 1000, now, &s, err, sizeof err) : -1;
         CHECK(rc == 0, "reserve works after 20 killed processes");
-        /* A dead process held at most the one slot it was waiting for. */
-        CHECK(s - now <= SEC / 1000, "no budget lost for long: next slot in %lld ns", (long long)(s - now));
+        /* A dead process held at most the one slot it was waiting for (up to one interval ahead), so the
+         * next free slot is at most two intervals away. */
+        CHECK(s - now <= 2 * (SEC / 1000), "no budget lost for long: next slot in %lld ns", (long long)(s - now));
         rtc_limiter_free(l);
     }
 }
