@@ -186,6 +186,15 @@ def vectors():
         case("post_empty_body",
              "POST with an empty body: payload hash is SHA-256 of the empty string.",
              query=[("Action", "KickUser"), ("Version", "2020-12-01")], body=""),
+        case("many_parameters_and_headers",
+             "40 query parameters (shuffled, with repeated keys) and 20 X- headers with long values: more "
+             "items than a signer may sort on the stack and a canonical request of several kilobytes.",
+             query=[("Action", "GetRoomOnlineUsers"), ("Version", "2023-11-01")] +
+                   [("P%02d" % ((i * 17) % 30), "v%d-%s" % (i, "x" * (i * 3))) for i in range(38)],
+             headers=dict([("Host", HOST), ("Content-Type", "application/json")] +
+                          [("X-Custom-%02d" % ((i * 7) % 20), "value-%d-%s" % (i, "y" * (i * 11)))
+                           for i in range(20)]),
+             body=kick_body()),
         case("post_utf8_body",
              "Raw UTF-8 JSON body (not \\u-escaped): the hash covers the UTF-8 bytes.",
              query=[("Action", "BanRoomUser"), ("Version", "2023-11-01")],

@@ -11,10 +11,19 @@ void rtc_buf_init(rtc_buf *b) {
     b->data = NULL;
     b->len = b->cap = 0;
     b->oom = 0;
+    b->borrowed = 0;
+}
+
+void rtc_buf_init_in(rtc_buf *b, char *storage, size_t n) {
+    rtc_buf_init(b);
+    b->data = storage;
+    b->cap = n;
+    b->borrowed = 1;
+    storage[0] = '\0';
 }
 
 void rtc_buf_free(rtc_buf *b) {
-    free(b->data);
+    if (!b->borrowed) free(b->data);
     rtc_buf_init(b);
 }
 
@@ -28,7 +37,7 @@ void rtc_buf_reset(rtc_buf *b) {
     if (b->data) b->data[0] = '\0';
 }
 
-int rtc_buf_reserve(rtc_buf *b, size_t extra) {
+int rtc_buf_grow(rtc_buf *b, size_t extra) {
     size_t need, cap;
     char *p;
     if (b->oom) return -1;
@@ -37,24 +46,16 @@ int rtc_buf_reserve(rtc_buf *b, size_t extra) {
     if (need <= b->cap) return 0;
     cap = b->cap ? b->cap : 64;
     while (cap < need) cap = cap > ((size_t)-1) / 2 ? need : cap * 2;
-    p = realloc(b->data, cap);
+    p = b->borrowed ? malloc(cap) : realloc(b->data, cap);
     if (!p) { b->oom = 1; return -1; }
+    if (b->borrowed) {
+        memcpy(p, b->data, b->len + 1);
+        b->borrowed = 0;
+    }
     b->data = p;
     b->cap = cap;
     return 0;
 }
-
-int rtc_buf_add(rtc_buf *b, const void *p, size_t n) {
-    if (rtc_buf_reserve(b, n)) return -1;
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-int rtc_buf_adds(rtc_buf *b, const char *s) { return rtc_buf_add(b, s, strlen(s)); }
-
-int rtc_buf_addc(rtc_buf *b, char c) { return rtc_buf_add(b, &c, 1); }
 
 int rtc_buf_addf(rtc_buf *b, const char *fmt, ...) {
     va_list ap;

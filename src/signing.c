@@ -281,25 +281,45 @@ static int query_cmp(const void *pa, const void *pb) {
     return a->order < b->order ? -1 : a->order > b->order;
 }
 
+/* Requests carry a handful of parameters and headers: below this count the signer sorts on the stack
+ * with an insertion sort (no allocation, no qsort call overhead); above it, on the heap with qsort. */
+#define SMALL_SORT 16
+
+static void insertion_sort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
+    unsigned char tmp[128], *a = base;
+    size_t i, j;
+    for (i = 1; i < n; i++) {
+        memcpy(tmp, a + i * size, size);
+        for (j = i; j > 0 && cmp(a + (j - 1) * size, tmp) > 0; j--) memcpy(a + j * size, a + (j - 1) * size, size);
+        memcpy(a + j * size, tmp, size);
+    }
+}
+
+static void sort_small_or_large(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
+    if (n <= SMALL_SORT && size <= 128)
+        insertion_sort(base, n, size, cmp);
+    else
+        qsort(base, n, size, cmp);
+}
+
 static int canonical_query(rtc_buf *out, const rtc_kv *q, size_t n) {
-    sort_item *items;
+    sort_item small[SMALL_SORT], *items = small;
     size_t i;
     int rc = 0;
     if (n == 0) return 0;
-    items = malloc(n * sizeof *items);
-    if (!items) return -1;
+    if (n > SMALL_SORT && !(items = malloc(n * sizeof *items))) return -1;
     for (i = 0; i < n; i++) {
         items[i].kv = &q[i];
         items[i].order = i;
     }
-    qsort(items, n, sizeof *items, query_cmp);
+    sort_small_or_large(items, n, sizeof *items, query_cmp);
     for (i = 0; i < n && rc == 0; i++) {
         if (i) rc |= rtc_buf_addc(out, '&');
         rc |= rtc_uri_encode(out, items[i].kv->key, items[i].kv->key_len, 0);
         rc |= rtc_buf_addc(out, '=');
         rc |= rtc_uri_encode(out, items[i].kv->value, items[i].kv->value_len, 0);
     }
-    free(items);
+    if (items != small) free(items);
     return rc ? -1 : 0;
 }
 
@@ -313,9 +333,16 @@ static int header_cmp(const void *pa, const void *pb) {
     return strcmp(((const signed_header *)pa)->name, ((const signed_header *)pb)->name);
 }
 
+/* RFC 9110 token character; letters, digits and '-' first, as header names are mostly those. */
 static int is_tchar(unsigned char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    if (((c | 32) >= 'a' && (c | 32) <= 'z') || (c >= '0' && c <= '9') || c == '-') return 1;
+    switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '.': case '^': case '_': case '`': case '|': case '~':
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 static int lower_name(const char *name, size_t n, char out[64]) {
@@ -361,11 +388,12 @@ static int set_host(rtc_sign_result *res, const char *v, size_t n) {
 }
 
 void rtc_sign_result_init(rtc_sign_result *r) {
-    memset(r, 0, sizeof *r);
-    rtc_buf_init(&r->authorization);
-    rtc_buf_init(&r->signed_headers);
-    rtc_buf_init(&r->canonical_request);
-    rtc_buf_init(&r->string_to_sign);
+    r->x_date[0] = r->content_sha256[0] = r->host[0] = '\0';
+    r->content_type_added = 0;
+    rtc_buf_init_in(&r->authorization, r->store_authorization, sizeof r->store_authorization);
+    rtc_buf_init_in(&r->signed_headers, r->store_signed_headers, sizeof r->store_signed_headers);
+    rtc_buf_init_in(&r->canonical_request, r->store_canonical_request, sizeof r->store_canonical_request);
+    rtc_buf_init_in(&r->string_to_sign, r->store_string_to_sign, sizeof r->store_string_to_sign);
 }
 
 void rtc_sign_result_free(rtc_sign_result *r) {
@@ -393,7 +421,7 @@ static void add_scope(rtc_buf *b, const char *x_date, const char *region, const 
 
 int rtc_sign(rtc_signer *s, const rtc_sign_request *req, rtc_sign_result *res, char *err, size_t errlen) {
     static const char *const ours[] = {"x-date", "x-content-sha256", "x-security-token"};
-    signed_header *hs = NULL;
+    signed_header small[SMALL_SORT], *hs = small;
     size_t nh = 0, i, j;
     int has_host = 0, has_ctype = 0, has_token = req->session_token && *req->session_token;
     unsigned char md[RTC_SHA256_LEN];
@@ -419,8 +447,10 @@ int rtc_sign(rtc_signer *s, const rtc_sign_request *req, rtc_sign_result *res, c
     if (digest_hex(s->ctx, req->body ? (const void *)req->body : "", req->body_len, res->content_sha256))
         FAIL("out of memory");
 
-    hs = malloc((req->nheaders + 5) * sizeof *hs);
-    if (!hs) FAIL("out of memory");
+    if (req->nheaders + 5 > SMALL_SORT && !(hs = malloc((req->nheaders + 5) * sizeof *hs))) {
+        hs = small;
+        FAIL("out of memory");
+    }
     for (i = 0; i < req->nheaders; i++) {
         char name[64];
         const rtc_kv *h = &req->headers[i];
@@ -474,7 +504,7 @@ int rtc_sign(rtc_signer *s, const rtc_sign_request *req, rtc_sign_result *res, c
         hs[nh].value = req->session_token;
         hs[nh++].value_len = strlen(req->session_token);
     }
-    qsort(hs, nh, sizeof *hs, header_cmp);
+    sort_small_or_large(hs, nh, sizeof *hs, header_cmp);
     for (i = 1; i < nh; i++)
         if (strcmp(hs[i].name, hs[i - 1].name) == 0) FAIL("header '%s' is given twice", hs[i].name);
 
@@ -525,9 +555,9 @@ int rtc_sign(rtc_signer *s, const rtc_sign_request *req, rtc_sign_result *res, c
     rtc_buf_addhex(&res->authorization, md, sizeof md);
     OPENSSL_cleanse(md, sizeof md);
     if (res->authorization.oom) FAIL("out of memory");
-    free(hs);
+    if (hs != small) free(hs);
     return 0;
 fail:
-    free(hs);
+    if (hs != small) free(hs);
     return -1;
 }

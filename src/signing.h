@@ -44,6 +44,9 @@ typedef struct {
     char content_sha256[2 * RTC_SHA256_LEN + 1];
     char host[256];              /* the Host value that was signed */
     int content_type_added;      /* the form Content-Type default was added (non-GET, none given) */
+    /* Starting storage of the four buffers: a typical API request signs without a heap allocation. */
+    char store_authorization[320], store_signed_headers[128], store_canonical_request[640],
+        store_string_to_sign[192];
 } rtc_sign_result;
 
 #define RTC_DEFAULT_FORM_CONTENT_TYPE "application/x-www-form-urlencoded; charset=utf-8"
