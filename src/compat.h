@@ -8,6 +8,10 @@
 
 #if LUA_VERSION_NUM < 502
 #define lua_rawlen(L, i) lua_objlen((L), (i))
+#endif
+
+/* PUC Lua 5.1 only: LuaJIT 2.1 already has these 5.2 functions (and defines luaL_newlib). */
+#if LUA_VERSION_NUM < 502 && !defined(luaL_newlib)
 #define luaL_newlib(L, l) (lua_newtable(L), luaL_register((L), NULL, (l)))
 static inline void rtc_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
     int i;

@@ -22,11 +22,11 @@ local LONG_SHOWN = '"' .. ("x"):rep(40) .. '"...'
 -- {value, how the message shows it} for room_id / user_id and for app_id.
 local BAD_IDS = {
   { "", '""' }, { LONG, LONG_SHOWN }, { "a b", '"a b"' }, { "a/b", '"a/b"' }, { "a#b", '"a#b"' },
-  { "caf\xC3\xA9", '"caf\\xC3\\xA9"' }, { "a\0b", '"a\\x00b"' }, { "a\r\nb", '"a\\x0D\\x0Ab"' },
+  { "caf\195\169", '"caf\\xC3\\xA9"' }, { "a\0b", '"a\\x00b"' }, { "a\r\nb", '"a\\x0D\\x0Ab"' },
 }
 local BAD_APPS = {
   { "", '""' }, { LONG, LONG_SHOWN }, { "app id", '"app id"' }, { "app\1", '"app\\x01"' },
-  { "app\0", '"app\\x00"' }, { "\xC3\xA9", '"\\xC3\\xA9"' },
+  { "app\0", '"app\\x00"' }, { "\195\169", '"\\xC3\\xA9"' },
 }
 local WRONG_TYPES = { { 42, "number" }, { true, "boolean" }, { {}, "table" }, { print, "function" } }
 
@@ -64,7 +64,7 @@ for _, m in ipairs(POSITIONAL) do
     id_rows(fname, arg, function(value)
       local a = { A, R, U }
       a[i] = value
-      c[fname](c, table.unpack(a, 1, #args))
+      c[fname](c, T.unpack(a, 1, #args))
     end, true)
   end
 end
@@ -161,8 +161,8 @@ method_row("unmute_user with a duration", "unmute_user", { app_id = A, room_id =
 -- ---------------------------------------------------------------- call
 
 local function call(...)
-  local args = table.pack(...)
-  return function() c:call(table.unpack(args, 1, args.n)) end
+  local args = T.pack(...)
+  return function() c:call(T.unpack(args, 1, args.n)) end
 end
 local DR, V = "DismissRoom", "2020-12-01"
 local ACTION = bad("call", "action", 'expected an Action name such as "DismissRoom"')

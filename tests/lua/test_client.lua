@@ -189,7 +189,7 @@ local function child(env, code)
   local prefix = ""
   for k, v in pairs(env) do prefix = prefix .. k .. "=" .. T.shell_quote(v) .. " " end
   local p = assert(io.popen(prefix .. T.shell_quote(lua) .. " -e " .. T.shell_quote(code) .. " 2>&1"))
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   return out
 end

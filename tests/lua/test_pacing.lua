@@ -71,7 +71,7 @@ T.case("four independent processes sharing the host limiter stay within 60/s and
   local procs = {}
   for i = 1, 4 do procs[i] = assert(io.popen(T.shell_quote(lua) .. " -e " .. T.shell_quote(code) .. " 2>&1")) end
   for i = 1, 4 do
-    local out = procs[i]:read("a")
+    local out = procs[i]:read("*a")
     procs[i]:close()
     T.eq(out, "60\t0\n", "process " .. i)
   end

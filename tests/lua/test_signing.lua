@@ -12,7 +12,7 @@ end
 
 local function read_json(path)
   local f = assert(io.open(path, "rb"))
-  local doc = cjson.decode(f:read("a"))
+  local doc = cjson.decode(f:read("*a"))
   f:close()
   return doc
 end

@@ -17,6 +17,10 @@ T.APP = "661e2ebb5ffd4b0e8d3f6b1d"
 
 T.source_dir = os.getenv("RTCADMIN_SOURCE_DIR") or "."
 
+-- The suites run on Lua 5.1 (and LuaJIT) to 5.4: version differences go through these.
+T.unpack = table.unpack or unpack -- luacheck: ignore 143 (5.1 global)
+function T.pack(...) return { n = select("#", ...), ... } end
+
 function T.case(name, fn) cases[#cases + 1] = { name = name, fn = fn } end
 
 local function fail(msg, level) error(msg, (level or 1) + 1) end
@@ -77,7 +81,7 @@ function T.emulator(args)
   local cmd = "exec python3 " .. shell_quote(T.source_dir .. "/emulator/rtc_emulator.py")
     .. " --port 0 --exit-with-parent --quiet " .. (args or "")
   local proc = assert(io.popen(cmd, "r"))
-  local line = proc:read("l")
+  local line = proc:read("*l")
   local url = line and line:match("listening on (http://[%d%.]+:%d+)")
   if not url then error("emulator did not start: " .. tostring(line)) end
   local emu = { url = url, proc = proc }
@@ -89,7 +93,7 @@ function T.emulator(args)
       cmdline = cmdline .. " -H 'Content-Type: application/json' --data-binary " .. shell_quote(cjson.encode(body))
     end
     local p = assert(io.popen(cmdline, "r"))
-    local out = p:read("a")
+    local out = p:read("*a")
     p:close()
     local ok, doc = pcall(cjson.decode, out)
     if not ok then error("emulator control " .. path .. " answered: " .. out) end
