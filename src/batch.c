@@ -5,8 +5,6 @@
 
 #include "rtcadmin.h"
 
-#define PREPARERS_KEY "rtcadmin.preparers"
-
 typedef struct {
     rtc_api_call call;
     int attempts;
@@ -70,13 +68,13 @@ void rtc_batch_register(lua_State *L, const luaL_Reg *methods) {
         lua_pushcclosure(L, methods->func, 1);
         lua_setfield(L, -2, methods->name);
     }
-    lua_setfield(L, LUA_REGISTRYINDEX, PREPARERS_KEY);
+    lua_setfield(L, LUA_REGISTRYINDEX, RTC_PREPARERS_KEY);
 }
 
 /* calls[i] = {"method", args...} -> prepared[i]; raises on the first invalid call, before any traffic. */
 static void prepare_all(lua_State *L, int calls, int prepared, int n) {
     int i, j, len;
-    lua_getfield(L, LUA_REGISTRYINDEX, PREPARERS_KEY);
+    lua_getfield(L, LUA_REGISTRYINDEX, RTC_PREPARERS_KEY);
     for (i = 1; i <= n; i++) {
         lua_rawgeti(L, calls, i);
         if (!lua_istable(L, -1))
@@ -100,19 +98,18 @@ static void prepare_all(lua_State *L, int calls, int prepared, int n) {
     lua_pop(L, 1);
 }
 
-/* Points item->call into the prepared table (anchored in `prepared` for the whole batch). */
-static void load_item(lua_State *L, int prepared, int i, batch_item *item) {
+void rtc_call_load(lua_State *L, int idx, rtc_api_call *call) {
     size_t k, n;
     rtc_kv *kv;
-    lua_rawgeti(L, prepared, i + 1);
+    lua_pushvalue(L, idx);
     lua_getfield(L, -1, "action");
-    item->call.action = lua_tostring(L, -1);
+    call->action = lua_tostring(L, -1);
     lua_getfield(L, -2, "version");
-    item->call.version = lua_tostring(L, -1);
+    call->version = lua_tostring(L, -1);
     lua_getfield(L, -3, "get");
-    item->call.is_get = lua_toboolean(L, -1);
+    call->is_get = lua_toboolean(L, -1);
     lua_getfield(L, -4, "body");
-    item->call.body = lua_tolstring(L, -1, &item->call.body_len);
+    call->body = lua_tolstring(L, -1, &call->body_len);
     lua_getfield(L, -5, "params");
     n = lua_rawlen(L, -1) / 2;
     kv = lua_newuserdatauv(L, (n ? n : 1) * sizeof *kv, 0);
@@ -124,9 +121,16 @@ static void load_item(lua_State *L, int prepared, int i, batch_item *item) {
         kv[k].value = lua_tolstring(L, -1, &kv[k].value_len);
         lua_pop(L, 2);
     }
-    item->call.params = kv;
-    item->call.nparams = n;
+    call->params = kv;
+    call->nparams = n;
     lua_pop(L, 6);
+}
+
+/* Points item->call into prepared[i + 1] (anchored in `prepared` for the whole batch). */
+static void load_item(lua_State *L, int prepared, int i, batch_item *item) {
+    lua_rawgeti(L, prepared, i + 1);
+    rtc_call_load(L, lua_gettop(L), &item->call);
+    lua_pop(L, 1);
 }
 
 /* Pops `result, meta` or `nil, err` into results[i] ({ok, result, meta} or {ok = false, err}) and
@@ -206,6 +210,16 @@ static int batch_run(lua_State *L) {
     lua_createtable(L, n, 0);
     prepared = lua_gettop(L);
     prepare_all(L, calls, prepared, n);
+    if (lua_toboolean(L, lua_upvalueindex(1))) { /* through client:exchanges(): one exchange per call */
+        lua_createtable(L, n, 0);
+        for (i = 1; i <= n; i++) {
+            lua_rawgeti(L, prepared, i);
+            rtc_exchange_push(L, 1, -1);
+            lua_rawseti(L, -3, i);
+            lua_pop(L, 1);
+        }
+        return 1;
+    }
     lua_createtable(L, n, 0);
     results = lua_gettop(L);
     rtc_ensure_decoder(L);
@@ -333,7 +347,8 @@ static int kick_users(lua_State *L) {
     if (!lua_istable(L, 4)) rtc_argerror(L, "kick_users", "bad argument 'user_ids': expected a list of user IDs");
     n = (int)lua_rawlen(L, 4);
     lua_settop(L, 5);
-    lua_pushcfunction(L, batch_run);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the exchanges mode carries through */
+    lua_pushcclosure(L, batch_run, 1);
     lua_pushvalue(L, 1);
     lua_createtable(L, n, 0);
     for (i = 1; i <= n; i++) {
@@ -372,7 +387,8 @@ static int ban_users(lua_State *L) {
     lua_getfield(L, 2, "user_ids");
     if (!lua_istable(L, -1)) rtc_argerror(L, "ban_users", "bad argument 'user_ids': expected a list of user IDs");
     n = (int)lua_rawlen(L, -1);
-    lua_pushcfunction(L, batch_run);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the exchanges mode carries through */
+    lua_pushcclosure(L, batch_run, 1);
     lua_pushvalue(L, 1);
     lua_createtable(L, n, 0);
     for (i = 1; i <= n; i++) {
@@ -392,6 +408,27 @@ static int ban_users(lua_State *L) {
     lua_pushvalue(L, 3);
     lua_call(L, 3, 2);
     return 2;
+}
+
+/* client:exchanges(method, args...) -> one exchange per call of batch, kick_users or ban_users, every
+ * argument checked before anything is returned. */
+int rtc_client_exchanges_method(lua_State *L) {
+    int n = lua_gettop(L), i;
+    const luaL_Reg *m;
+    const char *name;
+    rtc_check_client(L, 1, "exchanges");
+    name = luaL_checkstring(L, 2);
+    for (m = rtc_batch_methods; m->name; m++)
+        if (strcmp(m->name, name) == 0) break;
+    if (!m->name)
+        return rtc_argerror(L, "exchanges", "unknown bulk method %s (batch, kick_users, ban_users)",
+                            rtc_quote(L, name, lua_rawlen(L, 2)));
+    lua_pushboolean(L, 1);
+    lua_pushcclosure(L, m->func, 1);
+    lua_pushvalue(L, 1);
+    for (i = 3; i <= n; i++) lua_pushvalue(L, i);
+    lua_call(L, n - 1, 1);
+    return 1;
 }
 
 const luaL_Reg rtc_batch_methods[] = {

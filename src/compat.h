@@ -50,6 +50,23 @@ static inline int rtc_isinteger(lua_State *L, int i) {
 #define lua_newuserdatauv(L, sz, nuv) lua_newuserdata((L), (sz))
 #endif
 
+/* One Lua value (a table) attached to a userdata: uservalue 1 in 5.4, the uservalue in 5.2/5.3, the
+ * environment in 5.1. Pops the table. */
+#if LUA_VERSION_NUM >= 504
+#define rtc_setuservalue(L, i) ((void)lua_setiuservalue((L), (i), 1))
+#elif LUA_VERSION_NUM >= 502
+#define rtc_setuservalue(L, i) lua_setuservalue((L), (i))
+#else
+#define rtc_setuservalue(L, i) ((void)lua_setfenv((L), (i)))
+#endif
+
+#if LUA_VERSION_NUM < 502
+static inline int rtc_absindex(lua_State *L, int i) {
+    return (i > 0 || i <= LUA_REGISTRYINDEX) ? i : lua_gettop(L) + i + 1;
+}
+#define lua_absindex rtc_absindex
+#endif
+
 /* Integral number as long long; 0 when not integral (check lua_isinteger or rtc_integral first). */
 static inline int rtc_integral(lua_State *L, int i, long long *out) {
     lua_Number n;

@@ -3,6 +3,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "rtcadmin.h"
 
 #define SIGNER_MT "rtcadmin.signer"
@@ -222,6 +224,53 @@ static int signer_gc(lua_State *L) {
 
 static int l_client(lua_State *L) { return rtc_client_new(L); }
 
+/* rtcadmin.sha256(s) -> lower-case hex digest (callback signatures, rtc-api.md section 5.3). */
+static int l_sha256(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char hex[2 * RTC_SHA256_LEN + 1];
+    if (rtc_sha256_hex(s, n, hex)) return luaL_error(L, "out of memory");
+    lua_pushlstring(L, hex, 2 * RTC_SHA256_LEN);
+    return 1;
+}
+
+/* rtcadmin.secure_equal(a, b) -> whether two strings are equal, in time that depends only on their
+ * lengths (for comparing signatures and tokens). */
+static int l_secure_equal(lua_State *L) {
+    size_t an, bn;
+    const char *a = luaL_checklstring(L, 1, &an), *b = luaL_checklstring(L, 2, &bn);
+    lua_pushboolean(L, an == bn && CRYPTO_memcmp(a, b, an) == 0);
+    return 1;
+}
+
+/* Inside nginx (the ngx API is loaded) the Lua layer rtcadmin.nginx takes over the methods, so
+ * calls in cosocket-capable phases go out through nginx's own non-blocking I/O. */
+static void install_nginx_layer(lua_State *L, int module) {
+    lua_getglobal(L, "ngx");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, "get_phase");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 2);
+        return;
+    }
+    lua_pop(L, 2);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, RTC_IN_NGINX_KEY);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rtcadmin.nginx");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "install");
+    lua_pushvalue(L, module);
+    luaL_getmetatable(L, RTC_CLIENT_MT);
+    lua_getfield(L, -1, "__index");
+    lua_replace(L, -2);
+    lua_call(L, 2, 0);
+    lua_pop(L, 1);
+}
+
 /* rtcadmin.config(opts) -> the new default client; rtcadmin.config() -> the current one (made lazily). */
 static int l_config(lua_State *L) {
     if (lua_isnoneornil(L, 1)) {
@@ -251,7 +300,11 @@ static int forward_to_default(lua_State *L) {
 }
 
 RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
-    static const luaL_Reg fns[] = {{"client", l_client}, {"config", l_config}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"client", l_client},
+                                   {"config", l_config},
+                                   {"sha256", l_sha256},
+                                   {"secure_equal", l_secure_equal},
+                                   {NULL, NULL}};
     rtc_signer **sp;
     int i;
 
@@ -287,5 +340,6 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     }
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
+    install_nginx_layer(L, lua_gettop(L));
     return 1;
 }

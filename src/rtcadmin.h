@@ -19,6 +19,8 @@
 #endif
 #define RTC_CLIENT_MT "rtcadmin.client"
 #define RTC_ERROR_MT "rtcadmin.error"
+/* Registry flag: this Lua state runs inside nginx (the limiter defaults to the host scope there). */
+#define RTC_IN_NGINX_KEY "rtcadmin.in_nginx"
 #define RTC_MAX_VERSION_OVERRIDES 16
 #define RTC_MAX_QPS_OVERRIDES 32
 
@@ -126,7 +128,17 @@ int rtc_client_stats_method(lua_State *L);
 extern const luaL_Reg rtc_action_methods[];
 
 /* batch.c */
+/* Registry table: method name -> the method with upvalue true, which checks its arguments and returns
+ * the call as a prepared table instead of sending it. */
+#define RTC_PREPARERS_KEY "rtcadmin.preparers"
 extern const luaL_Reg rtc_batch_methods[];
+/* Points call into the prepared table at idx (which then anchors everything call uses). */
+void rtc_call_load(lua_State *L, int idx, rtc_api_call *call);
+int rtc_client_exchanges_method(lua_State *L);
+
+/* exchange.c */
+void rtc_exchange_push(lua_State *L, int client, int prepared);
+int rtc_client_exchange_method(lua_State *L);
 void rtc_batch_register(lua_State *L, const luaL_Reg *methods);
 
 /* errors.c */

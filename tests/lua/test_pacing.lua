@@ -22,12 +22,7 @@ local function ids(n, prefix)
   return out
 end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p " .. T.shell_quote(d)))
-  return d
-end
+local tmpdir = T.tmpdir
 
 T.case("a burst of 200 kicks never trips the service's 60/s check, results in input order", function()
   emu.reset()

@@ -124,6 +124,112 @@ function T.emulator(args)
   return emu
 end
 
+-- A fresh empty directory under /tmp.
+function T.tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p " .. shell_quote(d)))
+  return d
+end
+
+-- This process's pid (children use it to notice that the test run is gone).
+function T.pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("*l"):match("^(%d+)")
+  f:close()
+  return pid
+end
+
+function T.sleep(seconds) os.execute("sleep " .. seconds) end
+
+-- An HTTP request with curl: returns status, body, seconds taken. headers: {"Name: value", ...}.
+function T.http(method, url, body, headers)
+  local cmd = "curl -s -S --max-time 30 -o - -w '\n%{http_code} %{time_total}' -X " .. method .. " " .. shell_quote(url)
+  for _, h in ipairs(headers or {}) do cmd = cmd .. " -H " .. shell_quote(h) end
+  if body then cmd = cmd .. " --data-binary " .. shell_quote(body) end
+  local p = assert(io.popen(cmd .. " 2>/dev/null", "r"))
+  local out = p:read("*a")
+  p:close()
+  local resp, status, took = out:match("^(.*)\n(%d+) ([%d%.]+)$")
+  return tonumber(status), resp, tonumber(took)
+end
+
+-- Starts nginx (Debian's, with the lua module) on a free loopback port with its own prefix
+-- directory. `http` is the body of the http{} block (with PORT where the port goes); `lua_files`
+-- maps file names to contents written into the prefix, which is on lua_package_path. A watchdog
+-- stops nginx when this process ends, even if a test dies.
+function T.nginx(opts)
+  local prefix = T.tmpdir()
+  for _, d in ipairs { "logs", "tmp" } do assert(os.execute("mkdir -p " .. shell_quote(prefix .. "/" .. d))) end
+  for name, text in pairs(opts.lua_files or {}) do
+    local f = assert(io.open(prefix .. "/" .. name, "w"))
+    f:write(text)
+    f:close()
+  end
+  local cpath = opts.cpath or os.getenv("RTCADMIN_LUAJIT_CPATH") or "build-luajit/?.so"
+  local p = io.popen("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); " ..
+    "print(s.getsockname()[1])'")
+  local port = p:read("*l")
+  p:close()
+  local root = io.popen("id -u"):read("*l") == "0"
+  local conf = table.concat({
+    "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
+    "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;",
+    root and "user root root;" or "",
+    "daemon off;", "master_process on;",
+    "worker_processes " .. (opts.workers or 2) .. ";",
+    "error_log " .. prefix .. "/logs/error.log " .. (opts.log_level or "info") .. ";",
+    "pid " .. prefix .. "/logs/nginx.pid;",
+    "events { worker_connections 256; }",
+    "http {",
+    "  access_log off;",
+    "  client_body_temp_path " .. prefix .. "/tmp; proxy_temp_path " .. prefix .. "/tmp;",
+    "  fastcgi_temp_path " .. prefix .. "/tmp; uwsgi_temp_path " .. prefix .. "/tmp; scgi_temp_path " .. prefix .. "/tmp;",
+    "  lua_package_path '" .. prefix .. "/?.lua;" .. T.source_dir .. "/lua/?.lua;" .. T.source_dir .. "/lua/?/init.lua;;';",
+    "  lua_package_cpath '" .. cpath .. ";;';",
+    (opts.http:gsub("PORT", port)),
+    "}",
+  }, "\n")
+  local f = assert(io.open(prefix .. "/nginx.conf", "w"))
+  f:write(conf)
+  f:close()
+  local watchdog = string.format(
+    "nginx -p %s -c %s -e %s & n=$!; while kill -0 %s 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; " ..
+    "kill -QUIT $n 2>/dev/null; wait $n", shell_quote(prefix), shell_quote(prefix .. "/nginx.conf"),
+    shell_quote(prefix .. "/logs/error.log"), T.pid())
+  local proc = assert(io.popen("sh -c " .. shell_quote(watchdog) .. " >/dev/null 2>&1 &"))
+  proc:close()
+  local ng = { port = port, url = "http://127.0.0.1:" .. port, prefix = prefix }
+  function ng.log()
+    local lf = io.open(prefix .. "/logs/error.log")
+    if not lf then return "" end
+    local text = lf:read("*a")
+    lf:close()
+    return text
+  end
+  local up = false
+  for _ = 1, 50 do
+    local status = T.http("GET", ng.url .. "/_ready")
+    if status and status > 0 then up = true break end
+    T.sleep(0.1)
+  end
+  if not up then error("nginx did not start:\n" .. ng.log()) end
+  function ng.stop()
+    local pf = io.open(prefix .. "/logs/nginx.pid")
+    if pf then
+      local pid = pf:read("*l")
+      pf:close()
+      os.execute("kill -QUIT " .. pid .. " 2>/dev/null")
+      for _ = 1, 50 do
+        if not io.open(prefix .. "/logs/nginx.pid") then break end
+        T.sleep(0.1)
+      end
+    end
+    os.execute("rm -rf " .. shell_quote(prefix))
+  end
+  return ng
+end
+
 -- A client for the emulator with the first test account, plus any overrides.
 function T.client(emu, overrides)
   local rtcadmin = require "rtcadmin"

@@ -1,0 +1,185 @@
+-- The RTC event callback receiver (rtc-api.md section 5): signature check, envelope and EventData
+-- decoding into a policy event, and an nginx content handler that dedupes by EventId, answers at
+-- once and hands the event on from a timer.
+local rtcadmin = require "rtcadmin"
+local cjson = require "cjson.safe"
+
+local M = {}
+
+-- The envelope fields whose received values are signed (with the secret), and the rest.
+M.SIGNED = { "EventType", "EventData", "EventTime", "EventId", "AppId", "Version", "Nonce" }
+local ENVELOPE = { "EventType", "EventData", "EventTime", "EventId", "AppId", "Version", "Nonce", "Signature" }
+
+-- Byte order whatever the C locale says (Lua's string < follows strcoll).
+local function bytewise_less(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function check_secret(fname, secret)
+  if type(secret) ~= "string" or secret == "" then
+    error("rtcadmin.callback." .. fname .. ": the callback secret must be a non-empty string", 3)
+  end
+end
+
+-- The expected Signature: SHA-256 hex of the sorted values (the secret among them), concatenated.
+function M.signature(fields, secret)
+  check_secret("signature", secret)
+  if type(fields) ~= "table" then error("rtcadmin.callback.signature: fields must be a table", 2) end
+  local values = { secret }
+  for _, k in ipairs(M.SIGNED) do
+    local v = fields[k]
+    if type(v) ~= "string" then return nil, "field " .. k .. " is missing or not a string" end
+    values[#values + 1] = v
+  end
+  table.sort(values, bytewise_less)
+  return rtcadmin.sha256(table.concat(values))
+end
+
+-- Whether fields.Signature is right for these fields and this secret (constant-time compare).
+function M.verify(fields, secret)
+  check_secret("verify", secret)
+  if type(fields) ~= "table" then error("rtcadmin.callback.verify: fields must be a table", 2) end
+  local expected, err = M.signature(fields, secret)
+  if not expected then return false, err end
+  local got = fields.Signature
+  if type(got) ~= "string" then return false, "field Signature is missing or not a string" end
+  if not rtcadmin.secure_equal(expected, got:lower()) then return false, "signature does not match" end
+  return true
+end
+
+-- The callback body -> its envelope fields (all strings), or nil, reason.
+function M.decode(body)
+  if type(body) ~= "string" then return nil, "no body" end
+  local doc = cjson.decode(body)
+  if type(doc) ~= "table" then return nil, "body is not a JSON object" end
+  for _, k in ipairs(ENVELOPE) do
+    if type(doc[k]) ~= "string" then return nil, "field " .. k .. " is missing or not a string" end
+  end
+  return doc
+end
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (civil calendar, no time zone involved).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- ISO-8601 "2024-01-01T00:00:00Z" (fraction and offset allowed) -> Unix seconds, or nil.
+function M.parse_time(s)
+  if type(s) ~= "string" then return nil end
+  local y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$")
+  if not y then return nil end
+  local frac, zone = rest:match("^(%.%d+)(.*)$")
+  if not frac then frac, zone = "", rest end
+  local offset = 0
+  if zone ~= "Z" and zone ~= "z" and zone ~= "" then
+    local sign, oh, om = zone:match("^([+-])(%d%d):?(%d%d)$")
+    if not sign then return nil end
+    offset = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "+" and 1 or -1)
+  end
+  local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400 + tonumber(h) * 3600 +
+    tonumber(mi) * 60 + tonumber(sec) - offset
+  return t + (frac ~= "" and tonumber("0" .. frac) or 0)
+end
+
+-- Envelope fields -> policy event {type, app_id, room_id, user_id, ts, id, time, version, data}, or
+-- nil, reason. room_id and user_id come from EventData's RoomId and UserId when it has them.
+function M.event(fields)
+  local data = cjson.decode(fields.EventData)
+  if type(data) ~= "table" then return nil, "EventData is not a JSON object" end
+  local ts = M.parse_time(fields.EventTime)
+  if not ts then return nil, "EventTime is not an ISO-8601 time" end
+  return {
+    type = fields.EventType, app_id = fields.AppId, id = fields.EventId, ts = ts, time = fields.EventTime,
+    version = fields.Version, room_id = data.RoomId, user_id = data.UserId, data = data,
+  }
+end
+
+-- The callback body -> policy event, or nil, reason (no signature check: see verify).
+function M.parse(body)
+  local fields, err = M.decode(body)
+  if not fields then return nil, err end
+  return M.event(fields)
+end
+
+-- An nginx content handler: POST only; 400 for a malformed body, 401 for a bad signature, 200 for
+-- a duplicate EventId (seen within `ttl` seconds by any worker, through lua_shared_dict `dict`),
+-- otherwise 200 at once and on_event(ev) from a zero-delay timer (it may sleep and call the API;
+-- RTC wants its answer within 5 s). A handoff that cannot be scheduled answers 500, so RTC retries.
+function M.handler(opts)
+  if type(opts) ~= "table" then error("rtcadmin.callback.handler: expects a table {secret, on_event, dict}", 2) end
+  check_secret("handler", opts.secret)
+  if type(opts.on_event) ~= "function" then error("rtcadmin.callback.handler: on_event must be a function", 2) end
+  local ngx = ngx
+  local dict = ngx.shared[opts.dict or ""]
+  if not dict then error("rtcadmin.callback.handler: dict must name a lua_shared_dict", 2) end
+  local secret, on_event, ttl = opts.secret, opts.on_event, opts.ttl or 86400
+  local max_body = opts.max_body or 65536
+
+  local function reply(status, message)
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.say(cjson.encode { ok = status == 200, message = message })
+    return ngx.exit(status)
+  end
+
+  local function deliver(premature, ev)
+    if premature then return end
+    local ok, err = pcall(on_event, ev)
+    if not ok then ngx.log(ngx.ERR, "rtcadmin.callback: on_event failed for event ", ev.id, ": ", tostring(err)) end
+  end
+
+  return function()
+    if ngx.req.get_method() ~= "POST" then return reply(405, "POST only") end
+    ngx.req.read_body()
+    local body = ngx.req.get_body_data()
+    if not body and ngx.req.get_body_file() then return reply(413, "body over client_body_buffer_size") end
+    if body and #body > max_body then return reply(413, "body too large") end
+    local fields, err = M.decode(body)
+    if not fields then
+      ngx.log(ngx.WARN, "rtcadmin.callback: malformed callback: ", err)
+      return reply(400, err)
+    end
+    local ok
+    ok, err = M.verify(fields, secret)
+    if not ok then
+      ngx.log(ngx.WARN, "rtcadmin.callback: rejected event ", fields.EventId, ": ", err)
+      return reply(401, "bad signature")
+    end
+    local ev
+    ev, err = M.event(fields)
+    if not ev then
+      ngx.log(ngx.WARN, "rtcadmin.callback: malformed event ", fields.EventId, ": ", err)
+      return reply(400, err)
+    end
+    local key = "rtcadmin.callback:" .. fields.EventId
+    local added, derr = dict:add(key, true, ttl)
+    if not added then
+      if derr == "exists" then
+        ngx.log(ngx.INFO, "rtcadmin.callback: duplicate delivery of event ", ev.id)
+        return reply(200, "duplicate")
+      end
+      ngx.log(ngx.ERR, "rtcadmin.callback: dedupe store failed: ", derr)
+      return reply(500, "dedupe store failed")
+    end
+    local scheduled, terr = ngx.timer.at(0, deliver, ev)
+    if not scheduled then
+      dict:delete(key)
+      ngx.log(ngx.ERR, "rtcadmin.callback: cannot hand off event ", ev.id, ": ", terr)
+      return reply(500, "busy")
+    end
+    ngx.log(ngx.INFO, "rtcadmin.callback: accepted event ", ev.id, " ", ev.type)
+    return reply(200, "accepted")
+  end
+end
+
+return M

@@ -1,0 +1,257 @@
+/* A call as a sans-I/O state machine, for hosts that do their own networking (nginx cosockets, any
+ * event loop). The caller drives it with x:step(response) and gets back what to do next: "wait"
+ * seconds (a limiter slot or a retry backoff), "send" a signed request, or "done" with the same
+ * `result, meta` / `nil, err` as a blocking call. Pacing, signing, response handling, retries and
+ * statistics are the ones rtc_client_request uses; only the waiting and the I/O are the caller's. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rtcadmin.h"
+
+#define EXCHANGE_MT "rtcadmin.exchange"
+
+typedef enum { X_RESERVE, X_SLOT, X_SENT, X_BACKOFF, X_DONE } exchange_state;
+
+static const char *const state_names[] = {"reserve", "slot", "sent", "backoff", "done"};
+
+typedef struct {
+    rtc_client *c;       /* kept alive by the uservalue {client, prepared} */
+    rtc_api_call call;   /* points into the prepared table */
+    exchange_state state;
+    int attempt;
+    int64_t deadline, asked, slot, wake, sent;
+} exchange;
+
+static exchange *check_exchange(lua_State *L, int idx) {
+    return luaL_checkudata(L, idx, EXCHANGE_MT);
+}
+
+/* Pushes "wait", seconds until t_ns (at least 0). */
+static int push_wait(lua_State *L, int64_t t_ns, int64_t now) {
+    lua_pushliteral(L, "wait");
+    lua_pushnumber(L, (lua_Number)(t_ns > now ? t_ns - now : 0) / 1e9);
+    return 2;
+}
+
+/* `result, meta` or `nil, err` are on top: ends the exchange with them. */
+static int push_done(lua_State *L, exchange *x, const char *failure_code) {
+    rtc_stats_outcome(rtc_stats_for(&x->c->stats, x->call.action), failure_code);
+    x->state = X_DONE;
+    lua_pushliteral(L, "done");
+    lua_insert(L, -3);
+    return 3;
+}
+
+static int fail_simple(lua_State *L, exchange *x, const char *code, const char *message) {
+    rtc_push_simple_error(L, x->c, &x->call, code, message, x->attempt - 1);
+    return push_done(L, x, code);
+}
+
+static void set_str(lua_State *L, const char *k, const char *v, size_t n) {
+    lua_pushlstring(L, v, n);
+    lua_setfield(L, -2, k);
+}
+
+static void set_num(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, k);
+}
+
+/* The signed request as a table: where to connect and what to write. */
+static int push_send(lua_State *L, exchange *x) {
+    rtc_client *c = x->c;
+    rtc_wire_request w;
+    char err[256];
+    const char *auth = strstr(c->base_url, "://") + 3, *host = auth, *port = NULL, *p;
+    size_t hostlen, i, baselen = strlen(c->base_url);
+    int https = strncmp(c->base_url, "https", 5) == 0;
+
+    if (*auth == '[') { /* [IPv6]:port */
+        host = auth + 1;
+        p = strchr(host, ']');
+        hostlen = (size_t)(p - host);
+        if (p[1] == ':') port = p + 2;
+    } else {
+        p = strchr(auth, ':');
+        hostlen = p ? (size_t)(p - auth) : strlen(auth);
+        if (p) port = p + 1;
+    }
+    if (rtc_wire_build(c, &x->call, &w, err, sizeof err))
+        return luaL_error(L, "rtcadmin: cannot sign %s: %s", x->call.action, err);
+    lua_pushliteral(L, "send");
+    lua_createtable(L, 0, 14);
+    lua_pushstring(L, w.http.method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, https ? "https" : "http");
+    lua_setfield(L, -2, "scheme");
+    set_str(L, "host", host, hostlen);
+    set_str(L, "server_name", host, hostlen);
+    lua_pushinteger(L, port ? (lua_Integer)atoi(port) : https ? 443 : 80);
+    lua_setfield(L, -2, "port");
+    lua_pushfstring(L, "rtcadmin:%s", c->base_url);
+    lua_setfield(L, -2, "pool");
+    set_str(L, "path", w.url.data + baselen, w.url.len - baselen);
+    lua_createtable(L, (int)w.nh + 1, 0);
+    for (i = 0; i < w.nh; i++) {
+        lua_pushstring(L, w.hv[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_pushfstring(L, "User-Agent: %s", c->user_agent);
+    lua_rawseti(L, -2, (int)w.nh + 1);
+    lua_setfield(L, -2, "headers");
+    set_str(L, "body", w.http.body ? w.http.body : "", w.http.body_len);
+    set_num(L, "timeout", c->timeout);
+    set_num(L, "connect_timeout", c->connect_timeout);
+    lua_pushinteger(L, RTC_MAX_RESPONSE_BYTES);
+    lua_setfield(L, -2, "max_body");
+    if (c->proxy) set_str(L, "proxy", c->proxy, strlen(c->proxy));
+    if (c->ca_file) set_str(L, "ca_file", c->ca_file, strlen(c->ca_file));
+    set_str(L, "action", x->call.action, strlen(x->call.action));
+    lua_pushinteger(L, x->attempt);
+    lua_setfield(L, -2, "attempt");
+    rtc_wire_free(&w);
+    x->sent = rtc_monotonic_ns();
+    x->state = X_SENT;
+    return 2;
+}
+
+/* The caller's response table -> rtc_http_response. Returns the transfer rc (0: an HTTP answer). */
+static int read_response(lua_State *L, int t, rtc_http_response *r) {
+    const char *s;
+    size_t n;
+    int e;
+    lua_getfield(L, t, "error");
+    if (!lua_isnil(L, -1)) {
+        const char *code = luaL_checkstring(L, -1);
+        r->error = RTC_NET_OTHER;
+        for (e = RTC_NET_DNS; e <= RTC_NET_OTHER; e++)
+            if (strcmp(code, rtc_net_error_code((rtc_net_error)e)) == 0) r->error = (rtc_net_error)e;
+        lua_getfield(L, t, "message");
+        snprintf(r->message, sizeof r->message, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : code);
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "status");
+    if (!lua_isnumber(L, -1)) rtc_argerror(L, "exchange.step", "the response needs a numeric 'status' or an 'error'");
+    r->status = (long)lua_tointeger(L, -1);
+    lua_getfield(L, t, "body");
+    s = lua_tolstring(L, -1, &n);
+    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) return luaL_error(L, "out of memory");
+    lua_getfield(L, t, "content_type");
+    if (lua_isstring(L, -1)) snprintf(r->content_type, sizeof r->content_type, "%s", lua_tostring(L, -1));
+    lua_getfield(L, t, "new_connection");
+    r->connects = lua_toboolean(L, -1) ? 1 : 0;
+    lua_pop(L, 4);
+    return 0;
+}
+
+/* x:step(response?) -> "wait", seconds | "send", request | "done", result, meta | "done", nil, err */
+static int exchange_step(lua_State *L) {
+    exchange *x = check_exchange(L, 1);
+    rtc_client *c = x->c;
+    int64_t now = rtc_monotonic_ns();
+    char err[256];
+
+    if (c->closed) return rtc_argerror(L, "exchange.step", "the client is closed");
+    switch (x->state) {
+    case X_DONE:
+        return rtc_argerror(L, "exchange.step", "the exchange has finished");
+    case X_SENT: {
+        rtc_http_response resp;
+        rtc_outcome o;
+        double elapsed = (double)(now - x->sent) / 1e9;
+        int rc;
+        if (!lua_istable(L, 2))
+            return rtc_argerror(L, "exchange.step", "expects the response to the request it sent, got %s",
+                                luaL_typename(L, 2));
+        rtc_http_response_init(&resp);
+        rc = read_response(L, 2, &resp);
+        lua_settop(L, 1);
+        o = rtc_push_outcome(L, c, &x->call, rc, &resp, x->attempt, elapsed);
+        rtc_stats_attempt(rtc_stats_for(&c->stats, x->call.action), x->attempt, (double)(x->slot - x->asked) / 1e9,
+                          elapsed, o.throttled);
+        if (o.ok || !o.retryable || x->attempt > c->retries) return push_done(L, x, o.ok ? NULL : o.code);
+        x->wake = rtc_monotonic_ns() + (int64_t)(rtc_backoff(c, x->attempt) * 1e9);
+        if (x->wake >= x->deadline) return push_done(L, x, o.code);
+        lua_pop(L, 2);
+        x->state = X_BACKOFF;
+        return push_wait(L, x->wake, now);
+    }
+    case X_BACKOFF:
+        if (now < x->wake) return push_wait(L, x->wake, now);
+        x->attempt++;
+        x->state = X_RESERVE;
+        /* fall through */
+    case X_RESERVE:
+        if (rtc_pace_reserve(c, x->call.action, now, &x->slot, err, sizeof err))
+            return fail_simple(L, x, "LimiterError", err);
+        if (x->slot > x->deadline)
+            return fail_simple(L, x, "DeadlineExceeded", "the rate limit leaves no slot before the call's deadline");
+        x->asked = now;
+        x->state = X_SLOT;
+        /* fall through */
+    case X_SLOT:
+        if (now < x->slot) return push_wait(L, x->slot, now);
+        return push_send(L, x);
+    }
+    return 0;
+}
+
+static int exchange_tostring(lua_State *L) {
+    exchange *x = check_exchange(L, 1);
+    lua_pushfstring(L, "rtcadmin.exchange{%s, attempt %d, %s}", x->call.action, x->attempt, state_names[x->state]);
+    return 1;
+}
+
+/* Pushes a new exchange for the prepared call at `prepared` (see rtc_call_load) of the client at `client`. */
+void rtc_exchange_push(lua_State *L, int client, int prepared) {
+    rtc_client *c = rtc_check_client(L, client, "exchange");
+    exchange *x;
+    client = lua_absindex(L, client);
+    prepared = lua_absindex(L, prepared);
+    rtc_ensure_decoder(L);
+    x = lua_newuserdatauv(L, sizeof *x, 1);
+    memset(x, 0, sizeof *x);
+    if (luaL_newmetatable(L, EXCHANGE_MT)) {
+        static const luaL_Reg methods[] = {{"step", exchange_step}, {NULL, NULL}};
+        lua_pushcfunction(L, exchange_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+        lua_pushliteral(L, "rtcadmin.exchange");
+        lua_setfield(L, -2, "__name");
+    }
+    lua_setmetatable(L, -2);
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, client);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, prepared);
+    lua_rawseti(L, -2, 2);
+    rtc_setuservalue(L, -2);
+    rtc_call_load(L, prepared, &x->call);
+    x->c = c;
+    x->attempt = 1;
+    x->state = X_RESERVE;
+    x->deadline = rtc_monotonic_ns() + (int64_t)(c->deadline * 1e9);
+}
+
+/* client:exchange(method, args...) -> a sans-I/O exchange for one call, arguments checked now. */
+int rtc_client_exchange_method(lua_State *L) {
+    int n = lua_gettop(L);
+    rtc_check_client(L, 1, "exchange");
+    luaL_checkstring(L, 2);
+    lua_getfield(L, LUA_REGISTRYINDEX, RTC_PREPARERS_KEY);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    if (!lua_isfunction(L, -1))
+        return rtc_argerror(L, "exchange", "unknown method %s", rtc_quote(L, lua_tostring(L, 2), lua_rawlen(L, 2)));
+    lua_pushvalue(L, 1);
+    for (int i = 3; i <= n; i++) lua_pushvalue(L, i);
+    lua_call(L, n - 1, 1);
+    rtc_exchange_push(L, 1, -1);
+    return 1;
+}

@@ -1,0 +1,274 @@
+-- The module inside a real nginx (Debian's nginx with the lua module, LuaJIT build of rtcadmin):
+-- moderation through an admin handler, the cosocket transport never blocking a worker, one QPS
+-- budget across four workers, and the callback receiver. Each nginx gets its own prefix and port.
+local T = require "testlib"
+local cjson = require "cjson"
+local callback = require "rtcadmin.callback"
+
+local emu = T.emulator()
+local APP = T.APP
+local TOKEN = "dashboard-token-0123456789abcdef"
+local CB_SECRET = "CallbackSecret-42"
+
+-- The nginx-side application: a per-worker client, the admin endpoint and the callback receiver.
+local function app_module(limiter_dir)
+  return string.format([[
+local rtcadmin = require "rtcadmin" -- at load time: no I/O, no client
+local M = {}
+local client
+function M.init_worker()
+  client = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = %q, retry_base = 0.05,
+                             limiter = { backend = "host", dir = %q } }
+end
+function M.client() return client end
+M.admin = require("rtcadmin.admin").handler { token = %q, client = M.client }
+M.callback = require("rtcadmin.callback").handler {
+  secret = %q, dict = "rtcadmin_events",
+  on_event = function(ev) -- acts on each event: kicks the user it names
+    local res, err = client:kick_user(ev.app_id, ev.room_id, ev.user_id)
+    ngx.log(ngx.NOTICE, "test on_event ", ev.id, " ", res and "kicked" or tostring(err))
+  end,
+}
+-- Each worker kicks n users from a timer (cosockets work there), then counts itself done.
+function M.hammer(n)
+  ngx.timer.at(0, function()
+    local pid = ngx.worker.pid()
+    for i = 1, n do client:kick_user(%q, "room1", "w" .. pid .. "x" .. i) end
+    ngx.shared.rtcadmin_events:incr("hammer_done", 1, 0)
+    ngx.shared.rtcadmin_events:set("hammer_pid_" .. pid, n)
+  end)
+end
+return M
+]], T.AK, T.SK, emu.url, limiter_dir, TOKEN, CB_SECRET, APP)
+end
+
+local function start_nginx(workers, extra_worker_init)
+  local dir = T.tmpdir()
+  local ng = T.nginx {
+    workers = workers,
+    lua_files = { ["testapp.lua"] = app_module(dir) },
+    http = [[
+  lua_shared_dict rtcadmin_events 1m;
+  init_by_lua_block { require "testapp" }
+  init_worker_by_lua_block { local app = require "testapp"; app.init_worker() ]] .. (extra_worker_init or "") .. [[ }
+  server {
+    listen 127.0.0.1:PORT;
+    location /admin/ { content_by_lua_block { require("testapp").admin() } }
+    location = /callback { content_by_lua_block { require("testapp").callback() } }
+    location = /ping { content_by_lua_block { ngx.say("pong") } }
+    location = /info {
+      content_by_lua_block {
+        local info = require("testapp").client():info()
+        info.phase_non_blocking = require("rtcadmin.nginx").non_blocking()
+        info.hammer_done = ngx.shared.rtcadmin_events:get("hammer_done")
+        ngx.say(require("cjson").encode(info))
+      }
+    }
+  }
+]],
+  }
+  ng.limiter_dir = dir
+  local stop = ng.stop
+  function ng.stop()
+    stop()
+    os.execute("rm -rf " .. T.shell_quote(dir))
+  end
+  return ng
+end
+
+local function admin(ng, path, body, token)
+  local status, text = T.http(body and "POST" or "GET", ng.url .. "/admin/" .. path, body and cjson.encode(body),
+    { "Authorization: Bearer " .. (token or TOKEN), "Content-Type: application/json" })
+  local ok, doc = pcall(cjson.decode, text)
+  return status, ok and doc or text
+end
+
+local function api_requests(action)
+  return emu.control("GET", "/_emulator/requests?action=" .. action).requests
+end
+
+local ng = start_nginx(2)
+
+T.case("inside nginx the client defaults to the host limiter and request phases are non-blocking", function()
+  local status, text = T.http("GET", ng.url .. "/info")
+  T.eq(status, 200, "status")
+  local info = cjson.decode(text)
+  T.eq(info.limiter, "host", "limiter")
+  T.eq(info.phase_non_blocking, true, "content phase uses cosockets")
+end)
+
+T.case("kick, ban and mute through the admin handler change the emulator's room", function()
+  emu.reset()
+  local status, doc = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "alice" })
+  T.eq(status, 200, "kick status")
+  T.eq(doc.ok, true, "kick ok")
+  T.eq(doc.result.message, "success", "KickUser Result")
+  T.match(doc.request_id, "^%d+%x+$", "request id")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "alice"), "alice was kicked")
+
+  status, doc = admin(ng, "ban", { app_id = APP, room_id = "room1", user_id = "bob", duration = 600 })
+  T.eq(status, 200, "ban status " .. cjson.encode(doc))
+  T.ok(emu.room(APP, "room1").banned_users.bob, "bob is banned")
+  T.eq(emu.join(APP, "room1", "bob").joined, false, "bob cannot rejoin")
+
+  emu.join(APP, "room1", "carol")
+  status = admin(ng, "mute", { app_id = APP, room_id = "room1", user_id = "carol", audio = true, duration = 600 })
+  T.eq(status, 200, "mute status")
+  local muted = emu.room(APP, "room1").muted.carol
+  T.ok(muted and muted.audio, "carol's audio is muted")
+  T.ok(not muted.video, "carol's video is not")
+
+  status, doc = admin(ng, "online?app_id=" .. APP .. "&room_id=room1")
+  T.eq(status, 200, "online status")
+  T.ok(T.contains(doc.result.VisibleUserList, "carol"), "carol is online")
+
+  T.eq(emu.stats().requests, 4, "four API requests")
+end)
+
+T.case("calls from nginx reuse keep-alive connections", function()
+  emu.reset()
+  local before = emu.stats().connections
+  for i = 1, 8 do
+    T.eq(admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "k" .. i }), 200, "kick " .. i)
+  end
+  local opened = emu.stats().connections - before - 1 -- less this stats request's own connection
+  T.ok(opened <= 2, "8 kicks through 2 workers opened " .. opened .. " connections")
+end)
+
+T.case("the admin endpoint refuses a wrong token and bad input before any API request", function()
+  emu.reset()
+  local status = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "alice" }, "wrong-token-0000000000")
+  T.eq(status, 401, "wrong token")
+  local doc
+  status, doc = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "bad user" })
+  T.eq(status, 400, "bad user id")
+  T.match(doc.message, "bad argument 'user_id'", "message")
+  status, doc = admin(ng, "ban", { app_id = APP, room_id = "room1", user_id = "x", duration = 600, oops = 1 })
+  T.eq(status, 400, "unknown field")
+  T.eq(emu.stats().requests, 0, "no API request")
+end)
+
+T.case("runtime failures come back as errors, after the same retries as the blocking path", function()
+  emu.reset()
+  emu.faults { { action = "KickUser", kind = "status500", count = 1 } }
+  local status, doc = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "alice" })
+  T.eq(status, 200, "retried to success")
+  T.eq(doc.attempts, 2, "attempts")
+  emu.faults { { action = "KickUser", kind = "status500", count = 10 } }
+  status, doc = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "bob" })
+  T.eq(status, 502, "gave up")
+  T.eq(doc.retryable, true, "retryable")
+  T.eq(#api_requests("KickUser"), 2 + 4, "1 + 3 retries for the second kick")
+  T.match(ng.log(), "%[warn%][^\n]*rtcadmin: KickUser failed", "the failure is in the error log at warn")
+end)
+
+T.case("secrets never appear in client info or the error log", function()
+  local status, text = T.http("GET", ng.url .. "/info")
+  T.eq(status, 200, "info")
+  T.no_match(text, T.SK, "info never shows the secret")
+  T.no_match(ng.log(), T.SK, "the error log never shows the secret")
+end)
+
+T.case("callback: signed event accepted and acted on once over three deliveries", function()
+  emu.reset()
+  emu.join(APP, "room1", "mallory")
+  local fields = {
+    EventType = "UserJoinRoom", EventData = cjson.encode { RoomId = "room1", UserId = "mallory" },
+    EventTime = "2026-01-01T00:00:00Z", EventId = "evt-" .. os.time() .. "-1", AppId = APP,
+    Version = "2020-12-01", Nonce = "n0n3",
+  }
+  fields.Signature = callback.signature(fields, CB_SECRET)
+  local body = cjson.encode(fields)
+  for i = 1, 3 do
+    local status, text = T.http("POST", ng.url .. "/callback", body, { "Content-Type: application/json" })
+    T.eq(status, 200, "delivery " .. i .. " " .. tostring(text))
+  end
+  local kicks
+  for _ = 1, 30 do
+    kicks = api_requests("KickUser")
+    if #kicks > 0 then break end
+    T.sleep(0.1)
+  end
+  T.sleep(0.5) -- room for a wrongly repeated action to show up
+  kicks = api_requests("KickUser")
+  T.eq(#kicks, 1, "one KickUser for three deliveries")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "mallory"), "mallory was kicked")
+end)
+
+T.case("callback: bad signature is 401, malformed body 400, and neither acts", function()
+  emu.reset()
+  local fields = {
+    EventType = "UserJoinRoom", EventData = cjson.encode { RoomId = "room1", UserId = "alice" },
+    EventTime = "2026-01-01T00:00:00Z", EventId = "evt-" .. os.time() .. "-2", AppId = APP,
+    Version = "2020-12-01", Nonce = "abcd",
+  }
+  fields.Signature = callback.signature(fields, "not-the-secret")
+  local status = T.http("POST", ng.url .. "/callback", cjson.encode(fields))
+  T.eq(status, 401, "bad signature")
+  fields.Signature = callback.signature(fields, CB_SECRET)
+  fields.EventData = cjson.encode { RoomId = "room1", UserId = "bob" } -- tampered after signing
+  status = T.http("POST", ng.url .. "/callback", cjson.encode(fields))
+  T.eq(status, 401, "tampered EventData")
+  status = T.http("POST", ng.url .. "/callback", "{not json")
+  T.eq(status, 400, "not JSON")
+  status = T.http("POST", ng.url .. "/callback", cjson.encode { EventType = "X" })
+  T.eq(status, 400, "fields missing")
+  T.sleep(0.3)
+  T.eq(#api_requests("KickUser"), 0, "no kick")
+  T.ok(T.contains(emu.room(APP, "room1").users, "alice"), "alice stays")
+end)
+
+T.case("non-blocking: with 1 s API latency and one worker, another request is answered in < 100 ms", function()
+  emu.reset()
+  emu.config { latency_ms = 1000 }
+  local one = start_nginx(1)
+  local kick = assert(io.popen("curl -s -o /dev/null -w '%{http_code} %{time_total}' -X POST " ..
+    "-H " .. T.shell_quote("Authorization: Bearer " .. TOKEN) .. " --data-binary " ..
+    T.shell_quote(cjson.encode { app_id = APP, room_id = "room1", user_id = "alice" }) .. " " ..
+    T.shell_quote(one.url .. "/admin/kick")))
+  T.sleep(0.3) -- the kick is now waiting on the emulator
+  local status, text, took = T.http("GET", one.url .. "/ping")
+  local kick_out = kick:read("*a")
+  kick:close()
+  one.stop()
+  emu.reset()
+  T.eq(status, 200, "ping status")
+  T.eq(text, "pong\n", "ping body")
+  T.ok(took < 0.1, string.format("ping answered in %.3f s while the kick was in flight", took))
+  local kstatus, ktook = kick_out:match("^(%d+) ([%d%.]+)$")
+  T.eq(kstatus, "200", "kick status")
+  T.ok(tonumber(ktook) >= 1.0, "the kick did wait for the emulator (" .. ktook .. " s)")
+end)
+
+T.case("four workers hammering kicks stay within 60/s at the emulator and reach >= 90% of it", function()
+  emu.reset()
+  local four = start_nginx(4, "app.hammer(60)")
+  local info
+  for _ = 1, 100 do
+    local _, text = T.http("GET", four.url .. "/info")
+    info = cjson.decode(text)
+    if info.hammer_done == 4 then break end
+    T.sleep(0.2)
+  end
+  local log = four.log()
+  four.stop()
+  for line in log:gmatch("[^\n]*%[warn%][^\n]*") do print("    " .. line) end -- throttles, if any
+  T.eq(info.hammer_done, 4, "all four workers finished")
+  local reqs = api_requests("KickUser")
+  T.eq(#reqs, 240, "requests at the emulator")
+  local pids, npids = {}, 0
+  for pid in log:gmatch("(%d+)#%d+: [^\n]-rtcadmin: KickUser ok") do
+    if not pids[pid] then pids[pid], npids = true, npids + 1 end
+  end
+  T.eq(npids, 4, "worker processes that kicked")
+  for _, r in ipairs(reqs) do T.eq(r.code, cjson.null, "no throttle") end
+  local worst = T.max_in_any_second(reqs)
+  T.ok(worst <= 60, "at most 60 in any second, got " .. worst)
+  local rate = (#reqs - 1) / (reqs[#reqs].t - reqs[1].t)
+  T.ok(rate >= 54, string.format("aggregate rate %.1f/s >= 54/s", rate))
+end)
+
+T.run(function()
+  ng.stop()
+  emu.stop()
+end)
