@@ -7,7 +7,8 @@ source = {
 description = {
    summary = "Moderate Volcengine RTC rooms from Lua: signed KickUser, BanRoomUser, mute and more",
    detailed = [[
-rtcadmin is a C module (libcurl + OpenSSL) with a thin Lua layer. It signs Volcengine
+rtcadmin is a C module (libcurl + OpenSSL) with a thin Lua layer, for Lua 5.1 to 5.4 and LuaJIT
+(inside nginx/OpenResty it sends over non-blocking cosockets). It signs Volcengine
 OpenAPI requests (HMAC-SHA256 V4), sends them over a keep-alive connection with TLS
 verification, and returns decoded results or structured errors.
 ]],
@@ -34,5 +35,9 @@ build = {
          libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
          libraries = { "curl", "crypto", "pthread" },
       },
+      -- inside nginx / OpenResty (LuaJIT): the cosocket transport, callback receiver, admin endpoint
+      ["rtcadmin.nginx"] = "lua/rtcadmin/nginx.lua",
+      ["rtcadmin.callback"] = "lua/rtcadmin/callback.lua",
+      ["rtcadmin.admin"] = "lua/rtcadmin/admin.lua",
    },
 }

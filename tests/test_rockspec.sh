@@ -14,11 +14,17 @@ set --
 if [ -n "$arch" ] && [ -f "/usr/include/$arch/curl/curl.h" ]; then
   set -- "CURL_INCDIR=/usr/include/$arch" "CURL_LIBDIR=/usr/lib/$arch"
 fi
-luarocks --lua-version 5.4 --tree "$tmp/tree" make --deps-mode=none rtcadmin-scm-1.rockspec "$@" >"$tmp/build.log" 2>&1 ||
-  { cat "$tmp/build.log"; echo "0 passed, 1 failed"; exit 1; }
-so=$(find "$tmp/tree" -name rtcadmin.so | head -n 1)
-[ -n "$so" ] || { echo "luarocks installed no rtcadmin.so"; echo "0 passed, 1 failed"; exit 1; }
-LUA_CPATH="$(dirname "$so")/?.so;;" lua5.4 - <<'LUA'
+# For Lua 5.4, and for LuaJIT (a 5.1 tree built against LuaJIT's headers: what OpenResty uses).
+build_and_check() { # lua-version interpreter tree [luarocks variables...]
+  v=$1 lua=$2 tree=$3
+  shift 3
+  luarocks --lua-version "$v" --tree "$tree" make --deps-mode=none rtcadmin-scm-1.rockspec "$@" >"$tmp/build.log" 2>&1 ||
+    { cat "$tmp/build.log"; echo "0 passed, 1 failed"; exit 1; }
+  so=$(find "$tree" -name rtcadmin.so | head -n 1)
+  [ -n "$so" ] || { echo "luarocks installed no rtcadmin.so"; echo "0 passed, 1 failed"; exit 1; }
+  lmod=$(find "$tree" -path '*rtcadmin/callback.lua' | head -n 1)
+  [ -n "$lmod" ] || { echo "luarocks installed no rtcadmin/callback.lua"; echo "0 passed, 1 failed"; exit 1; }
+  LUA_CPATH="$(dirname "$so")/?.so;;" LUA_PATH="$(dirname "$(dirname "$lmod")")/?.lua;;" "$lua" - <<'LUA'
 local r = require "rtcadmin"
 local h = r.sign {
   method = "POST", host = "rtc.volcengineapi.com", path = "/",
@@ -32,6 +38,13 @@ local h = r.sign {
 assert(h.Authorization:match("Signature=2e31d9963f23f2ba1104d7d86bd982e3ffe93168fb69670dd74c944f8ab5c199$"),
   "the luarocks-built module signs the golden vector")
 assert(type(r.client) == "function" and type(r.kick_user) == "function")
-print("luarocks-built module loads from " .. package.searchpath("rtcadmin", package.cpath))
+assert(require("rtcadmin.callback").signature({ EventType = "RecordStarted",
+  EventData = '{"RoomId":"Room1","UserId":"User1"}', EventTime = "2024-01-01T00:00:00Z", EventId = "evt0001",
+  AppId = "661e00000000543cf", Version = "2020-12-01", Nonce = "a1b2" }, "MySecretKey") ==
+  "53f8a95bb1f97f446fd7ffed71841ff8fd773488d62c5cd55b438f2bc5e4117a", "the installed Lua layer loads")
+print(_VERSION .. ": luarocks-built module loads from " .. package.searchpath("rtcadmin", package.cpath))
 LUA
-echo "1 passed, 0 failed"
+}
+build_and_check 5.4 lua5.4 "$tmp/tree54" "$@"
+build_and_check 5.1 luajit "$tmp/treejit" "$@" LUA_INCDIR=/usr/include/luajit-2.1
+echo "2 passed, 0 failed"

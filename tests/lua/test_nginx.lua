@@ -145,6 +145,7 @@ T.case("the admin endpoint refuses a wrong token and bad input before any API re
   T.match(doc.message, "bad argument 'user_id'", "message")
   status, doc = admin(ng, "ban", { app_id = APP, room_id = "room1", user_id = "x", duration = 600, oops = 1 })
   T.eq(status, 400, "unknown field")
+  T.match(doc.message, 'unknown field "oops"', "message")
   T.eq(emu.stats().requests, 0, "no API request")
 end)
 

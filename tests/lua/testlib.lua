@@ -183,9 +183,10 @@ function T.nginx(opts)
     "events { worker_connections 256; }",
     "http {",
     "  access_log off;",
-    "  client_body_temp_path " .. prefix .. "/tmp; proxy_temp_path " .. prefix .. "/tmp;",
-    "  fastcgi_temp_path " .. prefix .. "/tmp; uwsgi_temp_path " .. prefix .. "/tmp; scgi_temp_path " .. prefix .. "/tmp;",
-    "  lua_package_path '" .. prefix .. "/?.lua;" .. T.source_dir .. "/lua/?.lua;" .. T.source_dir .. "/lua/?/init.lua;;';",
+    ("  client_body_temp_path P/tmp; proxy_temp_path P/tmp; fastcgi_temp_path P/tmp; uwsgi_temp_path P/tmp;" ..
+     " scgi_temp_path P/tmp;"):gsub("P/", prefix .. "/"),
+    "  lua_package_path '" .. prefix .. "/?.lua;" .. T.source_dir .. "/lua/?.lua;" ..
+      T.source_dir .. "/lua/?/init.lua;;';",
     "  lua_package_cpath '" .. cpath .. ";;';",
     (opts.http:gsub("PORT", port)),
     "}",
