@@ -214,20 +214,27 @@ local function run_many(client, list, opts)
   return results, { succeeded = succeeded, failed = failed, elapsed = ngx.now() - started }
 end
 
+-- Creates the exchange(s); an argument error is raised again at the caller's line, not this file's.
+local function prepare(make, self, name, ...)
+  local ok, x = pcall(make, self, name, ...)
+  if not ok then error((tostring(x):gsub("^[^\n]-rtcadmin[/.]nginx%.lua:%d+: ", "")), 3) end
+  return x
+end
+
 -- Called once by luaopen_rtcadmin with the module table and the client method table.
 function M.install(module, methods)
   for _, name in ipairs(SINGLE) do
     local blocking = methods[name]
     methods[name] = function(self, ...)
       if not M.non_blocking() then return log_outcome(blocking(self, ...)) end
-      return log_outcome(M.run(self:exchange(name, ...)))
+      return log_outcome(M.run(prepare(self.exchange, self, name, ...)))
     end
   end
   for _, name in ipairs(BULK) do
     local blocking = methods[name]
     methods[name] = function(self, ...)
       if not M.non_blocking() then return blocking(self, ...) end
-      local list = self:exchanges(name, ...)
+      local list = prepare(self.exchanges, self, name, ...)
       local opts = select(name == "kick_users" and 4 or 2, ...) -- batch(calls, opts), ban_users(t, opts)
       return run_many(self, list, opts)
     end

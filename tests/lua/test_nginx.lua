@@ -56,6 +56,18 @@ local function start_nginx(workers, extra_worker_init)
     location /admin/ { content_by_lua_block { require("testapp").admin() } }
     location = /callback { content_by_lua_block { require("testapp").callback() } }
     location = /ping { content_by_lua_block { ngx.say("pong") } }
+    location = /bulk {
+      content_by_lua_block {
+        local c, progress = require("testapp").client(), 0
+        local results, summary = c:kick_users(ngx.var.arg_app, "room1", { "alice", "bob", "carol" },
+          { concurrency = 2, progress = function() progress = progress + 1 end })
+        local out = { summary = summary, progress = progress, items = {} }
+        for i, r in ipairs(results) do out.items[i] = r.ok and "ok" or r.err.code end
+        local ok, err = pcall(c.kick_users, c, ngx.var.arg_app, "room1", { "dave", "bad user" })
+        out.bad_input = not ok and tostring(err) or "accepted"
+        ngx.say(require("cjson").encode(out))
+      }
+    }
     location = /info {
       content_by_lua_block {
         local info = require("testapp").client():info()
@@ -161,6 +173,45 @@ T.case("runtime failures come back as errors, after the same retries as the bloc
   T.eq(doc.retryable, true, "retryable")
   T.eq(#api_requests("KickUser"), 2 + 4, "1 + 3 retries for the second kick")
   T.match(ng.log(), "%[warn%][^\n]*rtcadmin: KickUser failed", "the failure is in the error log at warn")
+end)
+
+T.case("the cosocket HTTP client classifies every fault like the libcurl path", function()
+  for _, kind in ipairs { "status500", "internal_error_200", "throttle", "html502", "drop", "reset_mid_body" } do
+    emu.reset()
+    emu.faults { { action = "KickUser", kind = kind, count = 1 } }
+    local status, doc = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "alice" })
+    T.eq(status, 200, kind .. ": retried to success")
+    T.eq(doc.attempts, 2, kind .. ": attempts")
+  end
+  for kind, code in pairs { huge = "ResponseTooLarge", malformed = "MalformedResponse" } do
+    emu.reset()
+    emu.faults { { action = "KickUser", kind = kind, count = 10 } }
+    local status, doc = admin(ng, "kick", { app_id = APP, room_id = "room1", user_id = "alice" })
+    T.eq(status, 502, kind .. ": failed")
+    T.eq(doc.code, code, kind .. ": code")
+  end
+end)
+
+T.case("bulk calls inside nginx: every item in order, progress, bad input raised before traffic", function()
+  emu.reset()
+  emu.faults { { action = "KickUser", kind = "status500", count = 10 } }
+  local status, text = T.http("GET", ng.url .. "/bulk?app=" .. APP)
+  T.eq(status, 200, "status " .. tostring(text))
+  local doc = cjson.decode(text)
+  T.eq(doc.summary.succeeded + doc.summary.failed, 3, "every item settled")
+  T.eq(doc.progress, 3, "progress calls")
+  local fails = 0
+  for _, item in ipairs(doc.items) do
+    if item ~= "ok" then
+      fails = fails + 1
+      T.eq(item, "InternalError", "failure code")
+    end
+  end
+  T.eq(fails, doc.summary.failed, "summary matches items")
+  T.ok(fails >= 1, "the 10 queued 500s failed at least one kick after its retries")
+  T.match(doc.bad_input, "rtcadmin%.kick_user: bad argument 'user_id'", "bad input raised")
+  T.no_match(doc.bad_input, "nginx.lua", "the error points at the caller, not the transport")
+  T.eq(#api_requests("KickUser"), 10 + doc.summary.succeeded, "10 failed attempts plus one per success")
 end)
 
 T.case("secrets never appear in client info or the error log", function()
