@@ -18,6 +18,10 @@ local SINGLE = { "kick_user", "ban_user", "unban_user", "update_ban", "mute_user
                  "online_users", "call" }
 local BULK = { "batch", "kick_users", "ban_users" }
 
+-- Host name -> address for cosocket connects, like /etc/hosts (which nginx's resolver does not read):
+-- require("rtcadmin.nginx").hosts["rtc.internal"] = "10.0.0.5". TLS still checks the name.
+M.hosts = {}
+
 local KEEPALIVE_IDLE_MS = 60000
 local KEEPALIVE_POOL_SIZE = 64
 
@@ -99,7 +103,7 @@ function M.http(w)
   end
   local sock = ngx.socket.tcp()
   sock:settimeouts(w.connect_timeout * 1000, w.timeout * 1000, w.timeout * 1000)
-  local ok, err = sock:connect(w.host, w.port, { pool = w.pool, pool_size = KEEPALIVE_POOL_SIZE })
+  local ok, err = sock:connect(M.hosts[w.host] or w.host, w.port, { pool = w.pool, pool_size = KEEPALIVE_POOL_SIZE })
   if not ok then
     return failure(nil, classify(err), "connect to " .. w.host .. ":" .. w.port .. ": " .. tostring(err))
   end

@@ -25,6 +25,12 @@ function M.init_worker()
   ngx.shared.rtcadmin_events:set("init_worker_non_blocking", require("rtcadmin.nginx").non_blocking())
 end
 function M.client() return client end
+local tls
+function M.tls_client(endpoint)
+  tls = tls or rtcadmin.client { access_key = %q, secret_key = %q, endpoint = endpoint, limiter = "none",
+                                 retries = 0 }
+  return tls
+end
 M.admin = require("rtcadmin.admin").handler { token = %q, client = M.client }
 M.callback = require("rtcadmin.callback").handler {
   secret = %q, dict = "rtcadmin_events",
@@ -43,11 +49,21 @@ function M.hammer(n)
   end)
 end
 return M
-]], T.AK, T.SK, emu.url, limiter_dir, APP, TOKEN, CB_SECRET, APP)
+]], T.AK, T.SK, emu.url, limiter_dir, APP, T.AK, T.SK, TOKEN, CB_SECRET, APP)
 end
 
-local function start_nginx(workers, extra_worker_init)
+-- Two self-signed certificates for 127.0.0.1 / localhost: nginx trusts the first.
+local CERTS = T.tmpdir()
+for _, name in ipairs { "trusted", "other" } do
+  assert(os.execute(string.format("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/%s.key -out %s/%s.pem " ..
+    "-days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >/dev/null 2>&1",
+    CERTS, name, CERTS, name)))
+end
+
+-- server_cert: the certificate nginx's TLS front for the emulator (on PORT2) presents.
+local function start_nginx(workers, extra_worker_init, server_cert)
   local dir = T.tmpdir()
+  local cert = CERTS .. "/" .. (server_cert or "trusted")
   local ng = T.nginx {
     workers = workers,
     lua_files = { ["testapp.lua"] = app_module(dir) },
@@ -55,8 +71,23 @@ local function start_nginx(workers, extra_worker_init)
   lua_shared_dict rtcadmin_events 1m;
   init_by_lua_block { require "testapp" }
   init_worker_by_lua_block { local app = require "testapp"; app.init_worker() ]] .. (extra_worker_init or "") .. [[ }
+  lua_ssl_trusted_certificate ]] .. CERTS .. [[/trusted.pem;
+  server {
+    listen 127.0.0.1:PORT2 ssl;
+    ssl_certificate ]] .. cert .. [[.pem;
+    ssl_certificate_key ]] .. cert .. [[.key;
+    location / { proxy_pass ]] .. emu.url .. [[; proxy_set_header Host $http_host; }
+  }
   server {
     listen 127.0.0.1:PORT;
+    location = /tls {
+      content_by_lua_block {
+        require("rtcadmin.nginx").hosts["localhost"] = "127.0.0.1" -- nginx's resolver ignores /etc/hosts
+        local res, err = require("testapp").tls_client("https://localhost:PORT2"):kick_user(
+          ngx.var.arg_app, "room1", ngx.var.arg_user)
+        ngx.say(res and "ok" or err.code .. " " .. err.message)
+      }
+    }
     location /admin/ { content_by_lua_block { require("testapp").admin() } }
     location = /callback { content_by_lua_block { require("testapp").callback() } }
     location = /ping { content_by_lua_block { ngx.say("pong") } }
@@ -143,6 +174,20 @@ T.case("kick, ban and mute through the admin handler change the emulator's room"
   T.ok(T.contains(doc.result.VisibleUserList, "carol"), "carol is online")
 
   T.eq(emu.stats().requests, 4, "four API requests")
+end)
+
+T.case("https through cosockets: the certificate is verified, and the call works", function()
+  emu.reset()
+  local status, text = T.http("GET", ng.url .. "/tls?app=" .. APP .. "&user=alice")
+  T.eq(status, 200, "status")
+  T.eq(text, "ok\n", "kicked over TLS")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "alice"), "alice was kicked")
+  local other = start_nginx(1, nil, "other")
+  status, text = T.http("GET", other.url .. "/tls?app=" .. APP .. "&user=bob")
+  other.stop()
+  T.eq(status, 200, "status")
+  T.match(text, "^TLSError ", "an untrusted certificate is refused")
+  T.ok(T.contains(emu.room(APP, "room1").users, "bob"), "bob stays")
 end)
 
 T.case("calls from nginx reuse keep-alive connections", function()
@@ -332,5 +377,6 @@ end)
 
 T.run(function()
   ng.stop()
+  os.execute("rm -rf " .. T.shell_quote(CERTS))
   emu.stop()
 end)

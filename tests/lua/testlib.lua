@@ -155,7 +155,7 @@ function T.http(method, url, body, headers)
 end
 
 -- Starts nginx (Debian's, with the lua module) on a free loopback port with its own prefix
--- directory. `http` is the body of the http{} block (with PORT where the port goes); `lua_files`
+-- directory. `http` is the body of the http{} block (PORT and PORT2 stand for two free ports); `lua_files`
 -- maps file names to contents written into the prefix, which is on lua_package_path. A watchdog
 -- stops nginx when this process ends, even if a test dies.
 function T.nginx(opts)
@@ -168,8 +168,8 @@ function T.nginx(opts)
   end
   local cpath = opts.cpath or os.getenv("RTCADMIN_LUAJIT_CPATH") or "build-luajit/?.so"
   local p = io.popen("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); " ..
-    "print(s.getsockname()[1])'")
-  local port = p:read("*l")
+    "t=socket.socket(); t.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1], t.getsockname()[1])'")
+  local port, port2 = p:read("*l"):match("^(%d+) (%d+)$")
   p:close()
   local root = io.popen("id -u"):read("*l") == "0"
   local conf = table.concat({
@@ -188,7 +188,7 @@ function T.nginx(opts)
     "  lua_package_path '" .. prefix .. "/?.lua;" .. T.source_dir .. "/lua/?.lua;" ..
       T.source_dir .. "/lua/?/init.lua;;';",
     "  lua_package_cpath '" .. cpath .. ";;';",
-    (opts.http:gsub("PORT", port)),
+    (opts.http:gsub("PORT2", port2):gsub("PORT", port)),
     "}",
   }, "\n")
   local f = assert(io.open(prefix .. "/nginx.conf", "w"))
@@ -200,7 +200,7 @@ function T.nginx(opts)
     shell_quote(prefix .. "/logs/error.log"), T.pid())
   local proc = assert(io.popen("sh -c " .. shell_quote(watchdog) .. " >/dev/null 2>&1 &"))
   proc:close()
-  local ng = { port = port, url = "http://127.0.0.1:" .. port, prefix = prefix }
+  local ng = { port = port, port2 = port2, url = "http://127.0.0.1:" .. port, prefix = prefix }
   function ng.log()
     local lf = io.open(prefix .. "/logs/error.log")
     if not lf then return "" end
