@@ -276,6 +276,22 @@ static int batch_run(lua_State *L) {
                 continue;
             }
             it = &b->items[s->item];
+            if (rtc_pace_missed(c, s->send_at, rtc_monotonic_ns())) { /* too late for this slot: take another */
+                rtc_stats_missed_slot(rtc_stats_for(&c->stats, it->call.action));
+                if (rtc_pace_reserve(c, it->call.action, rtc_monotonic_ns(), &s->send_at, err, sizeof err) == 0) {
+                    if (s->send_at < soonest) soonest = s->send_at;
+                    continue;
+                }
+                {
+                    rtc_outcome o;
+                    memset(&o, 0, sizeof o);
+                    snprintf(o.code, sizeof o.code, "LimiterError");
+                    rtc_push_simple_error(L, c, &it->call, "LimiterError", err, it->attempts);
+                    s->state = SLOT_FREE;
+                    settle(L, c, b, results, progress, s->item, &succeeded, &failed, &o);
+                    continue;
+                }
+            }
             if (rtc_wire_build(c, &it->call, &s->wire, err, sizeof err))
                 return luaL_error(L, "rtcadmin: cannot sign %s: %s", it->call.action, err);
             rtc_http_response_init(&s->resp);

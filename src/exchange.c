@@ -195,6 +195,11 @@ static int exchange_step(lua_State *L) {
         /* fall through */
     case X_SLOT:
         if (now < x->slot) return push_wait(L, x->slot, now);
+        if (rtc_pace_missed(c, x->slot, now)) { /* the driver came back too late for this slot */
+            rtc_stats_missed_slot(rtc_stats_for(&c->stats, x->call.action));
+            x->state = X_RESERVE;
+            return exchange_step(L);
+        }
         return push_send(L, x);
     }
     return 0;

@@ -243,6 +243,16 @@ static int l_secure_equal(lua_State *L) {
     return 1;
 }
 
+/* rtcadmin.sleep(seconds): sleeps on the monotonic clock, to the microsecond, for scripts that drive
+ * exchanges themselves (os.execute("sleep") is a process start, milliseconds late: too late for a
+ * limiter slot, see docs/pacing.md). Not for nginx, where ngx.sleep yields instead. */
+static int l_sleep(lua_State *L) {
+    lua_Number s = luaL_checknumber(L, 1);
+    if (!(s >= 0 && s <= 86400)) return rtc_argerror(L, "sleep", "expects 0..86400 seconds");
+    rtc_sleep_until(rtc_monotonic_ns() + (int64_t)(s * 1e9));
+    return 0;
+}
+
 /* Inside nginx (the ngx API is loaded) the Lua layer rtcadmin.nginx takes over the methods, so
  * calls in cosocket-capable phases go out through nginx's own non-blocking I/O. */
 static void install_nginx_layer(lua_State *L, int module) {
@@ -304,6 +314,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
                                    {"config", l_config},
                                    {"sha256", l_sha256},
                                    {"secure_equal", l_secure_equal},
+                                   {"sleep", l_sleep},
                                    {NULL, NULL}};
     rtc_signer **sp;
     int i;

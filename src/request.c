@@ -38,6 +38,13 @@ int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t 
     return c->limiter->ops->reserve(c->limiter, c->key_fp, action, interval, now_ns, start_ns, err, errlen);
 }
 
+/* Slots are `interval = (1 + margin) / qps` apart, so a sender may start up to `margin` seconds after
+ * its slot and one second of sends still holds at most `qps` of them. Half of that is given to the
+ * sender's wake-up lateness, half is kept for jitter between sending and the service's arrival times. */
+int rtc_pace_missed(const rtc_client *c, int64_t slot_ns, int64_t now_ns) {
+    return c->limiter && now_ns - slot_ns > (int64_t)(c->margin * 0.5e9);
+}
+
 static uint64_t next_random(rtc_client *c) {
     uint64_t x = c->rng; /* xorshift64* */
     x ^= x >> 12;
@@ -320,6 +327,11 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
             return 2;
         }
         if (start > now) rtc_sleep_until(start);
+        if (rtc_pace_missed(c, start, rtc_monotonic_ns())) { /* woke too late for this slot: take another */
+            rtc_stats_missed_slot(st);
+            attempt--;
+            continue;
+        }
         if (rtc_wire_build(c, call, &w, err, sizeof err)) return luaL_error(L, "rtcadmin: cannot sign %s: %s", call->action, err);
         rtc_http_response_init(&resp);
         t0 = rtc_monotonic_ns();

@@ -14,6 +14,10 @@ rtc_action_stats *rtc_stats_for(rtc_stats *s, const char *action) {
     return s->actions[s->nactions++];
 }
 
+void rtc_stats_missed_slot(rtc_action_stats *a) {
+    if (a) a->missed_slots++;
+}
+
 void rtc_stats_attempt(rtc_action_stats *a, int attempt, double waited, double latency, int throttled) {
     if (!a) return;
     a->sent++;
@@ -85,6 +89,7 @@ void rtc_stats_push(lua_State *L, const rtc_stats *s) {
         set_integer(L, "failed", a->failed);
         set_integer(L, "retries", a->retries);
         set_integer(L, "throttled", a->throttled);
+        set_integer(L, "missed_slots", a->missed_slots);
         set_number(L, "waited", a->waited);
         lua_createtable(L, 0, a->ncodes);
         for (j = 0; j < a->ncodes; j++) set_integer(L, a->codes[j].code, a->codes[j].count);

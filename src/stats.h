@@ -20,6 +20,7 @@ typedef struct {
     long failed;        /* calls that ended in failure */
     long retries;       /* attempts after the first */
     long throttled;     /* attempts the server answered with a throttle */
+    long missed_slots;  /* limiter slots given up because the sender reached them too late */
     double waited;      /* seconds spent waiting for the limiter */
     rtc_code_count codes[RTC_STATS_CODES];
     int ncodes;
@@ -37,8 +38,10 @@ typedef struct {
 rtc_action_stats *rtc_stats_for(rtc_stats *s, const char *action);
 void rtc_stats_attempt(rtc_action_stats *a, int attempt, double waited, double latency, int throttled);
 void rtc_stats_outcome(rtc_action_stats *a, const char *failure_code);
+void rtc_stats_missed_slot(rtc_action_stats *a);
 void rtc_stats_free(rtc_stats *s);
-/* Pushes {Action = {sent, succeeded, failed, failures = {code = n}, retries, throttled, waited, p50, p99}} */
+/* Pushes {Action = {sent, succeeded, failed, failures = {code = n}, retries, throttled, missed_slots, waited,
+ * p50, p99}} */
 void rtc_stats_push(lua_State *L, const rtc_stats *s);
 
 #endif
