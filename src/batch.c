@@ -254,7 +254,9 @@ static int batch_run(lua_State *L) {
             if (!s->easy && !(s->easy = rtc_transport_easy_new())) return luaL_error(L, "out of memory");
             if (b->items[item].attempts++ == 0) b->items[item].first_ns = now;
             b->items[item].wake_ns = INT64_MAX;
-            if (rtc_pace_reserve(c, b->items[item].call.action, now, &s->send_at, err, sizeof err)) {
+            if (rtc_pace_reserve(c, b->items[item].call.action, now,
+                                 b->items[item].first_ns + (int64_t)(c->deadline * 1e9), &s->send_at, err,
+                                 sizeof err)) {
                 rtc_outcome o;
                 memset(&o, 0, sizeof o);
                 snprintf(o.code, sizeof o.code, "LimiterError");
@@ -278,7 +280,8 @@ static int batch_run(lua_State *L) {
             it = &b->items[s->item];
             if (rtc_pace_missed(c, s->send_at, rtc_monotonic_ns())) { /* too late for this slot: take another */
                 rtc_stats_missed_slot(rtc_stats_for(&c->stats, it->call.action));
-                if (rtc_pace_reserve(c, it->call.action, rtc_monotonic_ns(), &s->send_at, err, sizeof err) == 0) {
+                if (rtc_pace_reserve(c, it->call.action, rtc_monotonic_ns(), it->first_ns + (int64_t)(c->deadline * 1e9),
+                                     &s->send_at, err, sizeof err) == 0) {
                     if (s->send_at < soonest) soonest = s->send_at;
                     continue;
                 }

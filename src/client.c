@@ -397,10 +397,53 @@ static rtc_limiter *process_limiter(lua_State *L) {
     return *lp;
 }
 
-/* limiter = "process" | "host" | "none" | {backend = ..., dir = ..., margin = ...} */
+static const char *const limiter_fields[] = {"backend", "dir", "margin", "url", "user", "password", "key_prefix",
+                                             "timeout", "reprobe", "fallback", "fallback_share", "log", NULL};
+static const char *const redis_only_fields[] = {"url", "user", "password", "key_prefix", "timeout", "reprobe",
+                                                "fallback", "fallback_share", "log", NULL};
+
+/* The Redis backend's options; the GCRA script comes from lua/rtcadmin/redis_gcra.lua, its one home. */
+static rtc_limiter *redis_limiter(lua_State *L, int t, const char *dir) {
+    rtc_redis_opts o;
+    rtc_limiter *l;
+    const char *fallback;
+    char err[256];
+    memset(&o, 0, sizeof o);
+    o.dir = dir;
+    o.url = opt_string(L, t, "url", NULL);
+    if (!o.url) rtc_argerror(L, "client", "option 'limiter': backend \"redis\" needs 'url' (redis://host:port/db)");
+    o.user = opt_string(L, t, "user", NULL);
+    o.password = opt_string(L, t, "password", NULL);
+    o.key_prefix = opt_string(L, t, "key_prefix", NULL);
+    o.timeout = opt_number(L, t, "timeout", 0.25, 0.001, 60);
+    o.reprobe = opt_number(L, t, "reprobe", 1, 0.01, 3600);
+    o.fallback_share = opt_number(L, t, "fallback_share", 0.5, 0.01, 1);
+    fallback = opt_string(L, t, "fallback", NULL);
+    if (fallback && strcmp(fallback, "host") != 0 && strcmp(fallback, "error") != 0)
+        rtc_argerror(L, "client", "option 'fallback' must be \"host\" or \"error\"");
+    o.fallback_error = fallback && strcmp(fallback, "error") == 0;
+    lua_getfield(L, t, "log");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) rtc_argerror(L, "client", "option 'log' must be a boolean");
+    o.log = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rtcadmin.redis_gcra");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "script");
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "rtcadmin: rtcadmin.redis_gcra has no script");
+    o.script = lua_tostring(L, -1);
+    l = rtc_limiter_redis_new(&o, err, sizeof err);
+    lua_pop(L, 2);
+    /* Configuration is checked now: a wrong url, password or db fails here, not at the first call. */
+    if (!l) rtc_argerror(L, "client", "redis limiter: %s", err);
+    return l;
+}
+
+/* limiter = "process" | "host" | "none" | {backend = ..., dir = ..., margin = ..., <redis options>} */
 static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
     const char *backend = "process", *dir = NULL;
     char err[256];
+    int t = 0;
     c->margin = 0.01;
     /* nginx runs several worker processes: one budget for all of them unless told otherwise. Its
      * event loop wakes timers late by several ms under load, and a late send narrows the gap to the
@@ -415,13 +458,16 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
     if (lua_type(L, -1) == LUA_TSTRING) {
         backend = lua_tostring(L, -1);
     } else if (lua_istable(L, -1)) {
-        int t = lua_gettop(L);
+        t = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, t)) {
             const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            int i, known = 0;
             lua_pop(L, 1);
-            if (strcmp(k, "backend") != 0 && strcmp(k, "dir") != 0 && strcmp(k, "margin") != 0)
-                rtc_argerror(L, "client", "option 'limiter': unknown field %s (backend, dir, margin)",
+            for (i = 0; limiter_fields[i]; i++) known |= strcmp(k, limiter_fields[i]) == 0;
+            if (!known)
+                rtc_argerror(L, "client", "option 'limiter': unknown field %s (backend, dir, margin; for redis: url, "
+                             "user, password, key_prefix, timeout, reprobe, fallback, fallback_share, log)",
                              rtc_quote(L, k, strlen(k)));
         }
         lua_getfield(L, t, "backend");
@@ -432,6 +478,16 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
         lua_pop(L, 1);
         dir = opt_string(L, t, "dir", NULL);
         c->margin = opt_number(L, t, "margin", c->margin, 0, 1);
+        if (strcmp(backend, "redis") != 0) {
+            int i;
+            for (i = 0; redis_only_fields[i]; i++) {
+                lua_getfield(L, t, redis_only_fields[i]);
+                if (!lua_isnil(L, -1))
+                    rtc_argerror(L, "client", "option 'limiter': field '%s' is for backend \"redis\"",
+                                 redis_only_fields[i]);
+                lua_pop(L, 1);
+            }
+        }
     } else if (!lua_isnil(L, -1)) {
         rtc_argerror(L, "client", "option 'limiter' must be \"process\", \"host\", \"none\" or a table");
     }
@@ -441,8 +497,17 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
         c->limiter = rtc_limiter_host_new(dir, err, sizeof err);
         if (!c->limiter) rtc_argerror(L, "client", "host limiter: %s", err);
         c->limiter_owned = 1;
+    } else if (strcmp(backend, "redis") == 0) {
+        if (!t) rtc_argerror(L, "client", "option 'limiter': backend \"redis\" takes a table with 'url'");
+        lua_getfield(L, LUA_REGISTRYINDEX, RTC_IN_NGINX_KEY);
+        if (lua_toboolean(L, -1)) /* hiredis blocks: a worker must not wait on it */
+            rtc_argerror(L, "client", "option 'limiter': backend \"redis\" blocks, so it is not for nginx; use "
+                         "rtcadmin.redis_limiter (cosockets) there (docs/redis.md)");
+        lua_pop(L, 1);
+        c->limiter = redis_limiter(L, t, dir);
+        c->limiter_owned = 1;
     } else if (strcmp(backend, "none") != 0) {
-        rtc_argerror(L, "client", "option 'limiter': unknown backend %s (process, host, none)",
+        rtc_argerror(L, "client", "option 'limiter': unknown backend %s (process, host, redis, none)",
                      rtc_quote(L, backend, strlen(backend)));
     }
     lua_pop(L, 1);
@@ -572,6 +637,32 @@ static int client_tostring(lua_State *L) {
     return 1;
 }
 
+/* {backend = name, active = schedule in use, ...}: what the limiter reports about itself. */
+static void push_limiter_info(lua_State *L, rtc_limiter *l) {
+    rtc_limiter_status st;
+    lua_createtable(L, 0, 7);
+    lua_pushstring(L, l ? l->ops->name : "none");
+    lua_setfield(L, -2, "backend");
+    memset(&st, 0, sizeof st);
+    st.active = l ? l->ops->name : "none";
+    if (l && l->ops->status) l->ops->status(l, &st);
+    lua_pushstring(L, st.active);
+    lua_setfield(L, -2, "active");
+    if (!l || !l->ops->status) return;
+    lua_pushstring(L, st.server);
+    lua_setfield(L, -2, "server");
+    lua_pushinteger(L, (lua_Integer)st.fallbacks);
+    lua_setfield(L, -2, "fallbacks");
+    lua_pushinteger(L, (lua_Integer)st.recoveries);
+    lua_setfield(L, -2, "recoveries");
+    lua_pushinteger(L, (lua_Integer)st.errors);
+    lua_setfield(L, -2, "errors");
+    if (st.last_error) {
+        lua_pushstring(L, st.last_error);
+        lua_setfield(L, -2, "last_error");
+    }
+}
+
 /* Read-only facts for scripts and tests: endpoint, region, connections opened, requests sent. */
 static int client_info(lua_State *L) {
     rtc_client *c = rtc_check_client(L, 1, "info");
@@ -596,6 +687,8 @@ static int client_info(lua_State *L) {
     lua_setfield(L, -2, "limiter");
     lua_pushinteger(L, (lua_Integer)c->concurrency);
     lua_setfield(L, -2, "concurrency");
+    push_limiter_info(L, c->limiter);
+    lua_setfield(L, -2, "limiter_status");
     return 1;
 }
 

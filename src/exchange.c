@@ -186,7 +186,7 @@ static int exchange_step(lua_State *L) {
         x->state = X_RESERVE;
         /* fall through */
     case X_RESERVE:
-        if (rtc_pace_reserve(c, x->call.action, now, &x->slot, err, sizeof err))
+        if (rtc_pace_reserve(c, x->call.action, now, x->deadline, &x->slot, err, sizeof err))
             return fail_simple(L, x, "LimiterError", err);
         if (x->slot > x->deadline)
             return fail_simple(L, x, "DeadlineExceeded", "the rate limit leaves no slot before the call's deadline");

@@ -69,7 +69,8 @@ int rtc_limit_reserve(rtc_limit_table *t, const unsigned char fp[8], const char 
 }
 
 static int table_reserve(rtc_limiter *l, const unsigned char fp[8], const char *action, int64_t interval_ns,
-                         int64_t now_ns, int64_t *start_ns, char *err, size_t errlen) {
+                         int64_t now_ns, int64_t deadline_ns, int64_t *start_ns, char *err, size_t errlen) {
+    (void)deadline_ns; /* memory never blocks */
     if (rtc_limit_reserve(l->table, fp, action, interval_ns, now_ns, start_ns)) {
         snprintf(err, errlen, "limiter table %s is full (%d schedules)", l->path[0] ? l->path : "(process)",
                  RTC_LIMIT_SLOTS);
@@ -88,8 +89,8 @@ static void host_destroy(rtc_limiter *l) {
     free(l);
 }
 
-static const rtc_limiter_ops process_ops = {"process", table_reserve, process_destroy};
-static const rtc_limiter_ops host_ops = {"host", table_reserve, host_destroy};
+static const rtc_limiter_ops process_ops = {"process", table_reserve, process_destroy, NULL};
+static const rtc_limiter_ops host_ops = {"host", table_reserve, host_destroy, NULL};
 
 rtc_limiter *rtc_limiter_process_new(void) {
     rtc_limiter *l = calloc(1, sizeof *l);

@@ -27,7 +27,8 @@ double rtc_client_qps(rtc_client *c, const char *action) {
     return c->default_qps;
 }
 
-int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t *start_ns, char *err, size_t errlen) {
+int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t deadline_ns, int64_t *start_ns,
+                     char *err, size_t errlen) {
     int64_t interval;
     if (!c->limiter) {
         *start_ns = now_ns;
@@ -35,7 +36,8 @@ int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t 
     }
     /* Rounded up: a truncated interval would fit qps + 1 sends into some second. */
     interval = (int64_t)ceil((1.0 + c->margin) * 1e9 / rtc_client_qps(c, action));
-    return c->limiter->ops->reserve(c->limiter, c->key_fp, action, interval, now_ns, start_ns, err, errlen);
+    return c->limiter->ops->reserve(c->limiter, c->key_fp, action, interval, now_ns, deadline_ns, start_ns, err,
+                                    errlen);
 }
 
 /* Slots are `interval = (1 + margin) / qps` apart, so a sender may start up to `margin` seconds after
@@ -315,7 +317,7 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
         int64_t now = rtc_monotonic_ns(), start, t0;
         int rc;
 
-        if (rtc_pace_reserve(c, call->action, now, &start, err, sizeof err)) {
+        if (rtc_pace_reserve(c, call->action, now, deadline, &start, err, sizeof err)) {
             rtc_push_simple_error(L, c, call, "LimiterError", err, attempt - 1);
             rtc_stats_outcome(st, "LimiterError");
             return 2;
@@ -363,7 +365,8 @@ int rtc_client_reserve_method(lua_State *L) {
     const char *action = luaL_checkstring(L, 2);
     int64_t now = rtc_monotonic_ns(), start;
     char err[256];
-    if (rtc_pace_reserve(c, action, now, &start, err, sizeof err)) return luaL_error(L, "rtcadmin.reserve: %s", err);
+    if (rtc_pace_reserve(c, action, now, now + (int64_t)(c->deadline * 1e9), &start, err, sizeof err))
+        return luaL_error(L, "rtcadmin.reserve: %s", err);
     lua_pushnumber(L, (lua_Number)(start - now) / 1e9);
     return 1;
 }

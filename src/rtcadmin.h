@@ -117,7 +117,8 @@ rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *ca
 /* Backoff before attempt `attempt + 1`: full jitter in [0, min(cap, base * 2^(attempt-1))]. */
 double rtc_backoff(rtc_client *c, int attempt);
 /* Reserves a send slot: 0 and *start_ns, or -1 when the limiter failed (message in err). */
-int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t *start_ns, char *err, size_t errlen);
+int rtc_pace_reserve(rtc_client *c, const char *action, int64_t now_ns, int64_t deadline_ns, int64_t *start_ns,
+                     char *err, size_t errlen);
 /* True when a sender reaching its slot at now_ns is too late to use it: the slot must then be given up
  * and a new one reserved (docs/pacing.md, "late senders"). */
 int rtc_pace_missed(const rtc_client *c, int64_t slot_ns, int64_t now_ns);

@@ -110,7 +110,7 @@ static void host_table_shared_by_processes(const char *dir) {
             close(fds[0]);
             for (k = 0; k < 100 && l; k++) {
                 int64_t s;
-                l->ops->reserve(l, KEY_B, "SharedTest", SEC / 200, rtc_monotonic_ns(), &s, err, sizeof err);
+                l->ops->reserve(l, KEY_B, "SharedTest", SEC / 200, rtc_monotonic_ns(), INT64_MAX, &s, err, sizeof err);
                 rtc_sleep_until(s);
                 if (write(fds[1], &s, sizeof s) != sizeof s) _exit(1);
             }
@@ -140,7 +140,7 @@ static void killed_process_leaves_table_usable(const char *dir) {
             rtc_limiter *l = rtc_limiter_host_new(dir, err, sizeof err);
             for (;;) {
                 int64_t s;
-                l->ops->reserve(l, KEY_A, "KillTest", SEC / 1000, rtc_monotonic_ns(), &s, err, sizeof err);
+                l->ops->reserve(l, KEY_A, "KillTest", SEC / 1000, rtc_monotonic_ns(), INT64_MAX, &s, err, sizeof err);
                 rtc_sleep_until(s);
             }
         }
@@ -151,7 +151,7 @@ static void killed_process_leaves_table_usable(const char *dir) {
     {
         rtc_limiter *l = rtc_limiter_host_new(dir, err, sizeof err);
         int64_t now = rtc_monotonic_ns(), s = 0;
-        int rc = l ? l->ops->reserve(l, KEY_A, "KillTest", SEC / 1000, now, &s, err, sizeof err) : -1;
+        int rc = l ? l->ops->reserve(l, KEY_A, "KillTest", SEC / 1000, now, INT64_MAX, &s, err, sizeof err) : -1;
         CHECK(rc == 0, "reserve works after 20 killed processes");
         /* A dead process held at most the one slot it was waiting for (up to one interval ahead), so the
          * next free slot is at most two intervals away. */
