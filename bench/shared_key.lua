@@ -6,23 +6,10 @@ local T = require "testlib"
 
 local PER_PROCESS = tonumber(arg[1]) or 150
 local emu = T.emulator()
-local dir = os.tmpname()
-os.remove(dir)
-assert(os.execute("mkdir -p " .. T.shell_quote(dir)))
-
-local code = string.format([[
-  local c = require("rtcadmin").client{access_key = %q, secret_key = %q, endpoint = %q,
-                                       limiter = {backend = "host", dir = %q}}
-  local users = {}
-  for i = 1, %d do users[i] = "p" .. i end
-  local _, s = c:kick_users(%q, "room1", users)
-  print(s.succeeded, s.failed)
-]], T.AK, T.SK, emu.url, dir, PER_PROCESS, T.APP)
-local lua = arg[-1] or "lua5.4"
-local procs = {}
-for i = 1, 4 do procs[i] = assert(io.popen(T.shell_quote(lua) .. " -e " .. T.shell_quote(code))) end
-for i = 1, 4 do io.write("process ", i, ": ", procs[i]:read("a")) procs[i]:close() end
-os.execute("rm -rf " .. T.shell_quote(dir))
+local dir = T.tmpdir()
+local code = T.kicker(emu, string.format("{backend = 'host', dir = %q}", dir), PER_PROCESS)
+for i, out in ipairs(T.spawn({ code, code, code, code }).wait()) do io.write("process ", i, ": ", out) end
+T.rmdir(dir)
 
 local reqs, t, throttled = emu.control("GET", "/_emulator/requests?action=KickUser").requests, {}, 0
 for _, r in ipairs(reqs) do

@@ -329,7 +329,7 @@ static void redis_destroy(rtc_limiter *self) {
 
 static void redis_status(rtc_limiter *self, rtc_limiter_status *out) {
     redis_limiter *r = (redis_limiter *)self;
-    out->active = r->on_fallback ? "host" : "redis";
+    out->active = !r->on_fallback ? "redis" : r->fallback_error ? "none" : "host";
     out->server = r->where;
     out->fallbacks = r->fallbacks;
     out->recoveries = r->recoveries;

@@ -241,6 +241,115 @@ function T.client(emu, overrides)
   return rtcadmin.client(opts)
 end
 
+-- Removes a directory made by T.tmpdir.
+function T.rmdir(d) os.execute("rm -rf " .. shell_quote(d)) end
+
+
+-- Lua source for a process that kicks `count` users through its own client of `emu` with the given
+-- `limiter` (a Lua expression), prints "succeeded<TAB>failed", then runs `tail` (Lua source, with
+-- the client as `c`).
+function T.kicker(emu, limiter, count, tail)
+  return string.format([[
+    local c = require("rtcadmin").client{access_key = %q, secret_key = %q, endpoint = %q, limiter = %s}
+    local users = {}
+    for i = 1, %d do users[i] = "p" .. i end
+    local _, s = c:kick_users(%q, "room1", users)
+    print(s.succeeded, s.failed)
+    io.stdout:flush()
+    %s
+  ]], T.AK, T.SK, emu.url, limiter, count, T.APP, tail or "")
+end
+
+-- Starts one independent interpreter per Lua source in `codes` (stderr joins stdout). The returned
+-- group's wait() collects every process's output, in order.
+function T.spawn(codes)
+  local lua = arg[-1] or "lua5.4"
+  local procs = {}
+  for i, code in ipairs(codes) do
+    procs[i] = assert(io.popen(shell_quote(lua) .. " -e " .. shell_quote(code) .. " 2>&1"))
+  end
+  return {
+    wait = function()
+      local outs = {}
+      for i, p in ipairs(procs) do
+        outs[i] = p:read("a")
+        p:close()
+      end
+      return outs
+    end,
+  }
+end
+
+local function free_port()
+  local p = assert(io.popen([[python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); ]]
+    .. [[print(s.getsockname()[1])"]]))
+  local port = tonumber(p:read("a"))
+  p:close()
+  return assert(port, "no free port")
+end
+
+-- A real redis-server on a free loopback port with its own temporary directory and no persistence.
+-- It is stopped by stop() and, should the test die, by a watcher that sees this process gone.
+-- kill() ends it at once (SIGKILL); start() brings it back on the same port, empty.
+function T.redis(password)
+  local r = { dir = T.tmpdir(), password = password }
+  local function launch()
+    local cmd = string.format("lua_pid=$PPID; redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no"
+      .. " --dir %s --logfile redis.log %s >/dev/null 2>&1 & rp=$!; echo $rp; (while kill -0 $lua_pid 2>/dev/null"
+      .. " && kill -0 $rp 2>/dev/null; do sleep 0.5; done; kill $rp 2>/dev/null) >/dev/null 2>&1 &",
+      r.port, shell_quote(r.dir), password and ("--requirepass " .. shell_quote(password)) or "")
+    local p = assert(io.popen(cmd))
+    r.pid = tonumber(p:read("l"))
+    p:close()
+    for _ = 1, 100 do
+      local f = io.open(r.dir .. "/redis.log")
+      local log = f and f:read("a") or ""
+      if f then f:close() end
+      if log:find("Ready to accept connections", 1, true) then return true end
+      if log:find("Address already in use", 1, true) or not os.execute("kill -0 " .. r.pid .. " 2>/dev/null") then
+        return false
+      end
+      T.sleep(0.05)
+    end
+    error("redis-server did not start: see " .. r.dir .. "/redis.log")
+  end
+  local function wait_gone()
+    while os.execute("kill -0 " .. r.pid .. " 2>/dev/null") do T.sleep(0.02) end
+    r.pid = nil
+  end
+  function r.start()
+    os.remove(r.dir .. "/redis.log")
+    assert(launch(), "redis-server could not listen on port " .. r.port .. " again")
+  end
+  function r.kill()
+    os.execute("kill -9 " .. r.pid)
+    wait_gone()
+  end
+  function r.stop()
+    if r.pid then
+      os.execute("kill " .. r.pid)
+      wait_gone()
+    end
+    T.rmdir(r.dir)
+  end
+  -- redis-cli against this server; returns its output.
+  function r.cli(args)
+    local p = assert(io.popen(string.format("redis-cli -p %d %s --no-auth-warning %s 2>&1", r.port,
+      password and ("-a " .. shell_quote(password)) or "", args)))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+  for _ = 1, 5 do
+    r.port = free_port()
+    if launch() then
+      r.url = "redis://127.0.0.1:" .. r.port
+      return r
+    end
+  end
+  error("redis-server found no free port")
+end
+
 -- The most emulator request records ({t = seconds, ...}) that fall in any window [t, t + 1 s).
 function T.max_in_any_second(reqs)
   local t = {}

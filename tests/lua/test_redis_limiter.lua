@@ -1,0 +1,242 @@
+-- The "redis" limiter backend against a real redis-server (started here on a free loopback port) and
+-- the emulator's exact per-second check: one budget shared by independent processes that share
+-- nothing else, the fallback while Redis is dead, the return to Redis, and configuration errors.
+local T = require "testlib"
+local cjson = require "cjson"
+local gcra = require "rtcadmin.redis_gcra"
+
+local PASSWORD = "s3cret-Redis-Pw"
+local emu = T.emulator()
+local redis = T.redis(PASSWORD)
+local APP = T.APP
+local dirs = {}
+-- Three clients, Redis and the emulator share two cores with whatever else runs: a descheduled
+-- process sends a slot a few ms late, so the multi-process cases pace with a 3% margin (the
+-- option docs/redis.md tells users to raise for jitter) instead of the default 1%.
+local MARGIN = 0.03
+
+-- Each client gets a host table of its own, so only Redis can make them share a budget.
+local function own_dir()
+  dirs[#dirs + 1] = T.tmpdir()
+  return dirs[#dirs]
+end
+
+local function redis_client(extra, limiter_extra)
+  local limiter = { backend = "redis", url = redis.url, password = PASSWORD, dir = own_dir(), log = false }
+  for k, v in pairs(limiter_extra or {}) do limiter[k] = v end
+  local opts = { limiter = limiter }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return T.client(emu, opts)
+end
+
+local function arrivals(action)
+  return emu.control("GET", "/_emulator/requests?action=" .. action).requests
+end
+
+-- Requests the emulator did not accept, for failure messages.
+local function refused(reqs)
+  local out = {}
+  for _, r in ipairs(reqs) do
+    if r.code ~= cjson.null or r.status ~= 200 then out[#out + 1] = cjson.encode(r) end
+  end
+  return table.concat(out, "; ")
+end
+
+local function wall_now()
+  local p = assert(io.popen("date +%s.%N"))
+  local t = tonumber(p:read("a"))
+  p:close()
+  return t
+end
+
+-- Script runs (EVALSHA + EVAL) this Redis has served since it started.
+local function script_calls()
+  local n = 0
+  for cmd, calls in redis.cli("INFO commandstats"):gmatch("cmdstat_(%w+):calls=(%d+)") do
+    if cmd == "evalsha" or cmd == "eval" then n = n + tonumber(calls) end
+  end
+  return n
+end
+
+local function keys(pattern, db)
+  local out = {}
+  for k in redis.cli((db and ("-n " .. db .. " ") or "") .. "--scan --pattern " .. T.shell_quote(pattern))
+      :gmatch("[^\n]+") do
+    out[#out + 1] = k
+  end
+  return out
+end
+
+T.case("slots are one interval apart on Redis's schedule, shared by clients with separate host tables", function()
+  local a = redis_client({ qps = { SomeAction = 4 } }, { margin = 0 })
+  local b = redis_client({ qps = { SomeAction = 4 } }, { margin = 0 })
+  local w = { a:reserve("SomeAction"), b:reserve("SomeAction"), a:reserve("SomeAction"), b:reserve("SomeAction") }
+  T.ok(w[1] < 0.02, "first slot now: " .. w[1])
+  for i = 2, 4 do
+    T.ok(math.abs(w[i] - 0.25 * (i - 1)) < 0.02, "slot " .. i .. " at " .. 0.25 * (i - 1) .. " s: " .. w[i])
+  end
+  local info = a:info().limiter
+  T.eq(info.backend, "redis", "backend")
+  T.eq(info.active, "redis", "active")
+  T.eq(info.server, "127.0.0.1:" .. redis.port .. "/0", "server, without credentials")
+  a:close()
+  b:close()
+end)
+
+T.case("keys hold a hash of the access key and the Action, a plain integer TAT, and expire", function()
+  local c = redis_client({ qps = { KeyCheck = 4 } }, { margin = 0 })
+  c:reserve("KeyCheck")
+  c:reserve("KeyCheck")
+  local found = keys("rtcadmin:gcra:*:KeyCheck")
+  T.eq(#found, 1, "one key")
+  T.match(found[1], "^rtcadmin:gcra:%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x:KeyCheck$", "key name")
+  T.no_match(found[1], T.AK, "key name")
+  T.match(redis.cli("GET " .. found[1]), "^%d+\n$", "TAT in whole microseconds")
+  local pttl = tonumber(redis.cli("PTTL " .. found[1]))
+  T.ok(pttl > 1000 and pttl <= 1500, "expires a second after the TAT (500 ms ahead): PTTL " .. pttl)
+  c:close()
+  -- key_prefix and the database from the URL
+  c = redis_client(nil, { url = redis.url .. "/3", key_prefix = "fleet7:" })
+  c:reserve("KickUser")
+  T.eq(#keys("fleet7:*:KickUser", 3), 1, "key in db 3 under the prefix")
+  T.eq(#keys("fleet7:*"), 0, "nothing in db 0")
+  c:close()
+end)
+
+T.case("the script is the one in lua/rtcadmin/redis_gcra.lua and loads itself after SCRIPT FLUSH", function()
+  T.match(gcra.script, "redis%.call%('TIME'%)", "script uses the server clock")
+  local c = redis_client({ qps = { Flushed = 100 } })
+  T.ok(c:reserve("Flushed") < 0.02, "before")
+  T.match(redis.cli("SCRIPT FLUSH"), "OK", "flush")
+  local before = script_calls()
+  T.ok(c:reserve("Flushed") < 0.05, "after: NOSCRIPT answered by EVAL")
+  T.eq(script_calls() - before, 2, "EVALSHA refused, then EVAL")
+  T.eq(c:info().limiter.errors, 0, "not an error")
+  c:close()
+end)
+
+T.case("three independent processes sharing one key through Redis stay within 60/s and use >= 90% of it", function()
+  emu.reset()
+  local before = script_calls()
+  local codes = {}
+  for i = 1, 3 do
+    codes[i] = T.kicker(emu, string.format("{backend = 'redis', url = %q, password = %q, dir = %q, margin = %g}",
+      redis.url, PASSWORD, own_dir(), MARGIN), 80)
+  end
+  local outs = T.spawn(codes).wait()
+  for i = 1, 3 do T.eq(outs[i], "80\t0\n", "process " .. i) end
+  local reqs = arrivals("KickUser")
+  T.eq(#reqs, 240, "requests at the emulator (refused: " .. refused(reqs) .. ")")
+  for _, r in ipairs(reqs) do T.eq(r.code, cjson.null, "no throttle") end
+  local worst = T.max_in_any_second(reqs)
+  T.ok(worst <= 60, "at most 60 in any second, got " .. worst)
+  local rate = (#reqs - 1) / (reqs[#reqs].t - reqs[1].t)
+  T.ok(rate >= 54, string.format("aggregate rate %.1f/s >= 54/s", rate))
+  T.ok(script_calls() - before >= 240, "every slot came from Redis")
+end)
+
+T.case("Redis killed mid-run: calls flow on the fallback within the limit, and go back to Redis", function()
+  emu.reset()
+  local codes = {}
+  -- Three processes as three hosts: each falls back to its own host table at a third of the limit.
+  for i = 1, 3 do
+    codes[i] = T.kicker(emu, string.format("{backend = 'redis', url = %q, password = %q, dir = %q, "
+      .. "fallback_share = 1/3, reprobe = 0.5, margin = %g}", redis.url, PASSWORD, own_dir(), MARGIN), 150,
+      "local l = c:info().limiter print(l.active, l.fallbacks, l.recoveries)")
+  end
+  local group = T.spawn(codes)
+  T.sleep(2)
+  redis.kill()
+  local killed = wall_now()
+  T.sleep(3)
+  redis.start()
+  local restarted = wall_now()
+  local outs = group.wait()
+  for i = 1, 3 do
+    local out = outs[i]
+    T.match(out, "\n150\t0\n", "process " .. i .. ": every kick succeeded")
+    T.match(out, "redis\t1\t1\n$", "process " .. i .. ": fell back once, recovered once, on Redis at the end")
+    local _, falls = out:gsub("pacing with the host limiter at 33%.3+%% of each limit", "")
+    local _, backs = out:gsub("answers again; pacing with Redis", "")
+    T.eq(falls, 1, "process " .. i .. ": one log line for the fallback")
+    T.eq(backs, 1, "process " .. i .. ": one log line for the recovery")
+    T.no_match(out, PASSWORD, "process " .. i .. " output")
+  end
+  local reqs = arrivals("KickUser")
+  T.eq(#reqs, 450, "requests at the emulator (refused: " .. refused(reqs) .. ")")
+  for _, r in ipairs(reqs) do T.eq(r.code, cjson.null, "no throttle") end
+  local worst = T.max_in_any_second(reqs)
+  T.ok(worst <= 60, "at most 60 in any second, got " .. worst)
+  local during, after = 0, 0
+  for _, r in ipairs(reqs) do
+    if r.wall > killed + 1.5 and r.wall < restarted then during = during + 1 end
+    if r.wall > restarted + 1 then after = after + 1 end
+  end
+  T.ok(during >= 40, "calls kept flowing while Redis was dead: " .. during)
+  T.ok(after > 0, "and after it came back: " .. after)
+  T.ok(script_calls() > 0, "the restarted Redis serves the slots")
+  T.eq(#keys("rtcadmin:gcra:*:KickUser"), 1, "the schedule is back in Redis")
+end)
+
+T.case("fallback = \"error\": while Redis is dead calls fail with LimiterError and send nothing", function()
+  emu.reset()
+  local c = redis_client(nil, { fallback = "error", reprobe = 0.1 })
+  T.ok(c:kick_user(APP, "room1", "alice"), "with Redis")
+  redis.kill()
+  local res, err = c:kick_user(APP, "room1", "bob")
+  T.eq(res, nil, "without Redis")
+  T.eq(err.code, "LimiterError", "code")
+  T.match(err.message, "Redis limiter at 127%.0%.0%.1:%d+/0 is unavailable", "message")
+  T.eq(c:info().limiter.active, "none", "nothing paces, so nothing is sent")
+  T.eq(#arrivals("KickUser"), 1, "the emulator saw only the first call")
+  redis.start()
+  T.sleep(0.2)
+  T.ok(c:kick_user(APP, "room1", "carol"), "Redis is back")
+  local info = c:info().limiter
+  T.eq(info.active, "redis", "active")
+  T.eq(info.fallbacks, 1, "fallbacks")
+  T.eq(info.recoveries, 1, "recoveries")
+  c:close()
+end)
+
+T.case("a wrong password, URL or database is a clear error when the client is made; nothing is sent", function()
+  emu.reset()
+  local function fails(pattern, limiter)
+    limiter.backend = "redis"
+    limiter.dir = limiter.dir or own_dir()
+    local msg = T.raises(pattern, T.client, emu, { limiter = limiter })
+    T.no_match(msg, PASSWORD, "message")
+    T.no_match(msg, "wrong-pw", "message")
+    return msg
+  end
+  local url = redis.url
+  fails("rtcadmin.client: redis limiter: Redis at 127%.0%.0%.1:%d+/0: AUTH refused: WRONGPASS",
+    { url = url, password = "wrong-pw" })
+  fails("AUTH refused: WRONGPASS", { url = "redis://:wrong-pw@127.0.0.1:" .. redis.port })
+  fails("AUTH refused: WRONGPASS", { url = url, user = "nobody", password = PASSWORD })
+  fails("NOAUTH Authentication required", { url = url })
+  fails("SELECT refused: ERR DB index is out of range", { url = url .. "/99", password = PASSWORD })
+  local free = T.redis()
+  local port = free.port
+  free.stop()
+  fails("Redis at 127%.0%.0%.1:" .. port .. "/0: cannot connect: Connection refused",
+    { url = "redis://127.0.0.1:" .. port, password = PASSWORD })
+  fails("cannot connect", { url = "redis://no-such-host.invalid:6379" })
+  fails("url must start with redis://", { url = "http://127.0.0.1:" .. redis.port })
+  fails("rediss:// %(TLS%) is not supported", { url = "rediss://127.0.0.1:6380" })
+  fails("port must be 1%-65535", { url = "redis://127.0.0.1:99999" })
+  fails("the path must be a database number", { url = "redis://127.0.0.1/zero" })
+  fails("password in the url or in 'password', not both", { url = "redis://:a@127.0.0.1", password = "b" })
+  fails("needs 'url'", {})
+  fails("option 'fallback' must be \"host\" or \"error\"", { url = url, password = PASSWORD, fallback = "open" })
+  fails("option 'fallback_share' must be between", { url = url, password = PASSWORD, fallback_share = 2 })
+  T.raises("backend \"redis\" takes a table", T.client, emu, { limiter = "redis" })
+  T.raises("field 'url' is for backend \"redis\"", T.client, emu, { limiter = { backend = "host", url = url } })
+  T.eq(emu.stats().requests, 0, "nothing reached the emulator")
+end)
+
+T.run(function()
+  emu.stop()
+  redis.stop()
+  for _, d in ipairs(dirs) do T.rmdir(d) end
+end)
