@@ -21,6 +21,7 @@ dependencies = {
 external_dependencies = {
    CURL = { header = "curl/curl.h" },
    OPENSSL = { header = "openssl/evp.h" },
+   HIREDIS = { header = "hiredis/hiredis.h" },
 }
 build = {
    type = "builtin",
@@ -29,15 +30,17 @@ build = {
          sources = {
             "src/module.c", "src/client.c", "src/request.c", "src/exchange.c", "src/batch.c", "src/actions.c", "src/errors.c",
             "src/json.c", "src/stats.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
+            "src/limiter_redis.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
-         incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
-         libraries = { "curl", "crypto", "pthread" },
+         incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(HIREDIS_LIBDIR)" },
+         libraries = { "curl", "crypto", "hiredis", "pthread" },
       },
       -- inside nginx / OpenResty (LuaJIT): the cosocket transport, callback receiver, admin endpoint
       ["rtcadmin.nginx"] = "lua/rtcadmin/nginx.lua",
       ["rtcadmin.callback"] = "lua/rtcadmin/callback.lua",
       ["rtcadmin.admin"] = "lua/rtcadmin/admin.lua",
+      ["rtcadmin.redis_gcra"] = "lua/rtcadmin/redis_gcra.lua",
    },
 }
