@@ -3,9 +3,12 @@
  *
  * Each reservation runs the script (EVALSHA, EVAL on NOSCRIPT) on one kept-open connection. The
  * script answers "your slot is W microseconds after the server's now"; the slot on our clock is the
- * moment the reply arrived plus W. That moment is at most one reply-path delay after the server's
- * "now", so two slots W apart on the server are sent at most that delay closer together here: the
- * pacing margin (1% = 10 ms per second) covers it on any LAN.
+ * moment the reply arrived plus W. That moment is later than the server's "now" by the reply path's
+ * delay, so a slot can be late, never early; two slots one interval apart on the server are sent at
+ * most that delay closer together here, and the pacing margin (1% = 10 ms per second) covers it on a
+ * LAN. (The request's departure would be the worse anchor: a Redis that stalls makes every slot
+ * handed out meanwhile early by the stall, a burst. A reply read late is a send made late, which
+ * any limiter suffers the same way.)
  *
  * Every Redis slot is then also taken in this host's shared table (limiter.c), starting no earlier
  * than the Redis slot. In steady state that costs nothing (the host's own sends are already that far

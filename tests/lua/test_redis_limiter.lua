@@ -135,6 +135,118 @@ T.case("three independent processes sharing one key through Redis stay within 60
   T.ok(script_calls() - before >= 240, "every slot came from Redis")
 end)
 
+-- The access key's fingerprint as the C client names its keys: SHA-256 prefix, 16 hex digits.
+local function key_id(ak)
+  local p = assert(io.popen("printf %s " .. T.shell_quote(ak) .. " | sha256sum"))
+  local id = p:read("*a"):sub(1, 16)
+  p:close()
+  return id
+end
+
+-- nginx with two workers, each with the OpenResty limiter (lua/rtcadmin/redis_limiter.lua) on this Redis.
+--   /kick      takes a KickUser slot, ngx.sleep()s until it, sends KickUser to the emulator over a
+--              kept-alive cosocket and answers "<worker pid> <status line>". The request is unsigned
+--              (the emulator answers 401 and logs its arrival): what is measured is when nginx sends.
+--   /reserve   ?action=&qps= takes a slot and answers the wait in seconds
+--   /status    the limiter's active schedule and error count
+local nginx
+local function start_nginx()
+  if nginx then return nginx end
+  nginx = T.nginx(string.format([[
+  init_worker_by_lua_block {
+    package.loaded.test_limiter = require("rtcadmin.redis_limiter").new {
+      url = %q, password = %q, margin = %g }
+  }
+  server {
+    listen 127.0.0.1:PORT reuseport;
+    location /kick {
+      content_by_lua_block {
+        local wait, err = package.loaded.test_limiter:reserve(%q, "KickUser", 60)
+        if not wait then ngx.status = 500 ngx.say(err) return end
+        ngx.sleep(wait)
+        local s = ngx.socket.tcp()
+        s:settimeout(5000)
+        assert(s:connect("127.0.0.1", %s))
+        assert(s:send("POST /?Action=KickUser&Version=2020-12-01 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+          .. "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"))
+        local status, length = s:receive("*l"), 0
+        repeat
+          local line = assert(s:receive("*l"))
+          length = tonumber(line:lower():match("^content%%-length:%%s*(%%d+)")) or length
+        until line == ""
+        assert(s:receive(length))
+        s:setkeepalive(10000, 16)
+        ngx.say(ngx.worker.pid(), " ", status)
+      }
+    }
+    location /reserve {
+      content_by_lua_block {
+        local args = ngx.req.get_uri_args()
+        local wait, err = package.loaded.test_limiter:reserve(%q, args.action, tonumber(args.qps))
+        ngx.say(wait or err)
+      }
+    }
+    location /status {
+      content_by_lua_block {
+        local st = package.loaded.test_limiter:status()
+        ngx.say(st.active, " ", st.errors)
+      }
+    }
+  }]], redis.url, PASSWORD, MARGIN, key_id(T.AK), emu.url:match(":(%d+)$"), key_id(T.AK)), 2)
+  return nginx
+end
+
+local function curl(url, parallel)
+  local p = assert(io.popen("curl -s -S --max-time 60 " .. (parallel and "--parallel --parallel-max 16 " or "")
+    .. T.shell_quote(url) .. " 2>&1"))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+T.case("the OpenResty limiter and the C client share one schedule: same script, same key", function()
+  local n = start_nginx()
+  local c = redis_client({ qps = { Mixed = 4 } }, { margin = 0 })
+  -- the nginx side paces with MARGIN; 4/s leaves 250 ms (C) and 257.5 ms (nginx) between slots
+  local w = {
+    c:reserve("Mixed"),
+    tonumber(curl(n.url .. "/reserve?action=Mixed&qps=" .. 4 / (1 + MARGIN))),
+    c:reserve("Mixed"),
+    tonumber(curl(n.url .. "/reserve?action=Mixed&qps=" .. 4 / (1 + MARGIN))),
+  }
+  T.ok(w[1] < 0.02, "C: first slot now: " .. w[1])
+  T.ok(w[2] > 0.2 and w[2] < 0.26, "nginx: the next slot: " .. tostring(w[2]))
+  T.ok(w[3] > 0.4 and w[3] < 0.51, "C: after both: " .. w[3])
+  T.ok(w[4] > 0.6 and w[4] < 0.76, "nginx: after all three: " .. tostring(w[4]))
+  c:close()
+end)
+
+T.case("two nginx workers (cosockets) sharing one key through Redis stay within 60/s and use >= 90% of it", function()
+  local n = start_nginx()
+  emu.reset()
+  local before = script_calls()
+  local replies = curl(n.url .. "/kick?n=[1-150]", true)
+  local pids, count = {}, 0
+  for pid, status in replies:gmatch("(%d+) (HTTP/1%.1 %d+)[^\n]*\n") do
+    pids[pid] = true
+    count = count + 1
+    T.eq(status, "HTTP/1.1 401", "the emulator logged an unsigned request")
+  end
+  T.eq(count, 150, "nginx answered every request: " .. replies:sub(1, 300))
+  local workers = 0
+  for _ in pairs(pids) do workers = workers + 1 end
+  T.eq(workers, 2, "both nginx workers took part")
+  local reqs = arrivals("KickUser")
+  T.eq(#reqs, 150, "requests at the emulator")
+  local worst = T.max_in_any_second(reqs)
+  T.ok(worst <= 60, "at most 60 in any second, got " .. worst)
+  local rate = (#reqs - 1) / (reqs[#reqs].t - reqs[1].t)
+  T.ok(rate >= 54, string.format("aggregate rate %.1f/s >= 54/s", rate))
+  T.ok(script_calls() - before >= 150, "every slot came from Redis")
+  T.eq(curl(n.url .. "/status"), "redis 0\n", "the worker is on Redis, no errors")
+  T.no_match(n.error_log(), PASSWORD, "nginx error log")
+end)
+
 T.case("Redis killed mid-run: calls flow on the fallback within the limit, and go back to Redis", function()
   emu.reset()
   local codes = {}
@@ -236,6 +348,7 @@ T.case("a wrong password, URL or database is a clear error when the client is ma
 end)
 
 T.run(function()
+  if nginx then nginx.stop() end
   emu.stop()
   redis.stop()
   for _, d in ipairs(dirs) do T.rmdir(d) end

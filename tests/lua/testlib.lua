@@ -283,60 +283,70 @@ end
 local function free_port()
   local p = assert(io.popen([[python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); ]]
     .. [[print(s.getsockname()[1])"]]))
-  local port = tonumber(p:read("a"))
+  local port = tonumber(p:read("*a"))
   p:close()
   return assert(port, "no free port")
 end
 
+local function alive(pid) return pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") end
+
+-- Starts `cmdline` (a foreground server) in the background; returns its pid. A watcher ends it
+-- when this process is gone, so a test that dies leaves nothing behind.
+local function start_server(cmdline)
+  local p = assert(io.popen("lua_pid=$PPID; " .. cmdline .. " >/dev/null 2>&1 & sp=$!; echo $sp; "
+    .. "(while kill -0 $lua_pid 2>/dev/null && kill -0 $sp 2>/dev/null; do sleep 0.5; done; "
+    .. "kill $sp 2>/dev/null) >/dev/null 2>&1 &"))
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  return pid
+end
+
+-- Waits until file `log` contains `ready` (true), or `failed` or the process is gone (false).
+local function wait_ready(pid, log, ready, failed)
+  for _ = 1, 200 do
+    local f = io.open(log)
+    local text = f and f:read("*a") or ""
+    if f then f:close() end
+    if text:find(ready, 1, true) then return true end
+    if (failed and text:find(failed, 1, true)) or not alive(pid) then return false end
+    T.sleep(0.05)
+  end
+  error("no " .. ready .. " in " .. log)
+end
+
+local function stop_server(pid, signal)
+  if not pid then return end
+  os.execute("kill -" .. (signal or "TERM") .. " " .. pid .. " 2>/dev/null")
+  while alive(pid) do T.sleep(0.02) end
+end
+
 -- A real redis-server on a free loopback port with its own temporary directory and no persistence.
--- It is stopped by stop() and, should the test die, by a watcher that sees this process gone.
--- kill() ends it at once (SIGKILL); start() brings it back on the same port, empty.
+-- kill() ends it at once (SIGKILL); start() brings it back on the same port, empty; stop() ends it
+-- and removes its directory.
 function T.redis(password)
   local r = { dir = T.tmpdir(), password = password }
   local function launch()
-    local cmd = string.format("lua_pid=$PPID; redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no"
-      .. " --dir %s --logfile redis.log %s >/dev/null 2>&1 & rp=$!; echo $rp; (while kill -0 $lua_pid 2>/dev/null"
-      .. " && kill -0 $rp 2>/dev/null; do sleep 0.5; done; kill $rp 2>/dev/null) >/dev/null 2>&1 &",
-      r.port, shell_quote(r.dir), password and ("--requirepass " .. shell_quote(password)) or "")
-    local p = assert(io.popen(cmd))
-    r.pid = tonumber(p:read("l"))
-    p:close()
-    for _ = 1, 100 do
-      local f = io.open(r.dir .. "/redis.log")
-      local log = f and f:read("a") or ""
-      if f then f:close() end
-      if log:find("Ready to accept connections", 1, true) then return true end
-      if log:find("Address already in use", 1, true) or not os.execute("kill -0 " .. r.pid .. " 2>/dev/null") then
-        return false
-      end
-      T.sleep(0.05)
-    end
-    error("redis-server did not start: see " .. r.dir .. "/redis.log")
+    os.remove(r.dir .. "/redis.log")
+    r.pid = start_server(string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no"
+      .. " --dir %s --logfile redis.log %s", r.port, shell_quote(r.dir),
+      password and ("--requirepass " .. shell_quote(password)) or ""))
+    return wait_ready(r.pid, r.dir .. "/redis.log", "Ready to accept connections", "Address already in use")
   end
-  local function wait_gone()
-    while os.execute("kill -0 " .. r.pid .. " 2>/dev/null") do T.sleep(0.02) end
+  function r.start() assert(launch(), "redis-server could not listen on port " .. r.port .. " again") end
+  function r.kill()
+    stop_server(r.pid, "KILL")
     r.pid = nil
   end
-  function r.start()
-    os.remove(r.dir .. "/redis.log")
-    assert(launch(), "redis-server could not listen on port " .. r.port .. " again")
-  end
-  function r.kill()
-    os.execute("kill -9 " .. r.pid)
-    wait_gone()
-  end
   function r.stop()
-    if r.pid then
-      os.execute("kill " .. r.pid)
-      wait_gone()
-    end
+    stop_server(r.pid)
+    r.pid = nil
     T.rmdir(r.dir)
   end
   -- redis-cli against this server; returns its output.
   function r.cli(args)
     local p = assert(io.popen(string.format("redis-cli -p %d %s --no-auth-warning %s 2>&1", r.port,
       password and ("-a " .. shell_quote(password)) or "", args)))
-    local out = p:read("a")
+    local out = p:read("*a")
     p:close()
     return out
   end
@@ -348,6 +358,53 @@ function T.redis(password)
     end
   end
   error("redis-server found no free port")
+end
+
+-- A real nginx (Debian's, with its Lua module) on a free loopback port with `workers` worker
+-- processes; `http` is the body of its http{} block, where PORT stands for the port and SOURCE for
+-- the source directory. lua_package_path reaches lua/. stop() ends it; error_log() reads its log.
+function T.nginx(http, workers)
+  local n = { dir = T.tmpdir() }
+  assert(os.execute("mkdir -p " .. shell_quote(n.dir .. "/logs")))
+  for _ = 1, 5 do
+    n.port = free_port()
+    local conf = table.concat({
+      "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
+      "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;",
+      "worker_processes " .. (workers or 2) .. ";",
+      "error_log logs/error.log info;",
+      "pid logs/nginx.pid;",
+      "events { worker_connections 256; }",
+      "http {",
+      "  access_log off;",
+      "  client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp;"
+        .. " scgi_temp_path tmp;",
+      "  lua_package_path '" .. T.source_dir .. "/lua/?.lua;;';",
+      (http:gsub("PORT", tostring(n.port)):gsub("SOURCE", T.source_dir)),
+      "}",
+    }, "\n")
+    local f = assert(io.open(n.dir .. "/nginx.conf", "w"))
+    f:write(conf)
+    f:close()
+    os.remove(n.dir .. "/logs/error.log")
+    n.pid = start_server(string.format("nginx -p %s -c nginx.conf -g 'daemon off;'", shell_quote(n.dir .. "/")))
+    if wait_ready(n.pid, n.dir .. "/logs/error.log", "start worker process", "Address already in use") then
+      n.url = "http://127.0.0.1:" .. n.port
+      function n.error_log()
+        local lf = io.open(n.dir .. "/logs/error.log")
+        local text = lf and lf:read("*a") or ""
+        if lf then lf:close() end
+        return text
+      end
+      function n.stop()
+        stop_server(n.pid, "QUIT")
+        T.rmdir(n.dir)
+      end
+      return n
+    end
+    stop_server(n.pid)
+  end
+  error("nginx did not start: see " .. n.dir .. "/logs/error.log")
 end
 
 -- The most emulator request records ({t = seconds, ...}) that fall in any window [t, t + 1 s).
