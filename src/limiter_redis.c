@@ -10,17 +10,17 @@
  * handed out meanwhile early by the stall, a burst. A reply read late is a send made late, which
  * any limiter suffers the same way.)
  *
- * Every Redis slot is then also taken in this host's shared table (limiter.c), starting no earlier
- * than the Redis slot. In steady state that costs nothing (the host's own sends are already that far
- * apart); it keeps the processes of one host within the limit while some of them talk to Redis and
- * others are on the fallback.
+ * The Redis slot is used as it is. (Taking it again in a local schedule would be wrong: two
+ * reservations that return out of order would push the earlier slot behind the later one, late,
+ * onto another host's slot.)
  *
  * When Redis does not answer within the timeout (or refuses), the backend paces with the host table
  * at fallback_share of each limit, logs once, and tries Redis again every `reprobe` seconds:
  *  - the fallback starts HANDOVER after the last Redis slot this process saw, so slots that Redis
  *    handed out just before it went away are spent before the fallback's own;
- *  - after Redis answers again, the process keeps the fallback share (now on the Redis schedule)
- *    for reprobe + timeout, the time every other process needs to notice the recovery too.
+ *  - after Redis answers again, its Redis slots start after the fallback slots it still has booked
+ *    (the script's "not before"), and it keeps the fallback share (now on the Redis schedule) for
+ *    reprobe + timeout, the time every other process needs to notice the recovery too.
  * With N hosts and fallback_share <= 1/N the fleet stays within the limit throughout. */
 #include <errno.h>
 #include <math.h>
@@ -45,7 +45,7 @@
 
 typedef struct {
     rtc_limiter base;            /* first: the interface sees an rtc_limiter */
-    rtc_limiter *host;           /* this host's shared table: chained slots and the fallback */
+    rtc_limiter *host;           /* this host's shared table: the fallback */
     redisContext *ctx;           /* NULL until connected, and after any I/O error */
     char *hostname;
     int port;
@@ -63,6 +63,7 @@ typedef struct {
     int64_t fallback_from_ns;    /* on the fallback: no slot before this */
     int64_t grace_until_ns;      /* after a recovery: keep the fallback share until then */
     int64_t horizon_ns;          /* end of the latest Redis slot seen, on our clock */
+    int64_t fallback_end_ns;     /* end of the latest fallback slot booked, on our clock */
     long fallbacks, recoveries, errors;
     char last_error[200];
     char where[300];             /* host:port/db, for messages: never credentials */
@@ -216,10 +217,11 @@ static int open_connection(redis_limiter *r, int64_t end_ns, char *why, size_t n
 
 /* One GCRA step in Redis. *wait_ns: from the reply's arrival (*at_ns, our clock) to the slot. */
 static int gcra_round_trip(redis_limiter *r, const unsigned char fp[8], const char *action, int64_t interval_ns,
-                           int64_t end_ns, int64_t *wait_ns, int64_t *at_ns, char *why, size_t n) {
-    char key[256], interval[32];
-    const char *argv[5];
-    size_t lens[5];
+                           int64_t not_before_ns, int64_t end_ns, int64_t *wait_ns, int64_t *at_ns, char *why,
+                           size_t n) {
+    char key[256], interval[32], not_before[32];
+    const char *argv[6];
+    size_t lens[6];
     redisReply *rep;
     int i;
     if (!r->ctx && open_connection(r, end_ns, why, n)) return -1;
@@ -236,15 +238,17 @@ static int gcra_round_trip(redis_limiter *r, const unsigned char fp[8], const ch
     argv[2] = "1";
     argv[3] = key;
     argv[4] = interval;
-    for (i = 0; i < 5; i++) lens[i] = strlen(argv[i]);
-    rep = command(r, end_ns, 5, argv, lens, why, n);
+    snprintf(not_before, sizeof not_before, "%lld", (long long)((not_before_ns + 999) / 1000));
+    argv[5] = not_before;
+    for (i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+    rep = command(r, end_ns, 6, argv, lens, why, n);
     if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
         freeReplyObject(rep); /* a restarted or flushed Redis: EVAL loads the script again */
         argv[0] = "EVAL";
         argv[1] = r->script;
         lens[0] = 4;
         lens[1] = strlen(r->script);
-        rep = command(r, end_ns, 5, argv, lens, why, n);
+        rep = command(r, end_ns, 6, argv, lens, why, n);
     }
     *at_ns = rtc_monotonic_ns();
     if (!rep) return -1;
@@ -283,7 +287,9 @@ static int redis_reserve(rtc_limiter *self, const unsigned char fp[8], const cha
         int64_t step = recovering || now_ns < r->grace_until_ns ? shared_ns : interval_ns;
         char why[sizeof r->last_error];
         if (end > deadline_ns) end = deadline_ns;
-        if (gcra_round_trip(r, fp, action, step, end, &wait_ns, &at, why, sizeof why) == 0) {
+        /* Back from the fallback: its slots booked ahead come first. */
+        int64_t not_before = r->fallback_end_ns > now_ns ? r->fallback_end_ns - now_ns : 0;
+        if (gcra_round_trip(r, fp, action, step, not_before, end, &wait_ns, &at, why, sizeof why) == 0) {
             int64_t slot = at + wait_ns;
             if (recovering) {
                 r->on_fallback = 0;
@@ -292,7 +298,8 @@ static int redis_reserve(rtc_limiter *self, const unsigned char fp[8], const cha
                 log_line(r, "Redis limiter at %s answers again; pacing with Redis", r->where);
             }
             if (slot + step > r->horizon_ns) r->horizon_ns = slot + step;
-            return r->host->ops->reserve(r->host, fp, action, step, slot, deadline_ns, start_ns, err, errlen);
+            *start_ns = slot;
+            return 0;
         }
         r->errors++;
         memcpy(r->last_error, why, sizeof why);
@@ -313,9 +320,12 @@ static int redis_reserve(rtc_limiter *self, const unsigned char fp[8], const cha
         snprintf(err, errlen, "Redis limiter at %s is unavailable: %s", r->where, r->last_error);
         return -1;
     }
-    return r->host->ops->reserve(r->host, fp, action, shared_ns,
-                                 now_ns > r->fallback_from_ns ? now_ns : r->fallback_from_ns, deadline_ns, start_ns,
-                                 err, errlen);
+    if (r->host->ops->reserve(r->host, fp, action, shared_ns,
+                              now_ns > r->fallback_from_ns ? now_ns : r->fallback_from_ns, deadline_ns, start_ns,
+                              err, errlen))
+        return -1;
+    if (*start_ns + shared_ns > r->fallback_end_ns) r->fallback_end_ns = *start_ns + shared_ns;
+    return 0;
 }
 
 static void redis_destroy(rtc_limiter *self) {

@@ -3,6 +3,8 @@
 --
 -- KEYS[1]  the schedule: <prefix><access key fingerprint>:<Action>
 -- ARGV[1]  the interval between sends, in microseconds (a positive integer)
+-- ARGV[2]  optional: microseconds from now before which the slot must not be (a caller coming back
+--          from its fallback still has slots booked there)
 -- Returns  microseconds from the Redis server's "now" to the reserved send slot (0: send at once).
 --
 -- The schedule is the theoretical arrival time (TAT) in microseconds on the Redis server's clock
@@ -19,8 +21,9 @@ local interval = tonumber(ARGV[1])
 if not interval or interval < 1 or interval ~= math.floor(interval) then
   return redis.error_reply('rtcadmin gcra: interval must be a positive integer of microseconds')
 end
+local not_before = now + (tonumber(ARGV[2]) or 0)
 local tat = tonumber(redis.call('GET', KEYS[1])) or 0
-local start = tat > now and tat or now
+local start = tat > not_before and tat or not_before
 local next_tat = start + interval
 redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
 return start - now

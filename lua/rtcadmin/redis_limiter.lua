@@ -172,15 +172,15 @@ end
 -- One GCRA step in Redis: seconds from the reply's arrival to the slot, and that arrival time; or
 -- nil, err, refused (refused: AUTH or SELECT said no, a configuration error). The anchor is the
 -- reply's arrival, as in src/limiter_redis.c (which says why).
-function Limiter:round_trip(key, interval, budget)
+function Limiter:round_trip(key, interval, not_before, budget)
   local sock, err, refused = self:connect(budget)
   if not sock then return nil, err, refused end
-  local us = tostring(math.ceil(interval * 1e6))
+  local us, nb = tostring(math.ceil(interval * 1e6)), tostring(math.ceil(not_before * 1e6))
   local v, e, reply_err
-  local sent, se = sock:send(command("EVALSHA", self.sha, 1, key, us))
+  local sent, se = sock:send(command("EVALSHA", self.sha, 1, key, us, nb))
   if sent then v, e, reply_err = read_reply(sock) else e = se end
   if v == nil and reply_err and e:find("^NOSCRIPT") then
-    sent, se = sock:send(command("EVAL", gcra.script, 1, key, us))
+    sent, se = sock:send(command("EVAL", gcra.script, 1, key, us, nb))
     if sent then v, e, reply_err = read_reply(sock) else e, reply_err = se, false end
   end
   local at = self:now()
@@ -192,7 +192,8 @@ function Limiter:round_trip(key, interval, budget)
   return nil, v == nil and tostring(e) or "unexpected reply to the GCRA script"
 end
 
--- This worker's own schedule: the fallback, and the chain that keeps it honest while mixed.
+-- This worker's own schedule, for the fallback. (Redis slots are used as they are: coroutines whose
+-- replies come back out of order would otherwise push an earlier slot late, onto another's.)
 function Limiter:local_slot(key, step, from)
   local tat = self.local_tat[key] or 0
   local start = math.max(tat, from)
@@ -214,7 +215,9 @@ function Limiter:reserve(key_id, action, qps, deadline)
     local recovering = self.on_fallback
     local step = (recovering or now < self.grace_until) and shared or interval
     local budget = math.min(self.timeout, deadline and (deadline - now) or self.timeout)
-    local wait, at, refused = self:round_trip(key, step, math.max(budget, 0.001))
+    -- Back from the fallback: the slots it still has booked come first.
+    local not_before = math.max(0, (self.local_tat[key] or 0) - now)
+    local wait, at, refused = self:round_trip(key, step, not_before, math.max(budget, 0.001))
     if not wait and refused and not self.answered then
       -- Never worked: a wrong password, user or db is a configuration error, not an outage.
       return nil, "Redis limiter at " .. self.url.where .. ": " .. at
@@ -229,7 +232,7 @@ function Limiter:reserve(key_id, action, qps, deadline)
       end
       local slot = at + wait
       self.horizon = math.max(self.horizon, slot + step)
-      return math.max(0, self:local_slot(key, step, slot) - self:now())
+      return math.max(0, slot - self:now())
     end
     self.errors = self.errors + 1
     self.last_error = at

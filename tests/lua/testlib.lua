@@ -288,7 +288,14 @@ local function free_port()
   return assert(port, "no free port")
 end
 
-local function alive(pid) return pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") end
+-- A zombie counts as gone: an orphaned server is reaped by whatever runs as PID 1, maybe late.
+local function alive(pid)
+  local f = pid and io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local stat = f:read("*a") or ""
+  f:close()
+  return stat:match("%) (%a)") ~= "Z"
+end
 
 -- Starts `cmdline` (a foreground server) in the background; returns its pid. A watcher ends it
 -- when this process is gone, so a test that dies leaves nothing behind.
