@@ -42,5 +42,6 @@ build = {
       ["rtcadmin.callback"] = "lua/rtcadmin/callback.lua",
       ["rtcadmin.admin"] = "lua/rtcadmin/admin.lua",
       ["rtcadmin.redis_gcra"] = "lua/rtcadmin/redis_gcra.lua",
+      ["rtcadmin.redis_limiter"] = "lua/rtcadmin/redis_limiter.lua",
    },
 }
