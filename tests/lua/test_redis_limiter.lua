@@ -42,11 +42,15 @@ local function refused(reqs)
   return table.concat(out, "; ")
 end
 
-local function wall_now()
-  local p = assert(io.popen("date +%s.%N"))
-  local t = tonumber(p:read("a"))
-  p:close()
-  return t
+-- Lets Redis serve for `before` seconds, kills it (SIGKILL), restarts it `down` seconds later;
+-- returns the wall-clock times of the kill and the restart.
+local function outage(before, down)
+  T.sleep(before)
+  local killed = T.wall_now()
+  redis.kill()
+  T.sleep(down)
+  redis.start()
+  return killed, T.wall_now()
 end
 
 -- Script runs (EVALSHA + EVAL) this Redis has served since it started.
@@ -255,12 +259,7 @@ T.case("nginx: Redis killed mid-run, the workers pace on their own share and go 
   emu.reset()
   local p = assert(io.popen("curl -s -S --max-time 60 --parallel --parallel-max 16 "
     .. T.shell_quote(n.url .. "/kick?n=[1-300]") .. " 2>&1"))
-  T.sleep(1.5)
-  local killed = wall_now()
-  redis.kill()
-  T.sleep(2)
-  redis.start()
-  local restarted = wall_now()
+  local killed, restarted = outage(1.5, 2)
   local replies = p:read("*a")
   p:close()
   local _, answered = replies:gsub("%d+ HTTP/1%.1 401[^\n]*\n", "")
@@ -293,12 +292,7 @@ T.case("Redis killed mid-run: calls flow on the fallback within the limit, and g
       "local l = c:info().limiter print(l.active, l.fallbacks, l.recoveries)")
   end
   local group = T.spawn(codes)
-  T.sleep(2)
-  local killed = wall_now()
-  redis.kill()
-  T.sleep(3)
-  redis.start()
-  local restarted = wall_now()
+  local killed, restarted = outage(2, 3)
   local outs = group.wait()
   for i = 1, 3 do
     local out = outs[i]

@@ -245,6 +245,14 @@ end
 function T.rmdir(d) os.execute("rm -rf " .. shell_quote(d)) end
 
 
+-- Wall-clock seconds with sub-millisecond precision (the emulator logs `wall` on the same clock).
+function T.wall_now()
+  local p = assert(io.popen("date +%s.%N"))
+  local t = tonumber(p:read("*a"))
+  p:close()
+  return t
+end
+
 -- Lua source for a process that kicks `count` users through its own client of `emu` with the given
 -- `limiter` (a Lua expression), prints "succeeded<TAB>failed", then runs `tail` (Lua source, with
 -- the client as `c`).
@@ -272,7 +280,7 @@ function T.spawn(codes)
     wait = function()
       local outs = {}
       for i, p in ipairs(procs) do
-        outs[i] = p:read("a")
+        outs[i] = p:read("*a")
         p:close()
       end
       return outs
