@@ -402,7 +402,8 @@ function T.nginx(http, workers)
     f:write(conf)
     f:close()
     os.remove(n.dir .. "/logs/error.log")
-    n.pid = start_server(string.format("nginx -p %s -c nginx.conf -g 'daemon off;'", shell_quote(n.dir .. "/")))
+    n.pid = start_server(string.format("nginx -p %s -e logs/error.log -c nginx.conf -g 'daemon off;'",
+      shell_quote(n.dir .. "/")))
     if wait_ready(n.pid, n.dir .. "/logs/error.log", "start worker process", "Address already in use") then
       n.url = "http://127.0.0.1:" .. n.port
       function n.error_log()
