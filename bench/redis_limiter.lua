@@ -51,7 +51,7 @@ for _, procs in ipairs { 1, 2, 4 } do
     local c = require("rtcadmin").client{access_key = %q, secret_key = %q, endpoint = "http://127.0.0.1:9",
       qps = {Bench = 100000}, limiter = {backend = "redis", url = %q, dir = %q}}
     for _ = 1, %d do c:reserve("Bench") end
-    print(c:info().limiter.errors)
+    print(c:info().limiter_status.errors)
   ]], T.AK, T.SK, redis.url, dir, CALLS)
   local codes = {}
   for i = 1, procs do codes[i] = code end

@@ -79,7 +79,7 @@ T.case("slots are one interval apart on Redis's schedule, shared by clients with
   for i = 2, 4 do
     T.ok(math.abs(w[i] - 0.25 * (i - 1)) < 0.02, "slot " .. i .. " at " .. 0.25 * (i - 1) .. " s: " .. w[i])
   end
-  local info = a:info().limiter
+  local info = a:info().limiter_status
   T.eq(info.backend, "redis", "backend")
   T.eq(info.active, "redis", "active")
   T.eq(info.server, "127.0.0.1:" .. redis.port .. "/0", "server, without credentials")
@@ -115,7 +115,7 @@ T.case("the script is the one in lua/rtcadmin/redis_gcra.lua and loads itself af
   local before = script_calls()
   T.ok(c:reserve("Flushed") < 0.05, "after: NOSCRIPT answered by EVAL")
   T.eq(script_calls() - before, 2, "EVALSHA refused, then EVAL")
-  T.eq(c:info().limiter.errors, 0, "not an error")
+  T.eq(c:info().limiter_status.errors, 0, "not an error")
   c:close()
 end)
 
@@ -156,7 +156,7 @@ end
 local nginx
 local function start_nginx()
   if nginx then return nginx end
-  nginx = T.nginx(string.format([[
+  nginx = T.nginx { workers = 2, http = string.format([[
   init_worker_by_lua_block {
     package.loaded.test_limiter = require("rtcadmin.redis_limiter").new {
       url = %q, password = %q, margin = %g }
@@ -196,7 +196,7 @@ local function start_nginx()
         ngx.say(st.active, " ", st.errors)
       }
     }
-  }]], redis.url, PASSWORD, MARGIN, key_id(T.AK), emu.url:match(":(%d+)$"), key_id(T.AK)), 2)
+  }]], redis.url, PASSWORD, MARGIN, key_id(T.AK), emu.url:match(":(%d+)$"), key_id(T.AK)) }
   return nginx
 end
 
@@ -251,7 +251,7 @@ T.case("two nginx workers (cosockets) sharing one key through Redis stay within 
   T.ok(rate >= 54, string.format("aggregate rate %.1f/s >= 54/s", rate))
   T.ok(script_calls() - before >= 150, "every slot came from Redis")
   T.eq(curl(n.url .. "/status"), "redis 0\n", "the worker is on Redis, no errors")
-  T.no_match(n.error_log(), PASSWORD, "nginx error log")
+  T.no_match(n.log(), PASSWORD, "nginx error log")
 end)
 
 T.case("nginx: Redis killed mid-run, the workers pace on their own share and go back to Redis", function()
@@ -274,7 +274,7 @@ T.case("nginx: Redis killed mid-run, the workers pace on their own share and go 
   end
   T.ok(during > 0, "requests kept flowing while Redis was dead: " .. during)
   T.eq(#keys("rtcadmin:gcra:*:KickUser"), 1, "the schedule is back in Redis (nothing else uses it here)")
-  local log = n.error_log()
+  local log = n.log()
   local _, falls = log:gsub("pacing in each worker at 25%% of each limit", "")
   local _, backs = log:gsub("answers again; pacing with Redis", "")
   T.ok(falls >= 1 and falls <= 2, "one fallback line per worker: " .. falls)
@@ -289,7 +289,7 @@ T.case("Redis killed mid-run: calls flow on the fallback within the limit, and g
   for i = 1, 3 do
     codes[i] = T.kicker(emu, string.format("{backend = 'redis', url = %q, password = %q, dir = %q, "
       .. "fallback_share = 1/3, reprobe = 0.5, margin = %g}", redis.url, PASSWORD, own_dir(), MARGIN), 150,
-      "local l = c:info().limiter print(l.active, l.fallbacks, l.recoveries)")
+      "local l = c:info().limiter_status print(l.active, l.fallbacks, l.recoveries)")
   end
   local group = T.spawn(codes)
   local killed, restarted = outage(2, 3)
@@ -329,12 +329,12 @@ T.case("fallback = \"error\": while Redis is dead calls fail with LimiterError a
   T.eq(res, nil, "without Redis")
   T.eq(err.code, "LimiterError", "code")
   T.match(err.message, "Redis limiter at 127%.0%.0%.1:%d+/0 is unavailable", "message")
-  T.eq(c:info().limiter.active, "none", "nothing paces, so nothing is sent")
+  T.eq(c:info().limiter_status.active, "none", "nothing paces, so nothing is sent")
   T.eq(#arrivals("KickUser"), 1, "the emulator saw only the first call")
   redis.start()
   T.sleep(0.2)
   T.ok(c:kick_user(APP, "room1", "carol"), "Redis is back")
-  local info = c:info().limiter
+  local info = c:info().limiter_status
   T.eq(info.active, "redis", "active")
   T.eq(info.fallbacks, 1, "fallbacks")
   T.eq(info.recoveries, 1, "recoveries")

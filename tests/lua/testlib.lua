@@ -375,54 +375,6 @@ function T.redis(password)
   error("redis-server found no free port")
 end
 
--- A real nginx (Debian's, with its Lua module) on a free loopback port with `workers` worker
--- processes; `http` is the body of its http{} block, where PORT stands for the port and SOURCE for
--- the source directory. lua_package_path reaches lua/. stop() ends it; error_log() reads its log.
-function T.nginx(http, workers)
-  local n = { dir = T.tmpdir() }
-  assert(os.execute("mkdir -p " .. shell_quote(n.dir .. "/logs")))
-  for _ = 1, 5 do
-    n.port = free_port()
-    local conf = table.concat({
-      "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
-      "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;",
-      "worker_processes " .. (workers or 2) .. ";",
-      "error_log logs/error.log info;",
-      "pid logs/nginx.pid;",
-      "events { worker_connections 256; }",
-      "http {",
-      "  access_log off;",
-      "  client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp;"
-        .. " scgi_temp_path tmp;",
-      "  lua_package_path '" .. T.source_dir .. "/lua/?.lua;;';",
-      (http:gsub("PORT", tostring(n.port)):gsub("SOURCE", T.source_dir)),
-      "}",
-    }, "\n")
-    local f = assert(io.open(n.dir .. "/nginx.conf", "w"))
-    f:write(conf)
-    f:close()
-    os.remove(n.dir .. "/logs/error.log")
-    n.pid = start_server(string.format("nginx -p %s -e logs/error.log -c nginx.conf -g 'daemon off;'",
-      shell_quote(n.dir .. "/")))
-    if wait_ready(n.pid, n.dir .. "/logs/error.log", "start worker process", "Address already in use") then
-      n.url = "http://127.0.0.1:" .. n.port
-      function n.error_log()
-        local lf = io.open(n.dir .. "/logs/error.log")
-        local text = lf and lf:read("*a") or ""
-        if lf then lf:close() end
-        return text
-      end
-      function n.stop()
-        stop_server(n.pid, "QUIT")
-        T.rmdir(n.dir)
-      end
-      return n
-    end
-    stop_server(n.pid)
-  end
-  error("nginx did not start: see " .. n.dir .. "/logs/error.log")
-end
-
 -- The most emulator request records ({t = seconds, ...}) that fall in any window [t, t + 1 s).
 function T.max_in_any_second(reqs)
   local t = {}
