@@ -111,6 +111,15 @@ static int push_send(lua_State *L, exchange *x) {
     set_str(L, "action", x->call.action, strlen(x->call.action));
     lua_pushinteger(L, x->attempt);
     lua_setfield(L, -2, "attempt");
+    /* For a driver that paces elsewhere (rtcadmin.nginx with a Redis limiter): the schedule's key
+     * (a SHA-256 prefix of the access key, as the C backends use it), the limit, the time left. */
+    {
+        char key_id[17];
+        for (i = 0; i < sizeof c->key_fp; i++) snprintf(key_id + 2 * i, 3, "%02x", c->key_fp[i]);
+        set_str(L, "key_id", key_id, 16);
+    }
+    set_num(L, "qps", rtc_client_qps(c, x->call.action));
+    set_num(L, "deadline_in", (double)(x->deadline - rtc_monotonic_ns()) / 1e9);
     rtc_wire_free(&w);
     x->sent = rtc_monotonic_ns();
     x->state = X_SENT;
@@ -167,6 +176,16 @@ static int exchange_step(lua_State *L) {
         if (!lua_istable(L, 2))
             return rtc_argerror(L, "exchange.step", "expects the response to the request it sent, got %s",
                                 luaL_typename(L, 2));
+        /* A driver that paces elsewhere reports that its limiter gave no slot: nothing was sent. */
+        lua_getfield(L, 2, "error");
+        if (lua_isstring(L, -1) && (strcmp(lua_tostring(L, -1), "LimiterError") == 0 ||
+                                    strcmp(lua_tostring(L, -1), "DeadlineExceeded") == 0)) {
+            const char *code = lua_tostring(L, -1);
+            lua_getfield(L, 2, "message");
+            snprintf(err, sizeof err, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : code);
+            return fail_simple(L, x, code, err);
+        }
+        lua_pop(L, 1);
         rtc_http_response_init(&resp);
         rc = read_response(L, 2, &resp);
         lua_settop(L, 1);

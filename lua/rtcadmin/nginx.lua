@@ -159,16 +159,36 @@ function M.http(w)
   return { status = status, body = body, content_type = h["content-type"], new_connection = fresh }
 end
 
+-- Clients made inside nginx with limiter = {backend = "redis", ...} -> their rtcadmin.redis_limiter.
+-- The C client itself runs with limiter "none"; every attempt takes its slot here, over cosockets.
+local redis_pacers = setmetatable({}, { __mode = "k" })
+
+local function sleep_until_due(seconds)
+  ngx.sleep(seconds > 0 and math.ceil(seconds * 1000 + 0.5) / 1000 or 0)
+end
+
+-- Takes the send slot for request w from the Redis limiter: nil when the request may go, or the
+-- response to report instead (nothing is sent).
+local function redis_slot(pacer, w)
+  ngx.update_time()
+  local wait, err = pacer:reserve(w.key_id, w.action, w.qps, ngx.now() + w.deadline_in)
+  if not wait then return { error = "LimiterError", message = err } end
+  if wait > w.deadline_in then
+    return { error = "DeadlineExceeded", message = "the rate limit leaves no slot before the call's deadline" }
+  end
+  sleep_until_due(wait)
+end
+
 -- Drives one exchange to its end; returns what the blocking call would.
-function M.run(x)
+function M.run(x, pacer)
   local response
   while true do
     local kind, a, b = x:step(response)
     response = nil
     if kind == "wait" then
-      ngx.sleep(a > 0 and math.ceil(a * 1000 + 0.5) / 1000 or 0)
+      sleep_until_due(a)
     elseif kind == "send" then
-      response = M.http(a)
+      response = pacer and redis_slot(pacer, a) or M.http(a)
     else
       return a, b
     end
@@ -197,7 +217,7 @@ local function run_many(client, list, opts)
     while cursor < n do
       cursor = cursor + 1
       local i = cursor
-      local res, b = log_outcome(M.run(list[i]))
+      local res, b = log_outcome(M.run(list[i], redis_pacers[client]))
       if res then
         results[i] = { ok = true, result = res, meta = b }
         succeeded = succeeded + 1
@@ -225,19 +245,55 @@ local function prepare(make, self, name, ...)
   return x
 end
 
+-- A client paced through Redis has no pacing of its own in C: it may only call where cosockets work.
+local function check_blocking_allowed(client, name)
+  if redis_pacers[client] then
+    error("rtcadmin." .. name .. ": this client paces through Redis over cosockets, which the '" ..
+      tostring(ngx.get_phase()) .. "' phase cannot use; call it from a request handler or ngx.timer.at", 3)
+  end
+end
+
+-- rtcadmin.client(opts) inside nginx: limiter = {backend = "redis", ...} pacing goes through
+-- rtcadmin.redis_limiter (cosockets) instead of the blocking C backend.
+local function wrap_client(make)
+  return function(opts)
+    local lim = type(opts) == "table" and opts.limiter
+    if type(lim) ~= "table" or lim.backend ~= "redis" then return make(opts) end
+    local plain = {}
+    for k, v in pairs(opts) do plain[k] = v end
+    plain.limiter = "none"
+    local client = make(plain)
+    local pacer_opts = {}
+    for k, v in pairs(lim) do
+      if k ~= "backend" and k ~= "dir" then pacer_opts[k] = v end
+    end
+    pacer_opts.margin = lim.margin or 0.05 -- nginx wakes late under load, as for the host limiter
+    if pacer_opts.fallback == "host" then pacer_opts.fallback = "worker" end
+    redis_pacers[client] = require("rtcadmin.redis_limiter").new(pacer_opts)
+    return client
+  end
+end
+
 -- Called once by luaopen_rtcadmin with the module table and the client method table.
 function M.install(module, methods)
+  module.client = wrap_client(module.client)
   for _, name in ipairs(SINGLE) do
     local blocking = methods[name]
     methods[name] = function(self, ...)
-      if not M.non_blocking() then return log_outcome(blocking(self, ...)) end
-      return log_outcome(M.run(prepare(self.exchange, self, name, ...)))
+      if not M.non_blocking() then
+        check_blocking_allowed(self, name)
+        return log_outcome(blocking(self, ...))
+      end
+      return log_outcome(M.run(prepare(self.exchange, self, name, ...), redis_pacers[self]))
     end
   end
   for _, name in ipairs(BULK) do
     local blocking = methods[name]
     methods[name] = function(self, ...)
-      if not M.non_blocking() then return blocking(self, ...) end
+      if not M.non_blocking() then
+        check_blocking_allowed(self, name)
+        return blocking(self, ...)
+      end
       local list = prepare(self.exchanges, self, name, ...)
       local opts = select(name == "kick_users" and 4 or 2, ...) -- batch(calls, opts), ban_users(t, opts)
       return run_many(self, list, opts)

@@ -147,11 +147,11 @@ local function key_id(ak)
   return id
 end
 
--- nginx with two workers, each with the OpenResty limiter (lua/rtcadmin/redis_limiter.lua) on this Redis.
---   /kick      takes a KickUser slot, ngx.sleep()s until it, sends KickUser to the emulator over a
---              kept-alive cosocket and answers "<worker pid> <status line>". The request is unsigned
---              (the emulator answers 401 and logs its arrival): what is measured is when nginx sends.
---   /reserve   ?action=&qps= takes a slot and answers the wait in seconds
+-- nginx with two workers on this Redis.
+--   /kick      client:kick_user() with an rtcadmin client made with limiter = {backend = "redis"}:
+--              inside nginx each attempt takes its slot from rtcadmin.redis_limiter over cosockets,
+--              then goes out on nginx's own sockets. Answers "<worker pid> ok|<error code>".
+--   /reserve   ?action=&qps= takes a slot from a bare rtcadmin.redis_limiter and answers the wait
 --   /status    the limiter's active schedule and error count
 local nginx
 local function start_nginx()
@@ -160,27 +160,16 @@ local function start_nginx()
   init_worker_by_lua_block {
     package.loaded.test_limiter = require("rtcadmin.redis_limiter").new {
       url = %q, password = %q, margin = %g }
+    package.loaded.test_client = require("rtcadmin").client {
+      access_key = %q, secret_key = %q, endpoint = %q,
+      limiter = { backend = "redis", url = %q, password = %q, margin = %g } }
   }
   server {
     listen 127.0.0.1:PORT reuseport;
     location /kick {
       content_by_lua_block {
-        local wait, err = package.loaded.test_limiter:reserve(%q, "KickUser", 60)
-        if not wait then ngx.status = 500 ngx.say(err) return end
-        ngx.sleep(wait)
-        local s = ngx.socket.tcp()
-        s:settimeout(5000)
-        assert(s:connect("127.0.0.1", %s))
-        assert(s:send("POST /?Action=KickUser&Version=2020-12-01 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-          .. "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"))
-        local status, length = s:receive("*l"), 0
-        repeat
-          local line = assert(s:receive("*l"))
-          length = tonumber(line:lower():match("^content%%-length:%%s*(%%d+)")) or length
-        until line == ""
-        assert(s:receive(length))
-        s:setkeepalive(10000, 16)
-        ngx.say(ngx.worker.pid(), " ", status)
+        local res, err = package.loaded.test_client:kick_user(%q, "room1", "raider" .. (ngx.var.arg_n or "0"))
+        ngx.say(ngx.worker.pid(), " ", res and "ok" or tostring(err.code))
       }
     }
     location /reserve {
@@ -190,13 +179,27 @@ local function start_nginx()
         ngx.say(wait or err)
       }
     }
+    location /wrong-phase {
+      set_by_lua_block $outcome {
+        local ok, err = pcall(package.loaded.test_client.kick_user, package.loaded.test_client, "a", "b", "c")
+        return (ok and "sent" or tostring(err))
+      }
+      return 200 "$outcome\n";
+    }
+    location /blocking-backend {
+      content_by_lua_block {
+        local ok, err = pcall(require("rtcadmin").config, { access_key = "AKLTx", secret_key = "s",
+          limiter = { backend = "redis", url = "redis://127.0.0.1:1" } })
+        ngx.say(ok and "made" or tostring(err))
+      }
+    }
     location /status {
       content_by_lua_block {
         local st = package.loaded.test_limiter:status()
         ngx.say(st.active, " ", st.errors)
       }
     }
-  }]], redis.url, PASSWORD, MARGIN, key_id(T.AK), emu.url:match(":(%d+)$"), key_id(T.AK)) }
+  }]], redis.url, PASSWORD, MARGIN, T.AK, T.SK, emu.url, redis.url, PASSWORD, MARGIN, APP, key_id(T.AK)) }
   return nginx
 end
 
@@ -234,10 +237,10 @@ T.case("two nginx workers (cosockets) sharing one key through Redis stay within 
   local before = script_calls()
   local replies = curl(n.url .. "/kick?n=[1-150]", true)
   local pids, count = {}, 0
-  for pid, status in replies:gmatch("(%d+) (HTTP/1%.1 %d+)[^\n]*\n") do
+  for pid, status in replies:gmatch("(%d+) (%S+)\n") do
     pids[pid] = true
     count = count + 1
-    T.eq(status, "HTTP/1.1 401", "the emulator logged an unsigned request")
+    T.eq(status, "ok", "a signed kick that succeeded")
   end
   T.eq(count, 150, "nginx answered every request: " .. replies:sub(1, 300))
   local workers = 0
@@ -254,6 +257,15 @@ T.case("two nginx workers (cosockets) sharing one key through Redis stay within 
   T.no_match(n.log(), PASSWORD, "nginx error log")
 end)
 
+T.case("nginx: a Redis-paced client refuses phases without cosockets; the blocking backend is refused", function()
+  local n = start_nginx()
+  emu.reset()
+  T.match(curl(n.url .. "/wrong-phase"), "rtcadmin%.kick_user: this client paces through Redis over cosockets, "
+    .. "which the 'set' phase cannot use", "set_by_lua")
+  T.match(curl(n.url .. "/blocking-backend"), "backend \"redis\" blocks, so it is not for nginx", "rtcadmin.config")
+  T.eq(#arrivals("KickUser"), 0, "nothing was sent")
+end)
+
 T.case("nginx: Redis killed mid-run, the workers pace on their own share and go back to Redis", function()
   local n = start_nginx()
   emu.reset()
@@ -262,7 +274,7 @@ T.case("nginx: Redis killed mid-run, the workers pace on their own share and go 
   local killed, restarted = outage(1.5, 2)
   local replies = p:read("*a")
   p:close()
-  local _, answered = replies:gsub("%d+ HTTP/1%.1 401[^\n]*\n", "")
+  local _, answered = replies:gsub("%d+ ok\n", "")
   T.eq(answered, 300, "every request was sent: " .. replies:sub(1, 300))
   local reqs = arrivals("KickUser")
   T.eq(#reqs, 300, "requests at the emulator")
