@@ -168,15 +168,23 @@ local function sleep_until_due(seconds)
 end
 
 -- Takes the send slot for request w from the Redis limiter: nil when the request may go, or the
--- response to report instead (nothing is sent).
+-- response to report instead (nothing is sent). A slot reached more than margin/2 late is given up
+-- for a new one, as the C paths do (docs/pacing.md, "late senders").
 local function redis_slot(pacer, w)
   ngx.update_time()
-  local wait, err = pacer:reserve(w.key_id, w.action, w.qps, ngx.now() + w.deadline_in)
-  if not wait then return { error = "LimiterError", message = err } end
-  if wait > w.deadline_in then
-    return { error = "DeadlineExceeded", message = "the rate limit leaves no slot before the call's deadline" }
+  local deadline = ngx.now() + w.deadline_in
+  while true do
+    local now = ngx.now()
+    local wait, err = pacer:reserve(w.key_id, w.action, w.qps, deadline)
+    if not wait then return { error = "LimiterError", message = err } end
+    if now + wait > deadline then
+      return { error = "DeadlineExceeded", message = "the rate limit leaves no slot before the call's deadline" }
+    end
+    sleep_until_due(wait)
+    ngx.update_time()
+    -- sleep_until_due rounds up to the next millisecond: up to 1.5 ms late by design.
+    if ngx.now() - (now + wait) <= pacer.margin / 2 + 0.0015 then return nil end
   end
-  sleep_until_due(wait)
 end
 
 -- Drives one exchange to its end; returns what the blocking call would.
