@@ -902,5 +902,33 @@ class ProcessTests(unittest.TestCase):
         self.assertNoSecrets(text, auth)
 
 
+
+class QpsWindowTest(unittest.TestCase):
+    """Emulator.admit directly: arrival times admitted out of order are still checked exactly."""
+
+    def setUp(self):
+        import rtc_emulator
+        self.mod = rtc_emulator
+        self.emu = rtc_emulator.Emulator(rtc_emulator.parse_args(["--port", "0"]), {})
+        self.emu.qps["KickUser"] = 2
+
+    def admit(self, arrived):
+        try:
+            self.emu.admit(AK1, "KickUser", arrived)
+            return True
+        except self.mod.ApiError as e:
+            self.assertEqual(e.code, "FlowLimitExceeded.QPSOverLimit")
+            return False
+
+    def test_late_admitted_arrival_is_checked_against_every_window_it_falls_into(self):
+        t = time.monotonic() - 3.0
+        self.assertTrue(self.admit(t + 1.0))
+        self.assertTrue(self.admit(t + 1.5))
+        self.assertTrue(self.admit(t + 0.2))   # earlier arrival admitted later: (t+0.5, t+1.5] still holds 2
+        self.assertFalse(self.admit(t + 0.8))  # (t, t+1.0] would hold t+0.2, t+0.8, t+1.0
+        self.assertFalse(self.admit(t + 1.2))  # (t+0.5, t+1.5], a window ending later, would hold 3
+        self.assertTrue(self.admit(t + 2.6))   # (t+1.6, t+2.6]: alone
+
+
 if __name__ == "__main__":
     unittest.main()
