@@ -819,6 +819,12 @@ function Engine:flush(opts)
   return summary
 end
 
+-- Counts an input that never became an event (e.g. a line that is not JSON).
+function Engine:note_invalid()
+  self.st.events = self.st.events + 1
+  self.st.invalid = self.st.invalid + 1
+end
+
 -- Decisions not yet done: queued (never sent) and waiting for a retry, oldest first.
 function Engine:pending()
   local list = {}
