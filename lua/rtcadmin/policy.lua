@@ -35,6 +35,7 @@ policy.DEFAULTS = {
 }
 
 local EVENT_TYPE_MAX = 64
+local MAX_FAILURES_LISTED = 10000
 local function valid_id(s)
   return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^A-Za-z0-9@._-]")
 end
@@ -180,10 +181,10 @@ local function make_dsl(file)
     check_seconds(what, seconds)
     if seconds == 0 and allow_zero then return 0 end
     if seconds < min then
-      dsl_error(string_format("%s: %g s is below the API minimum of %d s", what, seconds, min))
+      dsl_error(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
     end
     if seconds > max then
-      warn(string_format("%s: %g s capped at the API maximum of %d s", what, seconds, max))
+      warn(string_format("%s: %.10g s capped at the API maximum of %d s", what, seconds, max))
       return max
     end
     return math.ceil(seconds)
@@ -383,7 +384,8 @@ function policy.new(opts)
     allow_roles = {}, allow_users = {}, allow_patterns = {},
     track = {},        -- event type -> true (per (room, user) counter) ; see ctx:count
     track_room = {},   -- event type -> true (per room counter)
-    track_fields = {}, -- event type -> list of fields counted by ctx:distinct
+    track_fields = {}, -- event type -> list of fields counted by ctx:distinct (per (room, user))
+    track_room_fields = {}, -- the same, per room
     max_window = 0,
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
@@ -536,8 +538,9 @@ function Engine:_make_ctx()
     window_arg("distinct", t, window, scope)
     local cur = E.cur
     local rec = record_for(t, scope)
-    local fields = E.track_fields[t]
-    if not fields then fields = {}; E.track_fields[t] = fields end
+    local registry = scope == "room" and E.track_room_fields or E.track_fields
+    local fields = registry[t]
+    if not fields then fields = {}; registry[t] = fields end
     if not fields[field] then
       fields[field] = true
       fields[#fields + 1] = field
@@ -647,8 +650,8 @@ function Engine:_decide(r, ev, cur)
   }
   -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
   cur.rec[r.index] = ts + r.cooldown
-  if o and ts - o.last <= self.cfg.offence_window then
-    o.n, o.last = o.n + 1, ts
+  if o then
+    o.n, o.last = prior + 1, ts
   else
     self.offenders:put(app .. " " .. user, { n = 1, last = ts }, ts)
   end
@@ -660,6 +663,20 @@ function Engine:_decide(r, ev, cur)
   self:_emit(d)
   if self.on_decision then self.on_decision(d) end
   return d
+end
+
+-- Counts an event in a record's counter for its type, and its fields for ctx:distinct.
+local function add_event(rec, ev, typ, ts, slots, fields, dmax)
+  local ring = rec[typ]
+  if not ring then ring = ring_new(); rec[typ] = ring end
+  ring_add(ring, ts, slots)
+  if fields then
+    for i = 1, #fields do
+      local f = fields[i]
+      local v = ev[f]
+      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, ts, dmax) end
+    end
+  end
 end
 
 -- Processes one event. Returns the number of decisions it caused, or nil, reason for an invalid event.
@@ -698,28 +715,13 @@ function Engine:process(ev)
     keys:put(key, rec, ts)
   end
   local slots = self.cfg.slots
-  if tracked then
-    local ring = rec[typ]
-    if not ring then ring = ring_new(); rec[typ] = ring end
-    ring_add(ring, ts, slots)
-    local fields = self.track_fields[typ]
-    if fields then
-      for i = 1, #fields do
-        local f = fields[i]
-        local v = ev[f]
-        if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, ts, self.cfg.distinct_max) end
-      end
-    end
-  end
+  if tracked then add_event(rec, ev, typ, ts, slots, self.track_fields[typ], self.cfg.distinct_max) end
   local cur = self.cur_state
   if not cur then cur = {}; self.cur_state = cur end
   cur.ev, cur.type, cur.ts, cur.app, cur.room, cur.user, cur.rec = ev, typ, ts, app, room, user, rec
   cur.room_key = app .. " " .. room
   if rtracked then
-    local rrec = self:_room_rec(cur.room_key, ts)
-    local ring = rrec[typ]
-    if not ring then ring = ring_new(); rrec[typ] = ring end
-    ring_add(ring, ts, slots)
+    add_event(self:_room_rec(cur.room_key, ts), ev, typ, ts, slots, self.track_room_fields[typ], self.cfg.distinct_max)
   end
   self.cur = cur
   if not rules then return 0 end
@@ -807,6 +809,8 @@ function Engine:flush(opts)
         self.waiting[#self.waiting + 1] = d
       else
         d.outcome = "failed"
+        -- The most recent failures stay listed (all are in the audit log and counted).
+        if #self.failures >= MAX_FAILURES_LISTED then table.remove(self.failures, 1) end
         self.failures[#self.failures + 1] = d
         st.failed = st.failed + 1
         summary.failed = summary.failed + 1
