@@ -305,7 +305,11 @@ function policy.load_source(source, name, limits)
   local ok, e = runner.call(fn)
   file.loading = false
   sandbox.freeze(env)
-  if not ok then return nil, { e } end
+  if not ok then
+    -- Memory errors carry no position (Lua raises them without a message handler).
+    if not e:find("^[^\n]-:%d+:") then e = name .. ": " .. e .. " while the file loaded" end
+    return nil, { e }
+  end
   local seen = {}
   for _, r in ipairs(file.rules) do
     if seen[r.name] then return nil, { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" } end

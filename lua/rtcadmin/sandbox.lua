@@ -29,6 +29,14 @@ sandbox.DEFAULTS = {
 -- Budget errors are tables, so rule code cannot forge or mistake them for its own errors.
 local BUDGET = {}
 
+-- Limits with the defaults filled in.
+local function limits_of(limits)
+  local l = {}
+  for k, v in pairs(sandbox.DEFAULTS) do l[k] = (limits and limits[k]) or v end
+  return l
+end
+sandbox.limits = limits_of
+
 local function copy(t, names)
   local c = {}
   for _, k in ipairs(names) do c[k] = t[k] end
@@ -71,7 +79,7 @@ end
 
 -- A fresh environment for one rules file: the safe libraries plus `dsl` (a table of names).
 function sandbox.env(dsl, limits)
-  limits = limits or sandbox.DEFAULTS
+  limits = limits_of(limits)
   local s, t, m, u = safe_libs(limits)
   local env = {
     string = s, table = t, math = m, utf8 = u,
@@ -95,10 +103,10 @@ end
 -- A runner: runner.call(fn, where, ...) calls rule code under the budgets and returns
 -- true, results... or false, message (the message names file:line).
 function sandbox.runner(limits)
-  limits = limits or sandbox.DEFAULTS
-  local every = limits.hook_every or sandbox.DEFAULTS.hook_every
-  local max_ticks = math.max(1, math.ceil((limits.instructions or sandbox.DEFAULTS.instructions) / every))
-  local memory = limits.memory or sandbox.DEFAULTS.memory
+  limits = limits_of(limits)
+  local every = limits.hook_every
+  local max_ticks = math.max(1, math.ceil(limits.instructions / every))
+  local memory = limits.memory
   local string_meta = getmetatable("")
   local host_index = string_meta.__index
   local safe_string = safe_libs(limits)
