@@ -401,6 +401,7 @@ function policy.new(opts)
   E.offenders = gen_new(cfg.max_offenders, cfg.offence_window)
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
+  E.cur = {} -- the event being evaluated, for the ctx methods
   E.ctx = E:_make_ctx()
   return E
 end
@@ -507,6 +508,7 @@ function Engine:_make_ctx()
   local function record_for(t, scope)
     local cur = E.cur
     if scope == "room" then
+      cur.room_key = cur.room_key or (cur.app .. " " .. cur.room)
       if not E.track_room[t] then
         E.track_room[t] = true
         if cur.type == t then
@@ -529,11 +531,25 @@ function Engine:_make_ctx()
     return cur.rec
   end
 
+  local track, known_window = E.track, {}
   function methods.count(_, t, window, scope)
-    window_arg("count", t, window, scope)
-    local ring = record_for(t, scope)[t]
-    local v = ring and ring_count(ring, window, E.cur.ts, slots) or 0
-    evidence("count", t, nil, window, scope or "user", v)
+    local cur = E.cur
+    local rec
+    if scope == nil and track[t] and known_window[window] then
+      rec = cur.rec -- the hot path: a counter and window seen (and checked) before
+    else
+      window_arg("count", t, window, scope)
+      known_window[window] = true
+      rec = record_for(t, scope)
+    end
+    local ring = rec[t]
+    local v = ring and ring_count(ring, window, cur.ts, slots) or 0
+    nq = nq + 1
+    if nq <= 8 then
+      local e = q[nq]
+      if not e then e = {}; q[nq] = e end
+      e.query, e.type, e.field, e.window, e.scope, e.value = "count", t, nil, window, scope or "user", v
+    end
     return v
   end
 
@@ -703,11 +719,15 @@ function Engine:process(ev)
   end
   local rules, tracked, rtracked = self.by_type[typ], self.track[typ], self.track_room[typ]
   if not rules and not tracked and not rtracked then st.ignored = st.ignored + 1; return 0 end
-  if self:_allowed(ev, user) then st.allowed = st.allowed + 1; return 0 end
+  if self.allow_users[user] or self.allow_roles[ev.role or false] or (self.allow_patterns[1] and self:_allowed(ev, user)) then
+    st.allowed = st.allowed + 1
+    return 0
+  end
 
   local keys = self.keys
   local key = app .. " " .. room .. " " .. user
-  local rec = keys:get(key, ts)
+  local rec = keys.young[key]
+  if rec == nil then rec = keys:get(key, ts) end
   if not rec then
     -- IDs are checked once, when a (room, user) is first tracked: a key made of valid IDs cannot
     -- collide with one made of invalid ones, so a found record implies valid IDs.
@@ -720,19 +740,17 @@ function Engine:process(ev)
   end
   local slots = self.cfg.slots
   if tracked then add_event(rec, ev, typ, ts, slots, self.track_fields[typ], self.cfg.distinct_max) end
-  local cur = self.cur_state
-  if not cur then cur = {}; self.cur_state = cur end
+  local cur = self.cur
   cur.ev, cur.type, cur.ts, cur.app, cur.room, cur.user, cur.rec = ev, typ, ts, app, room, user, rec
-  cur.room_key = app .. " " .. room
+  cur.room_key = nil -- made when a room-scope counter needs it
   if rtracked then
+    cur.room_key = app .. " " .. room
     add_event(self:_room_rec(cur.room_key, ts), ev, typ, ts, slots, self.track_room_fields[typ], self.cfg.distinct_max)
   end
-  self.cur = cur
   if not rules then return 0 end
 
   local made = 0
   local runner, ctx, reset = self.runner, self.ctx, self._reset_evidence
-  local installed = runner.arm()
   for i = 1, #rules do
     local r = rules[i]
     local until_ts = rec[r.index]
@@ -750,19 +768,16 @@ function Engine:process(ev)
       end
     end
   end
-  runner.disarm(installed)
   return made
 end
 
--- Processes a list of events with the budget hook installed once. Returns decisions, invalid count.
+-- Processes a list of events. Returns decisions, invalid count.
 function Engine:process_batch(events)
-  local installed = self.runner.arm()
   local made, invalid = 0, 0
   for i = 1, #events do
     local n = self:process(events[i])
     if n then made = made + n else invalid = invalid + 1 end
   end
-  self.runner.disarm(installed)
   return made, invalid
 end
 

@@ -111,11 +111,12 @@ function sandbox.runner(limits)
   local host_index = string_meta.__index
   local safe_string = safe_libs(limits)
 
-  local ticks, active, mem_ceiling = 0, false, 0
-  local hooked_here, saved_hook, saved_mask, saved_count = false, nil, nil, nil
+  local ticks, mem_ceiling = 0, 0
+  local saved_hook, saved_mask, saved_count
 
+  -- The count hook is installed only while rule code runs: with any count hook set, Lua 5.4 runs
+  -- every instruction through its hook check, which would halve the engine's own speed.
   local function hook()
-    if not active then return end
     ticks = ticks + 1
     if ticks > max_ticks then
       BUDGET.what = string_format("instruction budget exceeded (%d instructions)", max_ticks * every)
@@ -132,6 +133,7 @@ function sandbox.runner(limits)
 
   -- Where rule code was when it failed: the innermost frame from a rules file.
   local function handler(e)
+    debug_sethook()
     if e == BUDGET then
       local level = 2
       while true do
@@ -148,50 +150,29 @@ function sandbox.runner(limits)
     return e
   end
 
-  local runner = {}
-
-  -- Installs the count hook on the running coroutine (once for a batch of calls); returns whether
-  -- this call installed it, so the matching disarm(true) removes it.
-  function runner.arm()
-    if hooked_here then return false end
-    saved_hook, saved_mask, saved_count = debug_gethook()
-    debug_sethook(hook, "", every)
-    hooked_here = true
-    return true
-  end
-
-  function runner.disarm(installed)
-    if not installed then return end
-    hooked_here = false
+  local function finish(ok, res)
     if saved_hook then debug_sethook(saved_hook, saved_mask, saved_count) else debug_sethook() end
-  end
-
-  local function finish(ok, ...)
-    active = false
     string_meta.__index = host_index
     if heap_budget then heap_budget(0) end
     if not ok then
-      local e = ...
-      if e == "not enough memory" then
+      if res == "not enough memory" then
         return false, string_format("memory budget exceeded (%d bytes)", memory)
       end
-      return false, type(e) == "string" and e or tostring(e)
+      return false, type(res) == "string" and res or tostring(res)
     end
-    return true, ...
+    return true, res
   end
 
-  function runner.call(fn, ...)
-    local installed = runner.arm()
+  local runner = {}
+
+  -- runner.call(fn, a, b) -> true, result | false, "file:line: message"
+  function runner.call(fn, a, b)
+    saved_hook, saved_mask, saved_count = debug_gethook()
     ticks = 0
     if heap_budget then heap_budget(memory) else mem_ceiling = collectgarbage("count") + memory / 1024 end
     string_meta.__index = safe_string
-    active = true
-    if installed then
-      local r = table.pack(finish(xpcall(fn, handler, ...)))
-      runner.disarm(true)
-      return table.unpack(r, 1, r.n)
-    end
-    return finish(xpcall(fn, handler, ...))
+    debug_sethook(hook, "", every)
+    return finish(xpcall(fn, handler, a, b))
   end
 
   return runner
