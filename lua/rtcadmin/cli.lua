@@ -456,7 +456,7 @@ function Cmd:run()
   if not loaded then return code end
   local fh, ferr = self:open_events(rest[1])
   if not fh then self:warn("rtcadmin: ", ferr) return EXIT_USAGE end
-  self.events_name = rest[1] or "stdin"
+  self.events_name = (rest[1] == nil or rest[1] == "-") and "stdin" or rest[1]
   if not self.opts.json then self:decision_header() end
   local dry = engine.dry_run
   -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
