@@ -19,14 +19,16 @@ rule "flood"      { on = "chat", when = function(ev, ctx) return ctx:count("chat
 rule "flood-long" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 60) > 60 end, action = ban(600) }
 rule "links"      { on = "chat", when = function(ev, ctx) return ev.link == true and ctx:count("chat", 30) > 10 end,
                     action = mute(600, { audio = true }) }
-rule "wave"       { on = "join", when = function(ev, ctx) return ctx:count("join", 10, "room") > 100000 end, action = kick }
+rule "wave"       { on = "join", when = function(ev, ctx) return ctx:count("join", 10, "room") > 100000 end,
+                    action = kick }
 rule "rejoin"     { on = "join", when = function(ev, ctx) return ctx:count("join", 60) > 8 end, action = ban(300) }
 rule "leave-join" { on = "leave", when = function(ev, ctx) return ctx:count("leave", 60) > 8 end, action = kick }
 rule "reported"   { on = "report", when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end,
                     action = escalate { kick, ban(600), ban(86400) } }
 rule "loud"       { on = "stream", when = function(ev, ctx) return ev.loud == true and ctx:count("stream", 30) >= 5 end,
                     action = mute(300, { audio = true }) }
-rule "cams"       { on = "stream", when = function(ev, ctx) return ev.kind == "video" and ctx:count("stream", 10) > 30 end,
+rule "cams"       { on = "stream",
+                    when = function(ev, ctx) return ev.kind == "video" and ctx:count("stream", 10) > 30 end,
                     action = mute(300, { video = true }) }
 rule "repeat"     { on = "chat", when = function(ev, ctx) return ctx:offences() > 2 and ctx:count("chat", 5) > 3 end,
                     action = ban_everywhere(3600) }
@@ -43,7 +45,8 @@ for i = 1, POOL do
   local u = rand(USERS)
   pool[i] = { type = t, app_id = "661e2ebb5ffd4b0e8d3f6b1d", room_id = "room" .. (u % 20), user_id = "user" .. u,
               reporter = t == "report" and ("r" .. rand(5)) or nil, loud = t == "stream" and rand(4) == 1 or nil,
-              kind = t == "stream" and (rand(2) == 1 and "video" or "audio") or nil, link = t == "chat" and rand(8) == 1 }
+              kind = t == "stream" and (rand(2) == 1 and "video" or "audio") or nil,
+              link = t == "chat" and rand(8) == 1 }
 end
 
 local function clock() return os.clock() end

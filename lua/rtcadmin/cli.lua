@@ -184,11 +184,17 @@ function Cmd:moderate(command)
     return self:usage_error("--audio/--video are for mute/unmute", command)
   end
   local need = everywhere and 2 or 3
-  if #pos < need then return self:usage_error("expected " .. (everywhere and "APP USER..." or "APP ROOM USER..."), command) end
+  if #pos < need then
+    return self:usage_error("expected " .. (everywhere and "APP USER..." or "APP ROOM USER..."), command)
+  end
   local duration, bad = number_opt(self, "duration", command)
   if bad then return bad end
-  if duration and not spec.duration then return self:usage_error("--duration is not an option of " .. command, command) end
-  if spec.duration == "required" and not duration then return self:usage_error("--duration SECONDS is required", command) end
+  if duration and not spec.duration then
+    return self:usage_error("--duration is not an option of " .. command, command)
+  end
+  if spec.duration == "required" and not duration then
+    return self:usage_error("--duration SECONDS is required", command)
+  end
   local app, room = pos[1], (not everywhere) and pos[2] or nil
   local users = {}
   for i = need, #pos do users[#users + 1] = pos[i] end
@@ -329,7 +335,8 @@ local function evidence_text(d)
   local parts = {}
   for _, e in ipairs(d.evidence or {}) do
     if e.query == "count" then
-      parts[#parts + 1] = string.format("%s %s/%gs%s=%d", e.query, e.type, e.window, e.scope == "room" and " room" or "", e.value)
+      parts[#parts + 1] = string.format("%s %s/%gs%s=%d", e.query, e.type, e.window,
+        e.scope == "room" and " room" or "", e.value)
     elseif e.query == "distinct" then
       parts[#parts + 1] = string.format("distinct %s.%s/%gs=%d", e.type, e.field, e.window, e.value)
     else
@@ -358,7 +365,9 @@ end
 function Cmd:decision_row(d)
   if self.opts.json then return self:json(d) end
   local outcome = d.outcome
-  if outcome == "retry" or outcome == "failed" then outcome = outcome .. " (" .. tostring(d.error and d.error.code) .. ")" end
+  if outcome == "retry" or outcome == "failed" then
+    outcome = outcome .. " (" .. tostring(d.error and d.error.code) .. ")"
+  end
   self:say(string.format(TABLE_FMT, clock(d.event_ts), d.rule, action_text(d), d.room_id, d.user_id, outcome,
     evidence_text(d)))
 end
@@ -399,7 +408,7 @@ function Cmd:policy_engine(live)
   return engine
 end
 
-function Cmd:open_events(path)
+function Cmd.open_events(_, path)
   if path == nil or path == "-" then return io.stdin end
   local fh, err = io.open(path, "r")
   if not fh then return nil, err end
@@ -505,7 +514,8 @@ function Cmd:check()
     elseif file then
       local names = {}
       for _, r in ipairs(file.rules) do names[#names + 1] = r.name end
-      self:say(string.format("%s: ok, %d rules%s%s", f, #file.rules, #names > 0 and ": " or "", table.concat(names, ", ")))
+      self:say(string.format("%s: ok, %d rules%s%s", f, #file.rules, #names > 0 and ": " or "",
+        table.concat(names, ", ")))
       for _, w in ipairs(file.warnings) do self:say("warning: " .. w) end
     else
       for _, e in ipairs(errs) do self:warn("error: " .. e) end

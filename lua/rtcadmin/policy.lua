@@ -226,11 +226,15 @@ local function make_dsl(file)
     if not file.loading then dsl_error("allow: only while the rules file loads") end
     if type(spec) ~= "table" then dsl_error("allow: expected a table {roles=, users=, patterns=}") end
     for k, v in pairs(spec) do
-      if k ~= "roles" and k ~= "users" and k ~= "patterns" then dsl_error("allow: unknown field '" .. tostring(k) .. "'") end
+      if k ~= "roles" and k ~= "users" and k ~= "patterns" then
+        dsl_error("allow: unknown field '" .. tostring(k) .. "'")
+      end
       if type(v) ~= "table" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
       for _, s in ipairs(v) do
         if type(s) ~= "string" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
-        if k == "patterns" and not pcall(string_find, "", s) then dsl_error("allow: bad pattern " .. string_format("%q", s)) end
+        if k == "patterns" and not pcall(string_find, "", s) then
+          dsl_error("allow: bad pattern " .. string_format("%q", s))
+        end
         file.allow[k][#file.allow[k] + 1] = s
       end
     end
@@ -238,7 +242,9 @@ local function make_dsl(file)
 
   local rule_fields = { on = true, when = true, action = true, cooldown = true, dry_run = true, description = true }
   local function normalize_action(a, top)
-    if type(a) ~= "table" then dsl_error("rule: 'action' must be kick, ban(s), ban_everywhere(s), mute(s) or escalate{...}") end
+    if type(a) ~= "table" then
+      dsl_error("rule: 'action' must be kick, ban(s), ban_everywhere(s), mute(s) or escalate{...}")
+    end
     local k = a.kind
     if k == "escalate" then
       if type(a.steps) ~= "table" or #a.steps == 0 then dsl_error("escalate: expected a list of actions") end
@@ -266,10 +272,14 @@ local function make_dsl(file)
       end
       local on = spec.on
       if type(on) == "string" then on = { on } end
-      if type(on) ~= "table" or #on == 0 then dsl_error("rule '" .. name .. "': 'on' must be an event type or a list") end
+      if type(on) ~= "table" or #on == 0 then
+        dsl_error("rule '" .. name .. "': 'on' must be an event type or a list")
+      end
       local types = {}
       for i, t in ipairs(on) do
-        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then dsl_error("rule '" .. name .. "': bad event type") end
+        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then
+          dsl_error("rule '" .. name .. "': bad event type")
+        end
         types[i] = t
       end
       if spec.when ~= nil and type(spec.when) ~= "function" then
@@ -278,7 +288,9 @@ local function make_dsl(file)
       if spec.action == nil then dsl_error("rule '" .. name .. "': 'action' is required") end
       local cooldown = spec.cooldown
       if cooldown ~= nil then check_seconds("rule '" .. name .. "': cooldown", cooldown) end
-      if spec.dry_run ~= nil and type(spec.dry_run) ~= "boolean" then dsl_error("rule '" .. name .. "': 'dry_run' must be a boolean") end
+      if spec.dry_run ~= nil and type(spec.dry_run) ~= "boolean" then
+        dsl_error("rule '" .. name .. "': 'dry_run' must be a boolean")
+      end
       local at
       do
         local ok, e = pcall(dsl_error, "")
@@ -312,7 +324,9 @@ function policy.load_source(source, name, limits)
   end
   local seen = {}
   for _, r in ipairs(file.rules) do
-    if seen[r.name] then return nil, { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" } end
+    if seen[r.name] then
+      return nil, { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
+    end
     seen[r.name] = r.at
   end
   return file
@@ -492,7 +506,7 @@ function Engine:_make_ctx()
 
   local function window_arg(fname, t, window, scope)
     if type(t) ~= "string" then error("ctx:" .. fname .. ": expected an event type (string)", 3) end
-    if type(window) ~= "number" or not (window > 0) or window == math.huge then
+    if type(window) ~= "number" or window ~= window or window <= 0 or window == math.huge then
       error("ctx:" .. fname .. ": expected a window in seconds (> 0)", 3)
     end
     if scope ~= nil and scope ~= "user" and scope ~= "room" then
@@ -719,7 +733,8 @@ function Engine:process(ev)
   end
   local rules, tracked, rtracked = self.by_type[typ], self.track[typ], self.track_room[typ]
   if not rules and not tracked and not rtracked then st.ignored = st.ignored + 1; return 0 end
-  if self.allow_users[user] or self.allow_roles[ev.role or false] or (self.allow_patterns[1] and self:_allowed(ev, user)) then
+  if self.allow_users[user] or self.allow_roles[ev.role or false]
+    or (self.allow_patterns[1] and self:_allowed(ev, user)) then
     st.allowed = st.allowed + 1
     return 0
   end

@@ -54,7 +54,9 @@ local function safe_libs(limits)
   function s.rep(str, n, sep)
     if type(n) == "number" and n > 0 then
       local len = (#tostring(str) + (sep ~= nil and #tostring(sep) or 0)) * n
-      if len > max then error(string_format("string.rep: result of %.0f bytes exceeds the sandbox's %d", len, max), 2) end
+      if len > max then
+        error(string_format("string.rep: result of %.0f bytes exceeds the sandbox's %d", len, max), 2)
+      end
     end
     return string_rep(str, n, sep)
   end

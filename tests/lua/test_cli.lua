@@ -51,9 +51,10 @@ T.case("--help, per-command help, usage errors exit 2", function()
     T.eq(code, 0, c .. " --help")
     T.match(out, "usage: rtcadmin " .. c, c .. " help")
   end
-  local err
+  local _, err
   code, _, err = rtcadmin("")
   T.eq(code, 2, "no command")
+  T.match(err, "usage: rtcadmin", "usage on stderr")
   code, _, err = rtcadmin("frobnicate")
   T.eq(code, 2, "unknown command")
   T.match(err, "unknown command 'frobnicate'", "message")
@@ -100,6 +101,7 @@ T.case("kick, ban, unban, mute, unmute and online change the room as the API doe
   local doc = cjson.decode(out)
   T.same(doc.users, { "dan" }, "who is online")
   code, out = rtcadmin("online " .. APP .. " lobby")
+  T.eq(code, 0, "online, table form")
   T.match(out, "lobby: 1 online: dave", "table form (the app-wide ban removed erin from the lobby too)")
 end)
 
@@ -111,14 +113,17 @@ T.case("bad IDs are usage errors and nothing is sent; failures exit 1 with the e
   T.eq(emu.stats().requests, 0, "nothing sent")
   code, _, err = rtcadmin("mute " .. APP .. " room1 dan --duration 5")
   T.eq(code, 2, "mute duration out of range")
+  T.match(err, "duration", "message")
   T.eq(emu.stats().requests, 0, "nothing sent")
   local out
   code, out, err = rtcadmin("kick nosuchapp room1 bob --json")
   T.eq(code, 1, "runtime failure")
+  T.eq(err, "", "with --json the result is on stdout only")
   local doc = cjson.decode(lines(out)[1])
   T.eq(doc.ok, false, "json ok")
   T.eq(doc.error.code, "InvalidParameter.NotExistAppId", "json error")
   code, _, err = rtcadmin("kick nosuchapp room1 bob")
+  T.eq(code, 1, "runtime failure, table form")
   T.match(err, "FAILED bob: KickUser failed: InvalidParameter.NotExistAppId", "table form")
 end)
 
@@ -143,6 +148,7 @@ T.case("replay is a dry run: decisions as a table or JSON, a summary, nothing se
   T.match(err, "143 events, 24 decisions %(24 dry%-run%), 1 duplicates, 12 allow%-listed", "summary on stderr")
   T.eq(emu.stats().requests, 0, "nothing sent")
   code, out = rtcadmin("replay " .. q(rules) .. " " .. q(events))
+  T.eq(code, 0, "replay, table form")
   T.match(lines(out)[1], "^time%s+rule%s+action", "table header")
   T.match(out, "reported%s+kick%s+room1%s+raid_13%s+dry_run%s+distinct report.reporter/300s=3", "a row")
   T.match(out, "by rule: join%-wave 9, chat%-flood 10, loud%-audio 4, reported 1", "summary")
@@ -192,7 +198,7 @@ T.case("run exits 1 when an action fails for good, 3 when a rules file does not 
   T.match(out, "actions: 0 succeeded, 1 failed", "summary")
 
   local broken = T.write_file(dir .. "/broken.lua", 'rule "a" { on = "chat", action = kick }\nrule "b" {\n')
-  local err
+  local _, err
   code, _, err = rtcadmin("run " .. q(broken) .. " " .. q(events))
   T.eq(code, 3, "rules do not load")
   T.match(err, "broken%.lua:3: .*expected", "file:line")
@@ -206,7 +212,7 @@ T.case("check reports ok files, warnings and errors with file:line", function()
   T.match(out, "good%.lua: ok, 1 rules: long", "summary")
   T.match(out, "warning: .*good%.lua:1: ban: 2592000 s capped at the API maximum of 604800 s", "warning")
   local bad = T.write_file(dir .. "/bad.lua", '\nrule "x" { on = "chat", action = kick, when = 1 }\n')
-  local err
+  local _, err
   code, _, err = rtcadmin("check " .. q(good) .. " " .. q(bad))
   T.eq(code, 3, "a bad file")
   T.match(err, "bad%.lua:2: rule 'x': 'when' must be a function", "file:line")

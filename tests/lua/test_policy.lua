@@ -85,7 +85,7 @@ T.case("room-scope counters count everyone's joins in the room", function()
   T.eq(got[1].evidence[1].scope, "room", "evidence scope")
 end)
 
-T.case("distinct counting: three reports from one reporter do nothing, three reporters fire; old ones expire", function()
+T.case("distinct counting: one reporter three times does nothing, three reporters fire; old ones expire", function()
   local e = engine([[rule "reported" { on = "report", action = kick,
     when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end }]])
   for i = 1, 3 do T.eq(e:process(ev(i, "report", "target1", { reporter = "carol" })), 0, "same reporter " .. i) end
@@ -281,7 +281,8 @@ end)
 
 T.case("dedupe by event id: a redelivered event is counted once", function()
   local got, on = collector()
-  local e = engine([[rule "r" { on = "chat", action = kick, when = function(ev, ctx) return ctx:count("chat", 60) >= 2 end }]],
+  local e = engine([[rule "r" { on = "chat", action = kick,
+                                when = function(ev, ctx) return ctx:count("chat", 60) >= 2 end }]],
     { on_decision = on })
   e:process(ev(1, "chat", "u", { id = "m1" }))
   e:process(ev(2, "chat", "u", { id = "m1" }))
@@ -303,7 +304,8 @@ T.case("rules files: syntax and definition errors name file:line and nothing fro
     { 'rule "a" { on = "chat" }', ":1: rule 'a': 'action' is required" },
     { '\n\nrule "a" { on = "chat", action = ban(5) }', ":3: ban: 5 s is below the API minimum of 10 s" },
     { 'rule "a" { on = "chat", action = mute(60, { audio = 1 }) }', ":1: mute: unknown stream option 'audio'" },
-    { 'rule "a" { on = "chat", action = kick }\nrule "a" { on = "join", action = kick }', ":2: rule 'a' defined twice" },
+    { 'rule "a" { on = "chat", action = kick }\nrule "a" { on = "join", action = kick }',
+      ":2: rule 'a' defined twice" },
     { 'local x = nil\nx.y = 1', ":2: attempt to index a nil value" },
     { 'while true do end', ":1: instruction budget exceeded" },
     { 'allow { roles = "host" }', ":1: allow: 'roles' must be a list of strings" },

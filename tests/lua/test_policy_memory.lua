@@ -60,7 +60,9 @@ T.case("an active user's counters survive key pressure; idle ones expire with th
   local got = 0
   local e = policy.new { dry_run = true, max_keys = 1000, on_decision = function() got = got + 1 end }
   assert(e:load(rules))
-  local function chat(user, t) return e:process({ type = "chat", app_id = T.APP, room_id = "room1", user_id = user, ts = t }) end
+  local function chat(user, t)
+    return e:process({ type = "chat", app_id = T.APP, room_id = "room1", user_id = user, ts = t })
+  end
   -- "loud" chats every 500 other users; 20 000 others come and go between its chats.
   for round = 1, 3 do
     chat("loud", round)
