@@ -422,6 +422,7 @@ function policy.new(opts)
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
   E.cur = {} -- the event being evaluated, for the ctx methods
+  E.fired = {} -- (rule, ok, evidence or error) triples of the event being evaluated
   E.ctx = E:_make_ctx()
   return E
 end
@@ -679,7 +680,7 @@ local function decision_call(d)
 end
 policy.decision_call = decision_call
 
-function Engine:_decide(r, ev, cur)
+function Engine:_decide(r, ev, cur, evidence)
   local ts, app, user = cur.ts, cur.app, cur.user
   local prior, o = self:_offences(app, user, ts)
   local act, step = r.action, nil
@@ -691,7 +692,7 @@ function Engine:_decide(r, ev, cur)
   local dry = self.dry_run or r.dry_run
   local d = {
     kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = ts,
-    event_type = cur.type, rule = r.name, rule_at = r.at, evidence = self._evidence(),
+    event_type = cur.type, rule = r.name, rule_at = r.at, evidence = evidence,
     action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
     app_id = app, room_id = cur.room, user_id = user, duration = act.duration,
     audio = act.kind == "mute" and act.audio or nil, video = act.kind == "mute" and act.video or nil,
@@ -780,8 +781,11 @@ function Engine:process(ev)
   end
   if not rules then return 0 end
 
-  local made = 0
+  -- Conditions run back to back under the sandbox; decisions and rule errors are acted on after
+  -- it is left, so callbacks and the audit writer never run with the sandbox's budgets.
   local runner, ctx, reset = self.runner, self.ctx, self._reset_evidence
+  local fired, nf = self.fired, 0
+  runner.enter()
   for i = 1, #rules do
     local r = rules[i]
     local until_ts = rec[r.index]
@@ -789,14 +793,28 @@ function Engine:process(ev)
       st.cooldown = st.cooldown + 1
     else
       reset()
-      local fired, res = true, true
-      if r.when then fired, res = runner.call(r.when, ev, ctx) end
-      if not fired then
-        self:_rule_error(r, res, ev)
+      local ok, res = true, true
+      if r.when then ok, res = runner.eval(r.when, ev, ctx) end
+      if not ok then
+        fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, false, res
+        nf = nf + 3
       elseif res then
-        made = made + 1
-        self:_decide(r, ev, cur)
+        fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, true, self._evidence()
+        nf = nf + 3
       end
+    end
+  end
+  runner.leave()
+  if nf == 0 then return 0 end
+  self.fired = {} -- a callback below may process another event
+  local made = 0
+  for k = 1, nf, 3 do
+    local r, ok, x = fired[k], fired[k + 1], fired[k + 2]
+    if ok then
+      made = made + 1
+      self:_decide(r, ev, cur, x)
+    else
+      self:_rule_error(r, x, ev)
     end
   end
   return made

@@ -113,20 +113,24 @@ function sandbox.runner(limits)
   local host_index = string_meta.__index
   local safe_string = safe_libs(limits)
 
-  local ticks, mem_ceiling = 0, 0
+  local ticks, mem_ceiling, active = 0, 0, false
   local saved_hook, saved_mask, saved_count
 
-  -- The count hook is installed only while rule code runs: with any count hook set, Lua 5.4 runs
-  -- every instruction through its hook check, which would halve the engine's own speed.
+  -- The count hook is installed only while rule code may run (runner.enter .. runner.leave, one
+  -- event's conditions): with any count hook set, Lua 5.4 sends every instruction through its hook
+  -- check, which would halve the engine's own speed. Between conditions it counts nothing.
   local function hook()
+    if not active then return end
     ticks = ticks + 1
     if ticks > max_ticks then
+      active = false
       BUDGET.what = string_format("instruction budget exceeded (%d instructions)", max_ticks * every)
       error(BUDGET, 2)
     end
     if not heap_budget and collectgarbage("count") > mem_ceiling then
       collectgarbage()
       if collectgarbage("count") > mem_ceiling then
+        active = false
         BUDGET.what = string_format("memory budget exceeded (%d bytes)", memory)
         error(BUDGET, 2)
       end
@@ -135,7 +139,7 @@ function sandbox.runner(limits)
 
   -- Where rule code was when it failed: the innermost frame from a rules file.
   local function handler(e)
-    debug_sethook()
+    active = false
     if e == BUDGET then
       local level = 2
       while true do
@@ -152,9 +156,23 @@ function sandbox.runner(limits)
     return e
   end
 
-  local function finish(ok, res)
+  local runner = {}
+
+  -- Installs the hook and the sandbox's string methods for a run of runner.eval calls.
+  function runner.enter()
+    saved_hook, saved_mask, saved_count = debug_gethook()
+    string_meta.__index = safe_string
+    debug_sethook(hook, "", every)
+  end
+
+  function runner.leave()
+    active = false
     if saved_hook then debug_sethook(saved_hook, saved_mask, saved_count) else debug_sethook() end
     string_meta.__index = host_index
+  end
+
+  local function finish(ok, res)
+    active = false
     if heap_budget then heap_budget(0) end
     if not ok then
       if res == "not enough memory" then
@@ -165,16 +183,22 @@ function sandbox.runner(limits)
     return true, res
   end
 
-  local runner = {}
-
-  -- runner.call(fn, a, b) -> true, result | false, "file:line: message"
-  function runner.call(fn, a, b)
-    saved_hook, saved_mask, saved_count = debug_gethook()
+  -- runner.eval(fn, a, b) -> true, result | false, "file:line: message". Between enter and leave;
+  -- each call has the whole instruction and memory budget. Nothing else may run between enter and
+  -- leave but engine code (no callbacks): the string metatable is the sandbox's meanwhile.
+  function runner.eval(fn, a, b)
     ticks = 0
     if heap_budget then heap_budget(memory) else mem_ceiling = collectgarbage("count") + memory / 1024 end
-    string_meta.__index = safe_string
-    debug_sethook(hook, "", every)
+    active = true
     return finish(xpcall(fn, handler, a, b))
+  end
+
+  -- One call: enter, eval, leave.
+  function runner.call(fn, a, b)
+    runner.enter()
+    local ok, res = runner.eval(fn, a, b)
+    runner.leave()
+    return ok, res
   end
 
   return runner

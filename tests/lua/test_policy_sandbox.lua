@@ -155,6 +155,20 @@ T.case("the sandbox offers the safe libraries rules need", function()
   T.same(decisions, { "attempt", "after" }, "both decided")
 end)
 
+T.case("callbacks and the audit writer run outside the sandbox, after the event's conditions", function()
+  local seen = {}
+  local e = policy.new { dry_run = true,
+    audit = function(r) seen[#seen + 1] = #("x"):rep(4 * 1024 * 1024) .. " " .. r.kind end,
+    on_decision = function(d)
+      local n = 0
+      for _ = 1, 3000000 do n = n + 1 end -- beyond a rule's instruction budget
+      seen[#seen + 1] = d.rule .. " " .. n .. " " .. tostring(debug.gethook())
+    end }
+  assert(e:load(rules_file('rule "a" { on = "x", action = kick }\nrule "b" { on = "x", action = ban(60) }')))
+  T.eq(e:process({ type = "x", app_id = T.APP, room_id = "room1", user_id = "u", ts = 1 }), 2, "both decided")
+  T.same(seen, { "4194304 decision", "a 3000000 nil", "4194304 decision", "b 3000000 nil" }, "callbacks ran freely")
+end)
+
 T.case("the heap ceiling is per call and is lifted afterwards", function()
   local used = rtcadmin.heap_budget(0)
   T.ok(used > 0, "accounting works")
