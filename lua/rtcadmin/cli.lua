@@ -514,8 +514,9 @@ function Cmd:check()
     elseif file then
       local names = {}
       for _, r in ipairs(file.rules) do names[#names + 1] = r.name end
-      self:say(string.format("%s: ok, %d rules%s%s", f, #file.rules, #names > 0 and ": " or "",
-        table.concat(names, ", ")))
+      local allows = #file.allow.roles + #file.allow.users + #file.allow.patterns
+      self:say(string.format("%s: ok, %d rules%s%s%s", f, #file.rules, #names > 0 and ": " or "",
+        table.concat(names, ", "), allows > 0 and string.format(" (%d allow-list entries)", allows) or ""))
       for _, w in ipairs(file.warnings) do self:say("warning: " .. w) end
     else
       for _, e in ipairs(errs) do self:warn("error: " .. e) end

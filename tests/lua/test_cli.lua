@@ -187,6 +187,25 @@ rule "flood" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 10
   T.eq(emu.stats().requests, 0, "nothing sent")
 end)
 
+T.case("run keeps a failed action, retries it after the input ends, and reports both outcomes", function()
+  emu.reset()
+  emu.join(APP, "room1", "zed")
+  -- The client tries 4 times (3 retries) within a flush; five 500s make the first flush fail.
+  emu.faults({ { action = "KickUser", kind = "status500", count = 5 } })
+  local rules = T.write_file(dir .. "/kick-zed.lua", 'rule "k" { on = "chat", action = kick }\n')
+  local audit = dir .. "/retry-audit.jsonl"
+  local code, out = rtcadmin("run " .. q(rules) .. " --audit " .. q(audit) .. " --drain 20", event("chat", "zed") .. "\n")
+  T.eq(code, 0, "done in the end")
+  local rows = lines(out)
+  T.match(rows[2], "k%s+kick%s+room1%s+zed%s+retry %(InternalError%)", "first outcome")
+  T.match(rows[3], "k%s+kick%s+room1%s+zed%s+ok", "then ok")
+  T.match(out, "actions: 1 succeeded, 0 failed, 0 still waiting", "summary")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "zed"), "zed kicked")
+  local outcomes = {}
+  for l in io.lines(audit) do outcomes[#outcomes + 1] = cjson.decode(l).outcome end
+  T.same(outcomes, { "queued", "retry", "ok" }, "audit")
+end)
+
 T.case("run exits 1 when an action fails for good, 3 when a rules file does not load", function()
   emu.reset()
   local rules = T.write_file(dir .. "/kick.lua", 'rule "k" { on = "chat", action = kick }\n')
@@ -209,7 +228,7 @@ T.case("check reports ok files, warnings and errors with file:line", function()
   local good = T.write_file(dir .. "/good.lua", 'rule "long" { on = "chat", action = ban(days(30)) }\n')
   local code, out = rtcadmin("check " .. q(good))
   T.eq(code, 0, "good file")
-  T.match(out, "good%.lua: ok, 1 rules: long", "summary")
+  T.match(out, "good%.lua: ok, 1 rules: long\n", "summary")
   T.match(out, "warning: .*good%.lua:1: ban: 2592000 s capped at the API maximum of 604800 s", "warning")
   local bad = T.write_file(dir .. "/bad.lua", '\nrule "x" { on = "chat", action = kick, when = 1 }\n')
   local _, err
@@ -219,6 +238,9 @@ T.case("check reports ok files, warnings and errors with file:line", function()
   code, out = rtcadmin("check " .. q(T.source_dir .. "/examples/rules") .. " --json")
   T.eq(code, 0, "the examples load")
   for _, l in ipairs(lines(out)) do T.eq(cjson.decode(l).ok, true, l) end
+  code, out = rtcadmin("check " .. q(T.source_dir .. "/examples/rules/00-allow.lua"))
+  T.eq(code, 0, "allow-only file")
+  T.match(out, "00%-allow%.lua: ok, 0 rules %(4 allow%-list entries%)", "counts allow entries")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)
