@@ -194,7 +194,8 @@ T.case("run keeps a failed action, retries it after the input ends, and reports 
   emu.faults({ { action = "KickUser", kind = "status500", count = 5 } })
   local rules = T.write_file(dir .. "/kick-zed.lua", 'rule "k" { on = "chat", action = kick }\n')
   local audit = dir .. "/retry-audit.jsonl"
-  local code, out = rtcadmin("run " .. q(rules) .. " --audit " .. q(audit) .. " --drain 20", event("chat", "zed") .. "\n")
+  local code, out = rtcadmin("run " .. q(rules) .. " --audit " .. q(audit) .. " --drain 20",
+    event("chat", "zed") .. "\n")
   T.eq(code, 0, "done in the end")
   local rows = lines(out)
   T.match(rows[2], "k%s+kick%s+room1%s+zed%s+retry %(InternalError%)", "first outcome")

@@ -160,9 +160,9 @@ T.case("callbacks and the audit writer run outside the sandbox, after the event'
   local e = policy.new { dry_run = true,
     audit = function(r) seen[#seen + 1] = #("x"):rep(4 * 1024 * 1024) .. " " .. r.kind end,
     on_decision = function(d)
-      local n = 0
-      for _ = 1, 3000000 do n = n + 1 end -- beyond a rule's instruction budget
-      seen[#seen + 1] = d.rule .. " " .. n .. " " .. tostring(debug.gethook())
+      local count = 0
+      for _ = 1, 3000000 do count = count + 1 end -- beyond a rule's instruction budget
+      seen[#seen + 1] = d.rule .. " " .. count .. " " .. tostring(debug.gethook())
     end }
   assert(e:load(rules_file('rule "a" { on = "x", action = kick }\nrule "b" { on = "x", action = ban(60) }')))
   T.eq(e:process({ type = "x", app_id = T.APP, room_id = "room1", user_id = "u", ts = 1 }), 2, "both decided")
