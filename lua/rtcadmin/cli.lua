@@ -431,17 +431,27 @@ function Cmd:feed(engine, fh, after_line)
   end
 end
 
-function Cmd:replay()
+-- The common start of replay and run: engine, rules, events. Returns engine, fh or nil, exit status.
+function Cmd:start_policy(command, live, events)
   local files, rest = split_rules(self.pos)
-  if #rest ~= 1 then return self:usage_error("expected RULES... EVENTS", "replay") end
-  local engine, eerr = self:policy_engine(false)
-  if not engine then self:warn("rtcadmin: ", eerr) return EXIT_FAILED end
-  local loaded, code = self:load_rules(engine, files, "replay")
-  if not loaded then return code end
-  local fh, ferr = self:open_events(rest[1])
-  if not fh then self:warn("rtcadmin: ", ferr) return EXIT_USAGE end
-  self.events_name = rest[1]
+  if (live and #rest > 1) or (not live and #rest ~= 1) then
+    return nil, self:usage_error(live and "expected RULES... [EVENTS|-]" or "expected RULES... EVENTS", command)
+  end
+  local engine, eerr = self:policy_engine(live)
+  if not engine then self:warn("rtcadmin: ", eerr) return nil, EXIT_FAILED end
+  local loaded, code = self:load_rules(engine, files, command)
+  if not loaded then return nil, code end
+  local path = rest[1] or events
+  local fh, ferr = self:open_events(path)
+  if not fh then self:warn("rtcadmin: ", ferr) return nil, EXIT_USAGE end
+  self.events_name = path == "-" and "stdin" or path
   if not self.opts.json then self:decision_header() end
+  return engine, fh
+end
+
+function Cmd:replay()
+  local engine, fh = self:start_policy("replay", false)
+  if not engine then return fh end
   engine.on_decision = function(d) self:decision_row(d) end
   self:feed(engine, fh)
   if fh ~= io.stdin then fh:close() end
@@ -454,19 +464,11 @@ local function sleep(seconds)
 end
 
 function Cmd:run()
-  local files, rest = split_rules(self.pos)
-  if #rest > 1 then return self:usage_error("expected RULES... [EVENTS|-]", "run") end
   local drain, bad = number_opt(self, "drain", "run")
   if bad then return bad end
   drain = drain or 30
-  local engine, eerr = self:policy_engine(true)
-  if not engine then self:warn("rtcadmin: ", eerr) return EXIT_FAILED end
-  local loaded, code = self:load_rules(engine, files, "run")
-  if not loaded then return code end
-  local fh, ferr = self:open_events(rest[1])
-  if not fh then self:warn("rtcadmin: ", ferr) return EXIT_USAGE end
-  self.events_name = (rest[1] == nil or rest[1] == "-") and "stdin" or rest[1]
-  if not self.opts.json then self:decision_header() end
+  local engine, fh = self:start_policy("run", true, "-")
+  if not engine then return fh end
   local dry = engine.dry_run
   -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
   if dry then engine.on_decision = function(d) self:decision_row(d) end

@@ -8,13 +8,7 @@ local policy = require "rtcadmin.policy"
 local emu = T.emulator()
 local APP = T.APP
 local dir = T.tmpdir()
-local nfile = 0
-
--- Writes a rules file and returns its path.
-local function rules_file(src)
-  nfile = nfile + 1
-  return T.write_file(string.format("%s/rules%02d.lua", dir, nfile), src)
-end
+local rules_file = T.numbered_files(dir, "%s/rules%02d.lua") -- writes a rules file, returns its path
 
 -- An engine on a fake clock with the given rules; `opts` adds engine options.
 local function engine(src, opts)

@@ -6,12 +6,7 @@ local rtcadmin = require "rtcadmin"
 
 local dir = T.tmpdir()
 local sentinel = dir .. "/escaped"
-local n = 0
-
-local function rules_file(src)
-  n = n + 1
-  return T.write_file(string.format("%s/attempt%02d.lua", dir, n), src)
-end
+local rules_file = T.numbered_files(dir, "%s/attempt%02d.lua")
 
 -- Loads one rule "attempt" whose condition is `body` (a function body using ev, ctx), fires one
 -- event at it and then a second event at a plain rule. Returns the reported errors and decisions.

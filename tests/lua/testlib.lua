@@ -407,6 +407,16 @@ function T.write_file(path, text)
   return path
 end
 
+-- A writer of numbered files in `dir`: each call writes `text` to the next name made by the format
+-- (e.g. "%s/rules%02d.lua") and returns its path.
+function T.numbered_files(dir, format)
+  local n = 0
+  return function(text)
+    n = n + 1
+    return T.write_file(string.format(format, dir, n), text)
+  end
+end
+
 function T.read_file(path)
   local f = io.open(path, "r")
   if not f then return nil end
