@@ -120,24 +120,25 @@ local function ring_count(ring, window, now, slots)
   return c == 0 and SLOT - 1 or c
 end
 
+-- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
 local function distinct_add(ring, field, value, ts, cap)
   local d = ring.d
   if not d then d = {}; ring.d = d end
   local m = d[field]
-  if not m then m = { n = 0 }; d[field] = m end
-  local sec = ts - ts % 1
-  local old = m[value]
+  if not m then m = { n = 0, seen = {} }; d[field] = m end
+  local seen, sec = m.seen, ts - ts % 1
+  local old = seen[value]
   if old == nil then
     if m.n >= cap then -- forget the value seen longest ago
       local victim, vsec = nil, math.huge
-      for v, s in pairs(m) do if v ~= "n" and s < vsec then victim, vsec = v, s end end
-      m[victim] = nil
+      for v, s in pairs(seen) do if s < vsec then victim, vsec = v, s end end
+      seen[victim] = nil
       m.n = m.n - 1
     end
     m.n = m.n + 1
-    m[value] = sec
+    seen[value] = sec
   elseif sec > old then
-    m[value] = sec
+    seen[value] = sec
   end
 end
 
@@ -145,8 +146,8 @@ local function distinct_count(ring, field, window, now)
   local m = ring.d and ring.d[field]
   if not m then return 0 end
   local cutoff, c = now - now % 1 - window, 0
-  for v, s in pairs(m) do
-    if v ~= "n" and s > cutoff then c = c + 1 end
+  for _, s in pairs(m.seen) do
+    if s > cutoff then c = c + 1 end
   end
   return c
 end

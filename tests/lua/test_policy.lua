@@ -87,6 +87,15 @@ T.case("distinct counting: one reporter three times does nothing, three reporter
   T.eq(e:process(ev(400, "report", "target2", { reporter = "b" })), 0, "b (a is 390 s old)")
   T.eq(e:process(ev(401, "report", "target2", { reporter = "c" })), 0, "c: only b and c within 300 s")
   T.eq(e:process(ev(402, "report", "target2", { reporter = "d" })), 1, "b, c, d")
+  -- Any value counts, even one that looks like a bookkeeping field; at most distinct_max are kept.
+  local e2 = engine([[rule "r" { on = "report", action = kick,
+    when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end }]], { distinct_max = 2 })
+  for i, who in ipairs({ "n", "seen", "d" }) do e2:process(ev(i, "report", "t", { reporter = who })) end
+  T.eq(e2:stats().decisions, 0, "only the last two reporters are kept")
+  local e3 = engine([[rule "r" { on = "report", action = kick,
+    when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end }]])
+  for i, who in ipairs({ "n", "seen", "d" }) do e3:process(ev(i, "report", "t", { reporter = who })) end
+  T.eq(e3:stats().decisions, 1, "three reporters named n, seen, d")
 end)
 
 T.case("escalation climbs the ladder by prior offences, capped at the API maximum, and offences expire", function()
