@@ -7,7 +7,6 @@
 -- allow-list, key lookup), and through a bare Lua loop that touches each event once.
 local policy = require "rtcadmin.policy"
 
-if os.getenv("GCMODE") then collectgarbage(os.getenv("GCMODE")) end
 local EVENTS = tonumber(arg[1]) or 3000000
 local USERS = tonumber(arg[2]) or 100000
 local BATCH = 1000
