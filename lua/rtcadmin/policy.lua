@@ -83,6 +83,46 @@ end
 
 function Gen:count() return self.n + self.old_n end
 
+-- The same for (app, room, user) keys, held as nested maps app -> room -> user -> value, so a lookup
+-- builds no string (the event's strings are looked up as they are). A room's own record sits under
+-- the key ROOM, which no user id (a string) can equal.
+local ROOM = 0
+local Gen3 = setmetatable({}, { __index = Gen })
+Gen3.__index = Gen3
+
+local function gen3_new(cap, ttl)
+  return setmetatable(gen_new(cap, ttl), Gen3)
+end
+
+function Gen3:get(app, room, user, now)
+  local a = self.young[app]
+  local r = a and a[room]
+  local v = r and r[user]
+  if v ~= nil then return v end
+  a = self.old[app]
+  r = a and a[room]
+  v = r and r[user]
+  if v ~= nil then
+    r[user] = nil
+    self.old_n = self.old_n - 1
+    self:put(app, room, user, v, now)
+  end
+  return v
+end
+
+function Gen3:put(app, room, user, v, now)
+  local born = self.born
+  if born == nil then self.born = now
+  elseif self.n >= self.cap or (self.ttl and now - born > self.ttl) then self:rotate(now) end
+  local young = self.young
+  local a = young[app]
+  if not a then a = {}; young[app] = a end
+  local r = a[room]
+  if not r then r = {}; a[room] = r end
+  r[user] = v
+  self.n = self.n + 1
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Counters. One per (record, event type): a ring of `slots` slots, one per second that had events
 -- (a burst within one second takes one slot), and a running total. count(window) = total minus the
@@ -417,7 +457,7 @@ function policy.new(opts)
               succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0,
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
-  E.keys = gen_new(cfg.max_keys, nil)
+  E.keys = gen3_new(cfg.max_keys, nil)
   E.seen = gen_new(cfg.dedupe, nil)
   E.offenders = {} -- app_id -> generations of user_id -> {n, last}
   E.runner = sandbox.runner(E.limits)
@@ -540,17 +580,16 @@ function Engine:_make_ctx()
   local function record_for(t, scope)
     local cur = E.cur
     if scope == "room" then
-      cur.room_key = cur.room_key or (cur.app .. " " .. cur.room)
       if not E.track_room[t] then
         E.track_room[t] = true
         if cur.type == t then
-          local rrec = E:_room_rec(cur.room_key, cur.ts)
+          local rrec = E:_room_rec(cur.app, cur.room, cur.ts)
           local ring = rrec[t] or ring_new()
           rrec[t] = ring
           ring_add(ring, cur.ts, slots)
         end
       end
-      return E:_room_rec(cur.room_key, cur.ts)
+      return E:_room_rec(cur.app, cur.room, cur.ts)
     end
     if not E.track[t] then
       E.track[t] = true
@@ -641,11 +680,11 @@ function Engine:_make_ctx()
   return ctx
 end
 
-function Engine:_room_rec(key, ts)
-  local rec = self.keys:get(key, ts)
+function Engine:_room_rec(app, room, ts)
+  local rec = self.keys:get(app, room, ROOM, ts)
   if not rec then
     rec = { [0] = ts }
-    self.keys:put(key, rec, ts)
+    self.keys:put(app, room, ROOM, rec, ts)
   end
   return rec
 end
@@ -758,27 +797,22 @@ function Engine:process(ev)
   end
 
   local keys = self.keys
-  local key = app .. " " .. room .. " " .. user
-  local rec = keys.young[key]
-  if rec == nil then rec = keys:get(key, ts) end
+  local rec = keys:get(app, room, user, ts)
   if not rec then
-    -- IDs are checked once, when a (room, user) is first tracked: a key made of valid IDs cannot
-    -- collide with one made of invalid ones, so a found record implies valid IDs.
+    -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
     if not (valid_app(app) and valid_id(room) and valid_id(user)) then
       st.invalid = st.invalid + 1
       return nil, "event has an invalid app_id, room_id or user_id"
     end
     rec = { [0] = ts }
-    keys:put(key, rec, ts)
+    keys:put(app, room, user, rec, ts)
   end
   local slots = self.cfg.slots
   if tracked then add_event(rec, ev, typ, ts, slots, self.track_fields[typ], self.cfg.distinct_max) end
   local cur = self.cur
   cur.ev, cur.type, cur.ts, cur.app, cur.room, cur.user, cur.rec = ev, typ, ts, app, room, user, rec
-  cur.room_key = nil -- made when a room-scope counter needs it
   if rtracked then
-    cur.room_key = app .. " " .. room
-    add_event(self:_room_rec(cur.room_key, ts), ev, typ, ts, slots, self.track_room_fields[typ], self.cfg.distinct_max)
+    add_event(self:_room_rec(app, room, ts), ev, typ, ts, slots, self.track_room_fields[typ], self.cfg.distinct_max)
   end
   if not rules then return 0 end
 
