@@ -135,17 +135,6 @@ end
 local SLOT = 65536
 local function ring_new() return { 0, 0, -math.huge } end -- slots used, events, newest second
 
-local function ring_add(ring, ts, slots)
-  local sec = ts - ts % 1
-  local total = ring[2]
-  if sec > ring[3] then
-    local n = ring[1] + 1
-    ring[(n - 1) % slots + 4] = sec * SLOT + total % SLOT
-    ring[1], ring[3] = n, sec
-  end
-  ring[2] = total + 1
-end
-
 local function ring_count(ring, window, now, slots)
   local n = ring[1]
   if n == 0 then return 0 end
@@ -190,6 +179,26 @@ local function distinct_count(ring, field, window, now)
     if s > cutoff then c = c + 1 end
   end
   return c
+end
+
+-- Counts an event in a record's counter for its type, and its fields for ctx:distinct.
+local function add_event(rec, ev, typ, ts, slots, fields, dmax)
+  local ring = rec[typ]
+  if not ring then ring = ring_new(); rec[typ] = ring end
+  local sec, total = ts - ts % 1, ring[2]
+  if sec > ring[3] then
+    local n = ring[1] + 1
+    ring[(n - 1) % slots + 4] = sec * SLOT + total % SLOT
+    ring[1], ring[3] = n, sec
+  end
+  ring[2] = total + 1
+  if fields then
+    for i = 1, #fields do
+      local f = fields[i]
+      local v = ev[f]
+      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, ts, dmax) end
+    end
+  end
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -583,10 +592,7 @@ function Engine:_make_ctx()
       if not E.track_room[t] then
         E.track_room[t] = true
         if cur.type == t then
-          local rrec = E:_room_rec(cur.app, cur.room, cur.ts)
-          local ring = rrec[t] or ring_new()
-          rrec[t] = ring
-          ring_add(ring, cur.ts, slots)
+          add_event(E:_room_rec(cur.app, cur.room, cur.ts), cur.ev, t, cur.ts, slots)
         end
       end
       return E:_room_rec(cur.app, cur.room, cur.ts)
@@ -594,9 +600,7 @@ function Engine:_make_ctx()
     if not E.track[t] then
       E.track[t] = true
       if cur.type == t then
-        local ring = ring_new()
-        cur.rec[t] = ring
-        ring_add(ring, cur.ts, slots)
+        add_event(cur.rec, cur.ev, t, cur.ts, slots)
       end
     end
     return cur.rec
@@ -756,20 +760,6 @@ function Engine:_decide(r, ev, cur, evidence)
   return d
 end
 
--- Counts an event in a record's counter for its type, and its fields for ctx:distinct.
-local function add_event(rec, ev, typ, ts, slots, fields, dmax)
-  local ring = rec[typ]
-  if not ring then ring = ring_new(); rec[typ] = ring end
-  ring_add(ring, ts, slots)
-  if fields then
-    for i = 1, #fields do
-      local f = fields[i]
-      local v = ev[f]
-      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, ts, dmax) end
-    end
-  end
-end
-
 -- Processes one event. Returns the number of decisions it caused, or nil, reason for an invalid event.
 function Engine:process(ev)
   local st = self.st
@@ -785,8 +775,9 @@ function Engine:process(ev)
   elseif type(ts) ~= "number" or ts ~= ts then st.invalid = st.invalid + 1; return nil, "event ts must be a number" end
   local id = ev.id
   if id ~= nil then
-    if self.seen:get(id, ts) then st.duplicates = st.duplicates + 1; return 0 end
-    self.seen:put(id, true, ts)
+    local seen = self.seen -- a repeated id is dropped, so no need to promote it: plain lookups
+    if seen.young[id] or seen.old[id] then st.duplicates = st.duplicates + 1; return 0 end
+    seen:put(id, true, ts)
   end
   local rules, tracked, rtracked = self.by_type[typ], self.track[typ], self.track_room[typ]
   if not rules and not tracked and not rtracked then st.ignored = st.ignored + 1; return 0 end
