@@ -312,7 +312,7 @@ local function events_from(fh)
   local n = 0
   return function()
     while true do
-      local line = fh:read("l")
+      local line = fh:read("*l")
       if not line then return nil end
       n = n + 1
       if line:find("%S") then

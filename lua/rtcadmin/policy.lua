@@ -391,7 +391,7 @@ end
 function policy.load_file(path, limits)
   local f, err = io.open(path, "rb")
   if not f then return nil, { tostring(err) } end
-  local source = f:read("a")
+  local source = f:read("*a")
   f:close()
   return policy.load_source(source, path, limits)
 end

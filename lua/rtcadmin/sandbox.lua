@@ -16,8 +16,25 @@ do
 end
 
 local debug_sethook, debug_gethook, debug_getinfo = debug.sethook, debug.gethook, debug.getinfo
-local string_format, string_rep, table_concat = string.format, string.rep, table.concat
+local string_format, string_rep, string_find, table_concat = string.format, string.rep, string.find, table.concat
 local collectgarbage, type, tostring, error, xpcall, select = collectgarbage, type, tostring, error, xpcall, select
+
+-- Lua 5.1 (not LuaJIT) has neither xpcall with arguments nor load with an environment.
+local PLAIN_51 = _VERSION == "Lua 5.1" and not rawget(_G, "jit")
+local call_with = xpcall
+if PLAIN_51 then
+  call_with = function(fn, handler, a, b) return xpcall(function() return fn(a, b) end, handler) end
+end
+local function load_text(source, chunkname, env)
+  if PLAIN_51 then
+    local fn, err = loadstring(source, chunkname) -- luacheck: ignore 113 (5.1 global)
+    if fn then setfenv(fn, env) end -- luacheck: ignore 113 (5.1 global)
+    return fn, err
+  end
+  return load(source, chunkname, "t", env)
+end
+-- LuaJIT runs no hooks in compiled code: rule code stays in the interpreter, where they run.
+local jit_off = rawget(_G, "jit") and jit.off or function() end -- luacheck: ignore 113 (LuaJIT global)
 
 sandbox.DEFAULTS = {
   instructions = 1000000,       -- VM instructions per call into rule code (checked every `hook_every`)
@@ -175,7 +192,7 @@ function sandbox.runner(limits)
     active = false
     if heap_budget then heap_budget(0) end
     if not ok then
-      if res == "not enough memory" then
+      if type(res) == "string" and string_find(res, "^not enough memory") then -- 5.3 adds words
         return false, string_format("memory budget exceeded (%d bytes)", memory)
       end
       return false, type(res) == "string" and res or tostring(res)
@@ -190,7 +207,7 @@ function sandbox.runner(limits)
     ticks = 0
     if heap_budget then heap_budget(memory) else mem_ceiling = collectgarbage("count") + memory / 1024 end
     active = true
-    return finish(xpcall(fn, handler, a, b))
+    return finish(call_with(fn, handler, a, b))
   end
 
   -- One call: enter, eval, leave.
@@ -207,9 +224,10 @@ end
 -- Compiles `source` (text only) as `chunkname` into `env`. Returns the function or nil, "file:line: msg".
 function sandbox.compile(source, chunkname, env)
   if type(source) ~= "string" then return nil, chunkname .. ": not a text file" end
-  if source:sub(1, 4) == "\27Lua" then return nil, chunkname .. ": precompiled chunks are refused" end
-  local fn, err = load(source, "@" .. chunkname, "t", env)
+  if source:sub(1, 1) == "\27" then return nil, chunkname .. ": precompiled chunks are refused" end
+  local fn, err = load_text(source, "@" .. chunkname, env)
   if not fn then return nil, err end
+  jit_off(fn, true) -- and every function defined in it
   return fn
 end
 

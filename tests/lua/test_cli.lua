@@ -22,9 +22,12 @@ local function rtcadmin(args, stdin)
   else
     cmd = cmd .. " </dev/null"
   end
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local _, _, code = p:close()
+  -- The exit status comes back through the shell (on Lua 5.1/LuaJIT close() does not return it).
+  local p = assert(io.popen("(" .. cmd .. "); echo \"__exit=$?\"", "r"))
+  local out = p:read("*a")
+  p:close()
+  local code
+  out = out:gsub("__exit=(%d+)\n$", function(c) code = tonumber(c) return "" end)
   local err = T.read_file(errf) or ""
   T.no_match(out .. err, T.SK, "output")
   return code, out, err

@@ -309,7 +309,7 @@ T.case("rules files: syntax and definition errors name file:line and nothing fro
     { 'rule "a" { on = "chat", action = mute(60, { audio = 1 }) }', ":1: mute: unknown stream option 'audio'" },
     { 'rule "a" { on = "chat", action = kick }\nrule "a" { on = "join", action = kick }',
       ":2: rule 'a' defined twice" },
-    { 'local x = nil\nx.y = 1', ":2: attempt to index a nil value" },
+    { 'local x = nil\nx.y = 1', ":2: attempt to index" },
     { 'while true do end', ":1: instruction budget exceeded" },
     { 'allow { roles = "host" }', ":1: allow: 'roles' must be a list of strings" },
     { 'allow { patterns = { "[" } }', ":1: allow: bad pattern" },
@@ -340,7 +340,7 @@ rule "works" { on = "chat", action = ban(60), cooldown = 0 }
   T.eq(#got, 5, "the other rule decided on every event")
   T.eq(e:stats().rule_errors, 5, "every error counted")
   T.eq(#errors, 3, "the first three reported")
-  T.match(errors[1].error, "rules%d+%.lua:3: attempt to index a nil value %(field 'text'%)", "file:line")
+  T.match(errors[1].error, "rules%d+%.lua:3: attempt to index .*'text'", "file:line")
   T.eq(errors[1].rule, "broken", "names the rule")
 end)
 

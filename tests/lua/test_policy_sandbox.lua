@@ -34,12 +34,12 @@ local function host_intact(what)
 end
 
 local ESCAPES = {
-  { "os.execute", "os.execute('touch " .. sentinel .. "')", "attempt to index a nil value %(global 'os'%)" },
-  { "io.open", "io.open('" .. sentinel .. "', 'w'):write('x')", "attempt to index a nil value %(global 'io'%)" },
+  { "os.execute", "os.execute('touch " .. sentinel .. "')", "global 'os'" },
+  { "io.open", "io.open('" .. sentinel .. "', 'w'):write('x')", "global 'io'" },
   { "io.popen", "io.popen('touch " .. sentinel .. "')", "global 'io'" },
   { "require", "require('os').execute('touch " .. sentinel .. "')",
-    "attempt to call a nil value %(global 'require'%)" },
-  { "load", "load('pwned = 1')()", "attempt to call a nil value %(global 'load'%)" },
+    "global 'require'" },
+  { "load", "load('pwned = 1')()", "global 'load'" },
   { "loadstring", "loadstring('pwned = 1')()", "global 'loadstring'" },
   { "dofile", "dofile('/etc/passwd')", "global 'dofile'" },
   { "loadfile", "loadfile('/etc/passwd')", "global 'loadfile'" },
@@ -48,15 +48,15 @@ local ESCAPES = {
   { "_ENV global write", "pwned = 1", "cannot set global 'pwned'" },
   { "getmetatable string", "getmetatable('').__index.rep = nil", "global 'getmetatable'" },
   { "string method reaches the host", "return ('').dump(function() end)",
-    "attempt to call a nil value %(field 'dump'%)" },
-  { "string method table write", "local s = ''; s.rep = nil", "attempt to index a string value" },
+    "field 'dump'" },
+  { "string method table write", "local s = ''; s.rep = nil", "a string value" },
   { "rawget/rawset", "rawset(_ENV, 'pwned', 1)", "global 'rawset'" },
   { "setmetatable __gc", "setmetatable({}, { __gc = function() while true do end end })", "global 'setmetatable'" },
   { "collectgarbage", "collectgarbage('stop')", "global 'collectgarbage'" },
   { "coroutine (runs without the hook)", "coroutine.wrap(function() while true do end end)()", "global 'coroutine'" },
   { "pcall to swallow the budget", "pcall(function() while true do end end)", "global 'pcall'" },
   { "package", "package.loaded.os.execute('touch " .. sentinel .. "')", "global 'package'" },
-  { "ctx internals", "return ctx.engine.client", "attempt to index a nil value %(field 'engine'%)" },
+  { "ctx internals", "return ctx.engine.client", "field 'engine'" },
   { "ctx write", "ctx.count = function() return 1e9 end", "ctx is read%-only" },
   { "ctx metatable", "return getmetatable(ctx)", "global 'getmetatable'" },
   { "string.rep bomb", "return string.rep('x', 1e10)", "string.rep: result of 10000000000 bytes exceeds" },
@@ -82,7 +82,7 @@ local RUNAWAY = {
     "instruction budget exceeded" },
   { "infinite loop in a sort comparator", "local t = {3, 2, 1} table.sort(t, function() while true do end end)",
     "instruction budget exceeded" },
-  { "infinite recursion", "local function f(x) return f(x + 1) + 1 end return f(1)", "exceeded" },
+  { "infinite recursion", "local function f(x) return f(x + 1) + 1 end return f(1)", "exceeded|stack overflow" },
   { "string doubling", "local s = 'x' while true do s = s .. s end", "memory budget exceeded" },
   { "table growth", "local t = {} while true do t[#t + 1] = { 1, 2, 3 } end", "budget exceeded" },
   { "string growth by method calls", "local s = 'xxxxxxxx' while true do s = s:rep(2) end",
@@ -143,7 +143,7 @@ T.case("the sandbox offers the safe libraries rules need", function()
     assert(("Hello"):lower() == "hello" and ("abc"):find("b") == 2)
     assert(table.concat({ "a", "b" }, ",") == "a,b")
     assert(math.max(1, 2) == 2 and math.floor(1.5) == 1)
-    assert(utf8.len("é") == 1)
+    assert(utf8 == nil or utf8.len("é") == 1) -- utf8 from Lua 5.3 on
     assert(select("#", 1, 2) == 2 and tostring(1) == "1" and tonumber("2") == 2)
     return true]])
   T.same(errors, {}, "no errors")
@@ -165,13 +165,15 @@ T.case("callbacks and the audit writer run outside the sandbox, after the event'
 end)
 
 T.case("the heap ceiling is per call and is lifted afterwards", function()
+  collectgarbage() -- the ceiling is the heap's size now plus the budget: garbage collected later is room too
   local used = rtcadmin.heap_budget(0)
   T.ok(used > 0, "accounting works")
   rtcadmin.heap_budget(1024 * 1024)
-  local ok, err = pcall(string.rep, "x", 4 * 1024 * 1024)
+  -- A string no other test made: Lua 5.1 interns every string, so a repeat would not allocate.
+  local ok, err = pcall(string.rep, "q", 4 * 1024 * 1024 + 7)
   rtcadmin.heap_budget(0)
   T.eq(ok, false, "refused under a 1 MiB ceiling")
-  T.eq(err, "not enough memory", "as a memory error")
+  T.match(err, "^not enough memory", "as a memory error") -- 5.3: "... for buffer allocation"
   T.eq(#string.rep("x", 4 * 1024 * 1024), 4 * 1024 * 1024, "allowed without a ceiling")
   T.raises("expected bytes >= 0", rtcadmin.heap_budget, -1)
 end)

@@ -391,14 +391,6 @@ function T.max_in_any_second(reqs)
   return best
 end
 
--- A fresh temporary directory.
-function T.tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p " .. shell_quote(d)))
-  return d
-end
-
 -- Writes `text` to `path` and returns the path.
 function T.write_file(path, text)
   local f = assert(io.open(path, "w"))
@@ -420,7 +412,7 @@ end
 function T.read_file(path)
   local f = io.open(path, "r")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
