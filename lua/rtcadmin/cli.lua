@@ -460,7 +460,7 @@ function Cmd:replay()
 end
 
 local function sleep(seconds)
-  if seconds > 0 then os.execute(string.format("sleep %.3f", seconds)) end
+  if seconds > 0 then require("rtcadmin").sleep(seconds) end
 end
 
 function Cmd:run()
