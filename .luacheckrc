@@ -6,3 +6,10 @@ for _, f in ipairs { "lua/rtcadmin/nginx.lua", "lua/rtcadmin/callback.lua", "lua
                      "examples/nginx/*.lua" } do
   files[f] = { std = "+ngx_lua" }
 end
+-- Rules files run in the policy sandbox, whose environment is the rule DSL (docs/policy.md).
+files["examples/rules"] = {
+  std = "min",
+  read_globals = { "allow", "rule", "kick", "ban", "ban_everywhere", "mute", "escalate", "seconds", "minutes",
+                   "hours", "days" },
+  unused_args = false,
+}

@@ -10,7 +10,8 @@ description = {
 rtcadmin is a C module (libcurl + OpenSSL) with a thin Lua layer, for Lua 5.1 to 5.4 and LuaJIT
 (inside nginx/OpenResty it sends over non-blocking cosockets). It signs Volcengine
 OpenAPI requests (HMAC-SHA256 V4), sends them over a keep-alive connection with TLS
-verification, and returns decoded results or structured errors.
+verification, and returns decoded results or structured errors. rtcadmin.policy runs
+moderators' sandboxed Lua rules over room events; the rtcadmin command line wraps both.
 ]],
    license = "MIT",
 }
@@ -29,7 +30,7 @@ build = {
       rtcadmin = {
          sources = {
             "src/module.c", "src/client.c", "src/request.c", "src/exchange.c", "src/batch.c", "src/actions.c", "src/errors.c",
-            "src/json.c", "src/stats.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
+            "src/json.c", "src/stats.c", "src/heap.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
             "src/limiter_redis.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
@@ -43,5 +44,12 @@ build = {
       ["rtcadmin.admin"] = "lua/rtcadmin/admin.lua",
       ["rtcadmin.redis_gcra"] = "lua/rtcadmin/redis_gcra.lua",
       ["rtcadmin.redis_limiter"] = "lua/rtcadmin/redis_limiter.lua",
+      -- the policy engine, its rule sandbox and the command line
+      ["rtcadmin.sandbox"] = "lua/rtcadmin/sandbox.lua",
+      ["rtcadmin.policy"] = "lua/rtcadmin/policy.lua",
+      ["rtcadmin.cli"] = "lua/rtcadmin/cli.lua",
+   },
+   install = {
+      bin = { rtcadmin = "bin/rtcadmin" },
    },
 }

@@ -349,6 +349,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
         lua_pushcclosure(L, forward_to_default, 1);
         lua_setfield(L, -2, rtc_batch_methods[i].name);
     }
+    rtc_heap_register(L);
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
     install_nginx_layer(L, lua_gettop(L));

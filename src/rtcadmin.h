@@ -162,6 +162,9 @@ int rtc_is_retryable(const char *code, long http_status);
 void rtc_push_error(lua_State *L, const rtc_error_info *e, const char *redact, size_t redact_len);
 void rtc_error_register(lua_State *L);
 
+/* heap.c: rtcadmin.heap_budget, the memory ceiling behind the rule sandbox */
+void rtc_heap_register(lua_State *L);
+
 /* Raises "rtcadmin.<fname>: <message>" at the caller's level. */
 int rtc_argerror(lua_State *L, const char *fname, const char *fmt, ...);
 /* Quotes an untrusted value for an error message: printable ASCII as is, the rest as \xNN, cut at 40. */

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The rockspec builds the module with `luarocks make` into a private tree, and what it installs loads and signs.
+# The rockspec builds the module with `luarocks make` into a private tree, and what it installs loads and signs;
+# the installed rtcadmin command runs.
 set -eu
 src=$(pwd)
 tmp=$(mktemp -d)
@@ -44,6 +45,13 @@ assert(require("rtcadmin.callback").signature({ EventType = "RecordStarted",
   "53f8a95bb1f97f446fd7ffed71841ff8fd773488d62c5cd55b438f2bc5e4117a", "the installed Lua layer loads")
 print(_VERSION .. ": luarocks-built module loads from " .. package.searchpath("rtcadmin", package.cpath))
 LUA
+  if [ "$v" = 5.4 ]; then
+    # The installed command (LuaRocks' wrapper) runs with the tree's paths, as `luarocks path` sets them.
+    LUA_PATH="$(dirname "$(dirname "$lmod")")/?.lua;;" LUA_CPATH="$(dirname "$so")/?.so;;" \
+      "$tree/bin/rtcadmin" check examples/rules >"$tmp/check.log" 2>&1 ||
+      { cat "$tmp/check.log"; echo "1 passed, 1 failed"; exit 1; }
+    grep -q "raid.lua: ok, 4 rules" "$tmp/check.log" || { cat "$tmp/check.log"; echo "1 passed, 1 failed"; exit 1; }
+  fi
 }
 build_and_check 5.4 lua5.4 "$tmp/tree54" "$@"
 build_and_check 5.1 luajit "$tmp/treejit" "$@" LUA_INCDIR=/usr/include/luajit-2.1

@@ -391,6 +391,32 @@ function T.max_in_any_second(reqs)
   return best
 end
 
+-- Writes `text` to `path` and returns the path.
+function T.write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- A writer of numbered files in `dir`: each call writes `text` to the next name made by the format
+-- (e.g. "%s/rules%02d.lua") and returns its path.
+function T.numbered_files(dir, format)
+  local n = 0
+  return function(text)
+    n = n + 1
+    return T.write_file(string.format(format, dir, n), text)
+  end
+end
+
+function T.read_file(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 function T.contains(list, value)
   for _, v in ipairs(list or {}) do if v == value then return true end end
   return false

@@ -1,0 +1,957 @@
+-- The moderation policy engine: room events in, decisions out, the client acts.
+--
+--   local policy = require "rtcadmin.policy"
+--   local engine = policy.new { client = client, audit = "audit.jsonl" }
+--   assert(engine:load("rules.lua"))
+--   for ev in events do engine:process(ev) end
+--   engine:flush()        -- sends the decisions through client:batch (paced, retried, in order)
+--
+-- Rules live in sandboxed files (rtcadmin.sandbox). Conditions see the event and a context with
+-- windowed counters per (room, user) or per room; the engine picks the action (escalation ladder by
+-- prior offences), applies cooldowns and allow-lists, records every decision and outcome in a JSON
+-- Lines audit log, keeps failed actions for retry, and bounds its memory. See docs/policy.md.
+local cjson = require "cjson"
+local sandbox = require "rtcadmin.sandbox"
+
+local policy = {}
+
+local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
+local string_format, string_find, math_min, math_max = string.format, string.find, math.min, math.max
+
+-- API limits (docs/api.md): BanRoomUser ForbiddenInterval 10..604800, BanUserStream 60..259200.
+policy.BAN_MIN, policy.BAN_MAX = 10, 604800
+policy.MUTE_MIN, policy.MUTE_MAX = 60, 259200
+
+policy.DEFAULTS = {
+  max_keys = 100000,        -- (room, user) and room records per generation (at most twice this are held)
+  dedupe = 100000,          -- event ids remembered per generation
+  max_offenders = 100000,   -- users with offences per generation, per app
+  offence_window = 86400,   -- offences older than this no longer escalate
+  cooldown = 60,            -- default seconds a rule leaves a (room, user) alone after acting on it
+  slots = 61,               -- seconds kept per counter (61 + a 3-entry header fill a 64-entry array)
+  distinct_max = 64,        -- distinct values kept per counter
+  retry_base = 1, retry_cap = 60, max_attempts = 8,
+  rule_error_reports = 10,  -- rule errors reported (audit, on_error) per rule; all are counted
+}
+
+local EVENT_TYPE_MAX = 64
+local MAX_FAILURES_LISTED = 10000
+local function valid_id(s)
+  return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^A-Za-z0-9@._-]")
+end
+local function valid_app(s)
+  return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^\33-\126]")
+end
+
+---------------------------------------------------------------------------------------------------
+-- Generations: a bounded map with approximate LRU eviction and no per-access bookkeeping.
+-- New keys go into the young generation; when it holds `cap` keys, or is older than `ttl` seconds,
+-- it becomes the old one and the previous old generation is dropped. A hit in the old generation
+-- moves the key to the young one. So at most 2*cap keys are held, and a key survives as long as it
+-- is seen at least once per generation.
+local Gen = {}
+Gen.__index = Gen
+
+local function gen_new(cap, ttl)
+  return setmetatable({ young = {}, old = {}, n = 0, cap = cap, ttl = ttl, born = nil, dropped = 0, old_n = 0 }, Gen)
+end
+
+function Gen:rotate(now)
+  self.dropped = self.dropped + self.old_n
+  self.old, self.young, self.old_n, self.n, self.born = self.young, {}, self.n, 0, now
+end
+
+function Gen:get(k, now)
+  local v = self.young[k]
+  if v ~= nil then return v end
+  v = self.old[k]
+  if v ~= nil then
+    self.old[k] = nil
+    self.old_n = self.old_n - 1
+    self:put(k, v, now)
+  end
+  return v
+end
+
+function Gen:put(k, v, now)
+  local born = self.born
+  if born == nil then self.born = now
+  elseif self.n >= self.cap or (self.ttl and now - born > self.ttl) then self:rotate(now) end
+  self.young[k] = v
+  self.n = self.n + 1
+end
+
+function Gen:count() return self.n + self.old_n end
+
+-- The same for (app, room, user) keys, held as nested maps app -> room -> user -> value, so a lookup
+-- builds no string (the event's strings are looked up as they are). A room's own record sits under
+-- the key ROOM, which no user id (a string) can equal.
+local ROOM = 0
+local Gen3 = setmetatable({}, { __index = Gen })
+Gen3.__index = Gen3
+
+local function gen3_new(cap, ttl)
+  return setmetatable(gen_new(cap, ttl), Gen3)
+end
+
+function Gen3:get(app, room, user, now)
+  local a = self.young[app]
+  local r = a and a[room]
+  local v = r and r[user]
+  if v ~= nil then return v end
+  a = self.old[app]
+  r = a and a[room]
+  v = r and r[user]
+  if v ~= nil then
+    r[user] = nil
+    self.old_n = self.old_n - 1
+    self:put(app, room, user, v, now)
+  end
+  return v
+end
+
+function Gen3:put(app, room, user, v, now)
+  local born = self.born
+  if born == nil then self.born = now
+  elseif self.n >= self.cap or (self.ttl and now - born > self.ttl) then self:rotate(now) end
+  local young = self.young
+  local a = young[app]
+  if not a then a = {}; young[app] = a end
+  local r = a[room]
+  if not r then r = {}; a[room] = r end
+  r[user] = v
+  self.n = self.n + 1
+end
+
+---------------------------------------------------------------------------------------------------
+-- Counters. One per (record, event type): a ring of `slots` slots, one per second that had events
+-- (a burst within one second takes one slot), and a running total. count(window) = total minus the
+-- events before the first slot inside the window; the first-slot index per window only moves
+-- forward, so a query is O(1) amortised. A slot is one number, second * 2^16 + (events before it
+-- mod 2^16), and the header sits in the array part too: fewer cache lines per event, which is what
+-- the engine's speed is bound by with many users. So a count saturates at 65535 per window.
+-- Windows have one-second resolution; an event older than the newest one in its counter counts at
+-- the newest one's second.
+local SLOT = 65536
+local function ring_new() return { 0, 0, -math.huge } end -- slots used, events, newest second
+
+local function ring_count(ring, window, now, slots)
+  local n = ring[1]
+  if n == 0 then return 0 end
+  local last_out = now - now % 1 - window -- slots of this second or earlier are outside the window
+  local cutoff = (last_out - last_out % 1 + 1) * SLOT
+  local tail = ring[-window] or 0 -- slots known to lie before the window
+  if tail < n - slots then tail = n - slots end
+  while tail < n and ring[tail % slots + 4] < cutoff do tail = tail + 1 end
+  ring[-window] = tail
+  if tail == n then return 0 end
+  local c = (ring[2] - ring[tail % slots + 4]) % SLOT
+  return c == 0 and SLOT - 1 or c
+end
+
+-- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
+local function distinct_add(ring, field, value, ts, cap)
+  local d = ring.d
+  if not d then d = {}; ring.d = d end
+  local m = d[field]
+  if not m then m = { n = 0, seen = {} }; d[field] = m end
+  local seen, sec = m.seen, ts - ts % 1
+  local old = seen[value]
+  if old == nil then
+    if m.n >= cap then -- forget the value seen longest ago
+      local victim, vsec = nil, math.huge
+      for v, s in pairs(seen) do if s < vsec then victim, vsec = v, s end end
+      seen[victim] = nil
+      m.n = m.n - 1
+    end
+    m.n = m.n + 1
+    seen[value] = sec
+  elseif sec > old then
+    seen[value] = sec
+  end
+end
+
+local function distinct_count(ring, field, window, now)
+  local m = ring.d and ring.d[field]
+  if not m then return 0 end
+  local cutoff, c = now - now % 1 - window, 0
+  for _, s in pairs(m.seen) do
+    if s > cutoff then c = c + 1 end
+  end
+  return c
+end
+
+-- Counts an event in a record's counter for its type, and its fields for ctx:distinct.
+local function add_event(rec, ev, typ, ts, slots, fields, dmax)
+  local ring = rec[typ]
+  if not ring then ring = ring_new(); rec[typ] = ring end
+  local sec, total = ts - ts % 1, ring[2]
+  if sec > ring[3] then
+    local n = ring[1] + 1
+    ring[(n - 1) % slots + 4] = sec * SLOT + total % SLOT
+    ring[1], ring[3] = n, sec
+  end
+  ring[2] = total + 1
+  if fields then
+    for i = 1, #fields do
+      local f = fields[i]
+      local v = ev[f]
+      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, ts, dmax) end
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- The rule DSL, as seen from a rules file.
+
+-- An error at the rules file's line that called the DSL.
+local function dsl_error(msg)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.what ~= "C" and info.source:sub(1, 1) == "@" and info.currentline > 0
+      and not info.source:find("rtcadmin[/\\]policy%.lua$") then
+      error(info.short_src .. ":" .. info.currentline .. ": " .. msg, 0)
+    end
+    level = level + 1
+  end
+  error(msg, 0)
+end
+
+local function check_seconds(what, v)
+  if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
+    dsl_error(string_format("%s: expected seconds (a number >= 0), got %s", what, tostring(v)))
+  end
+  return v
+end
+
+-- Builds the DSL for one file; `file` collects what it defines.
+local function make_dsl(file)
+  local dsl = {}
+  local function warn(msg)
+    local ok, e = pcall(dsl_error, msg)
+    if not ok then file.warnings[#file.warnings + 1] = e end
+  end
+  local function capped(what, seconds, min, max, allow_zero)
+    check_seconds(what, seconds)
+    if seconds == 0 and allow_zero then return 0 end
+    if seconds < min then
+      dsl_error(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
+    end
+    if seconds > max then
+      warn(string_format("%s: %.10g s capped at the API maximum of %d s", what, seconds, max))
+      return max
+    end
+    return math.ceil(seconds)
+  end
+
+  function dsl.seconds(n) return check_seconds("seconds", n) end
+  function dsl.minutes(n) return check_seconds("minutes", n) * 60 end
+  function dsl.hours(n) return check_seconds("hours", n) * 3600 end
+  function dsl.days(n) return check_seconds("days", n) * 86400 end
+
+  dsl.kick = { kind = "kick" }
+  function dsl.ban(seconds)
+    return { kind = "ban", duration = capped("ban", seconds, policy.BAN_MIN, policy.BAN_MAX) }
+  end
+  function dsl.ban_everywhere(seconds)
+    return { kind = "ban_everywhere", duration = capped("ban_everywhere", seconds, policy.BAN_MIN, policy.BAN_MAX) }
+  end
+  function dsl.mute(seconds, streams)
+    seconds = capped("mute", seconds or 0, policy.MUTE_MIN, policy.MUTE_MAX, true)
+    local audio, video
+    if streams ~= nil then
+      if type(streams) ~= "table" then dsl_error("mute: expected {audio = bool, video = bool}") end
+      for k, v in pairs(streams) do
+        if (k ~= "audio" and k ~= "video") or type(v) ~= "boolean" then
+          dsl_error("mute: unknown stream option '" .. tostring(k) .. "' (audio, video: booleans)")
+        end
+      end
+      audio, video = streams.audio, streams.video
+    end
+    if audio == nil and video == nil then audio, video = true, true end
+    return { kind = "mute", duration = seconds, audio = audio == true, video = video == true }
+  end
+  function dsl.escalate(steps)
+    if type(steps) ~= "table" or #steps == 0 then dsl_error("escalate: expected a list of actions") end
+    return { kind = "escalate", steps = steps }
+  end
+
+  function dsl.allow(spec)
+    if not file.loading then dsl_error("allow: only while the rules file loads") end
+    if type(spec) ~= "table" then dsl_error("allow: expected a table {roles=, users=, patterns=}") end
+    for k, v in pairs(spec) do
+      if k ~= "roles" and k ~= "users" and k ~= "patterns" then
+        dsl_error("allow: unknown field '" .. tostring(k) .. "'")
+      end
+      if type(v) ~= "table" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
+      for _, s in ipairs(v) do
+        if type(s) ~= "string" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
+        if k == "patterns" and not pcall(string_find, "", s) then
+          dsl_error("allow: bad pattern " .. string_format("%q", s))
+        end
+        file.allow[k][#file.allow[k] + 1] = s
+      end
+    end
+  end
+
+  local rule_fields = { on = true, when = true, action = true, cooldown = true, dry_run = true, description = true }
+  local function normalize_action(a, top)
+    if type(a) ~= "table" then
+      dsl_error("rule: 'action' must be kick, ban(s), ban_everywhere(s), mute(s) or escalate{...}")
+    end
+    local k = a.kind
+    if k == "escalate" then
+      if type(a.steps) ~= "table" or #a.steps == 0 then dsl_error("escalate: expected a list of actions") end
+      if not top then dsl_error("escalate: steps cannot escalate") end
+      local steps = {}
+      for i, s in ipairs(a.steps) do steps[i] = normalize_action(s, false) end
+      return { kind = "escalate", steps = steps }
+    elseif k == "kick" then return { kind = "kick", duration = 0 }
+    elseif k == "ban" or k == "ban_everywhere" then
+      return { kind = k, duration = capped(k, a.duration, policy.BAN_MIN, policy.BAN_MAX) }
+    elseif k == "mute" then
+      return { kind = "mute", duration = capped("mute", a.duration, policy.MUTE_MIN, policy.MUTE_MAX, true),
+               audio = a.audio == true, video = a.video == true }
+    end
+    dsl_error("rule: unknown action kind '" .. tostring(k) .. "'")
+  end
+
+  function dsl.rule(name)
+    if not file.loading then dsl_error("rule: only while the rules file loads") end
+    if type(name) ~= "string" or name == "" or #name > 64 then dsl_error("rule: expected a name (1-64 characters)") end
+    return function(spec)
+      if type(spec) ~= "table" then dsl_error("rule '" .. name .. "': expected a table") end
+      for k in pairs(spec) do
+        if not rule_fields[k] then dsl_error("rule '" .. name .. "': unknown field '" .. tostring(k) .. "'") end
+      end
+      local on = spec.on
+      if type(on) == "string" then on = { on } end
+      if type(on) ~= "table" or #on == 0 then
+        dsl_error("rule '" .. name .. "': 'on' must be an event type or a list")
+      end
+      local types = {}
+      for i, t in ipairs(on) do
+        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then
+          dsl_error("rule '" .. name .. "': bad event type")
+        end
+        types[i] = t
+      end
+      if spec.when ~= nil and type(spec.when) ~= "function" then
+        dsl_error("rule '" .. name .. "': 'when' must be a function(ev, ctx)")
+      end
+      if spec.action == nil then dsl_error("rule '" .. name .. "': 'action' is required") end
+      local cooldown = spec.cooldown
+      if cooldown ~= nil then check_seconds("rule '" .. name .. "': cooldown", cooldown) end
+      if spec.dry_run ~= nil and type(spec.dry_run) ~= "boolean" then
+        dsl_error("rule '" .. name .. "': 'dry_run' must be a boolean")
+      end
+      local at
+      do
+        local ok, e = pcall(dsl_error, "")
+        at = not ok and e:match("^(.-): $") or file.name
+      end
+      file.rules[#file.rules + 1] = {
+        name = name, on = types, when = spec.when, action = normalize_action(spec.action, true),
+        cooldown = cooldown, dry_run = spec.dry_run == true, description = spec.description,
+        at = at, file = file.name,
+      }
+    end
+  end
+  return dsl
+end
+
+-- Loads one rules file into a fresh sandbox. Returns {rules, allow, warnings} or nil, {errors}.
+function policy.load_source(source, name, limits)
+  local file = { name = name, rules = {}, allow = { roles = {}, users = {}, patterns = {} }, warnings = {},
+                 loading = true }
+  local env = sandbox.env(make_dsl(file), limits)
+  local fn, err = sandbox.compile(source, name, env)
+  if not fn then return nil, { err } end
+  local runner = sandbox.runner(limits)
+  local ok, e = runner.call(fn)
+  file.loading = false
+  sandbox.freeze(env)
+  if not ok then
+    -- Memory errors carry no position (Lua raises them without a message handler).
+    if not e:find("^[^\n]-:%d+:") then e = name .. ": " .. e .. " while the file loaded" end
+    return nil, { e }
+  end
+  local seen = {}
+  for _, r in ipairs(file.rules) do
+    if seen[r.name] then
+      return nil, { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
+    end
+    seen[r.name] = r.at
+  end
+  return file
+end
+
+function policy.load_file(path, limits)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, { tostring(err) } end
+  local source = f:read("*a")
+  f:close()
+  return policy.load_source(source, path, limits)
+end
+
+---------------------------------------------------------------------------------------------------
+-- The engine.
+
+local Engine = {}
+Engine.__index = Engine
+
+local function iso_time(t)
+  local whole = math.floor(t)
+  return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. string_format(".%03dZ", math.floor((t - whole) * 1000))
+end
+
+local function audit_sink(a)
+  if a == nil or a == false then return nil end
+  if type(a) == "function" then return a end
+  local fh = a
+  if type(a) == "string" then
+    local err
+    fh, err = io.open(a, "a")
+    if not fh then error("rtcadmin.policy: cannot open audit log: " .. tostring(err), 3) end
+  end
+  if type(fh) ~= "userdata" and type(fh) ~= "table" then
+    error("rtcadmin.policy: 'audit' must be a file name, a file handle or a function", 3)
+  end
+  return function(record)
+    fh:write(cjson.encode(record), "\n")
+    fh:flush()
+  end
+end
+
+local known_opts = {
+  client = true, now = true, dry_run = true, audit = true, limits = true, allow = true,
+  on_decision = true, on_error = true, on_result = true,
+}
+for k in pairs(policy.DEFAULTS) do known_opts[k] = true end
+
+function policy.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("rtcadmin.policy.new: expected an options table", 2) end
+  for k in pairs(opts) do
+    if not known_opts[k] then error("rtcadmin.policy.new: unknown option '" .. tostring(k) .. "'", 2) end
+  end
+  for k, v in pairs(policy.DEFAULTS) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "number" or opts[k] <= 0) then
+      error(string_format("rtcadmin.policy.new: '%s' must be a positive number (default %s)", k, tostring(v)), 2)
+    end
+  end
+  if not opts.dry_run and (type(opts.client) ~= "userdata" and type(opts.client) ~= "table") then
+    error("rtcadmin.policy.new: a 'client' is required unless dry_run = true", 2)
+  end
+  if opts.now ~= nil and type(opts.now) ~= "function" then error("rtcadmin.policy.new: 'now' must be a function", 2) end
+  local cfg = {}
+  for k, v in pairs(policy.DEFAULTS) do cfg[k] = opts[k] or v end
+
+  local E = setmetatable({
+    cfg = cfg, client = opts.client, now = opts.now or os.time, dry_run = opts.dry_run == true,
+    audit = audit_sink(opts.audit), on_decision = opts.on_decision, on_error = opts.on_error,
+    on_result = opts.on_result,
+    limits = opts.limits or sandbox.DEFAULTS,
+    rules = {}, by_type = {}, files = {}, warnings = {},
+    allow_roles = {}, allow_users = {}, allow_patterns = {},
+    track = {},        -- event type -> true (per (room, user) counter) ; see ctx:count
+    track_room = {},   -- event type -> true (per room counter)
+    track_fields = {}, -- event type -> list of fields counted by ctx:distinct (per (room, user))
+    track_room_fields = {}, -- the same, per room
+    max_window = 0,
+    queue = {}, waiting = {}, failures = {}, next_decision = 0,
+    st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
+              succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0,
+              by_rule = {}, by_action = {}, errors_by_rule = {} },
+  }, Engine)
+  E.keys = gen3_new(cfg.max_keys, nil)
+  E.seen = gen_new(cfg.dedupe, nil)
+  E.offenders = {} -- app_id -> generations of user_id -> {n, last}
+  E.runner = sandbox.runner(E.limits)
+  E:allow(opts.allow)
+  E.cur = {} -- the event being evaluated, for the ctx methods
+  E.fired = {} -- (rule, ok, evidence or error) triples of the event being evaluated
+  E.ctx = E:_make_ctx()
+  return E
+end
+
+-- Adds allow-list entries {roles=, users=, patterns=} (engine-wide, checked before every rule).
+function Engine:allow(spec)
+  if spec == nil then return end
+  for _, r in ipairs(spec.roles or {}) do self.allow_roles[r] = true end
+  for _, u in ipairs(spec.users or {}) do self.allow_users[u] = true end
+  for _, p in ipairs(spec.patterns or {}) do
+    if not pcall(string_find, "", p) then error("rtcadmin.policy: bad allow pattern " .. string_format("%q", p), 2) end
+    self.allow_patterns[#self.allow_patterns + 1] = p
+  end
+end
+
+local function add_file(self, file)
+  local names = {}
+  for _, r in ipairs(self.rules) do names[r.name] = r.at end
+  for _, r in ipairs(file.rules) do
+    if names[r.name] then
+      return nil, { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
+    end
+  end
+  for _, r in ipairs(file.rules) do
+    r.index = #self.rules + 1
+    r.cooldown = r.cooldown or self.cfg.cooldown
+    self.rules[r.index] = r
+    self.st.by_rule[r.name] = 0
+    for _, t in ipairs(r.on) do
+      local list = self.by_type[t]
+      if not list then list = {}; self.by_type[t] = list end
+      list[#list + 1] = r
+    end
+  end
+  for _, r in ipairs(file.rules) do self.max_cooldown = math_max(self.max_cooldown or 0, r.cooldown) end
+  self.keys.ttl = math_max(self.max_window, self.max_cooldown or 0)
+  self:allow(file.allow)
+  for _, w in ipairs(file.warnings) do self.warnings[#self.warnings + 1] = w end
+  self.files[#self.files + 1] = file.name
+  return file
+end
+
+-- Loads a rules file. On any error nothing from the file is applied: returns nil, {"file:line: ..."}.
+function Engine:load(path)
+  local file, errs = policy.load_file(path, self.limits)
+  if not file then return nil, errs end
+  return add_file(self, file)
+end
+
+function Engine:load_source(source, name)
+  local file, errs = policy.load_source(source, name or "=rules", self.limits)
+  if not file then return nil, errs end
+  return add_file(self, file)
+end
+
+function Engine:_allowed(ev, user)
+  if self.allow_users[user] then return true end
+  local role = ev.role
+  if role ~= nil and self.allow_roles[role] then return true end
+  local pats = self.allow_patterns
+  for i = 1, #pats do
+    if string_find(user, pats[i]) then return true end
+  end
+  return false
+end
+
+-- The offenders of one app (keyed by user, so a lookup makes no string).
+function Engine:_offenders(app)
+  local g = self.offenders[app]
+  if not g then
+    g = gen_new(self.cfg.max_offenders, self.cfg.offence_window)
+    self.offenders[app] = g
+  end
+  return g
+end
+
+function Engine:_offences(app, user, now)
+  local o = self:_offenders(app):get(user, now)
+  if not o or now - o.last > self.cfg.offence_window then return 0, o end
+  return o.n, o
+end
+
+-- The context passed to conditions. Its methods close over the engine; the table itself holds
+-- nothing, so rule code cannot reach the engine, the client or other users' data through it.
+function Engine:_make_ctx()
+  local E = self
+  local slots, dmax = self.cfg.slots, self.cfg.distinct_max
+  local q, nq = {}, 0
+  local methods = {}
+
+  local function evidence(kind, t, field, window, scope, value)
+    nq = nq + 1
+    if nq > 8 then return end
+    local e = q[nq]
+    if not e then e = {}; q[nq] = e end
+    e.query, e.type, e.field, e.window, e.scope, e.value = kind, t, field, window, scope, value
+  end
+
+  local function window_arg(fname, t, window, scope)
+    if type(t) ~= "string" then error("ctx:" .. fname .. ": expected an event type (string)", 3) end
+    if type(window) ~= "number" or window ~= window or window <= 0 or window == math.huge then
+      error("ctx:" .. fname .. ": expected a window in seconds (> 0)", 3)
+    end
+    if scope ~= nil and scope ~= "user" and scope ~= "room" then
+      error("ctx:" .. fname .. ": scope must be \"user\" (default) or \"room\"", 3)
+    end
+    if window > E.max_window then
+      E.max_window = window
+      E.keys.ttl = math_max(window, E.max_cooldown or 0)
+    end
+  end
+
+  -- The record a query reads, registering the counter (and counting the current event) on first use.
+  local function record_for(t, scope)
+    local cur = E.cur
+    if scope == "room" then
+      if not E.track_room[t] then
+        E.track_room[t] = true
+        if cur.type == t then
+          add_event(E:_room_rec(cur.app, cur.room, cur.ts), cur.ev, t, cur.ts, slots)
+        end
+      end
+      return E:_room_rec(cur.app, cur.room, cur.ts)
+    end
+    if not E.track[t] then
+      E.track[t] = true
+      if cur.type == t then
+        add_event(cur.rec, cur.ev, t, cur.ts, slots)
+      end
+    end
+    return cur.rec
+  end
+
+  local track, known_window = E.track, {}
+  function methods.count(_, t, window, scope)
+    local cur = E.cur
+    local rec
+    if scope == nil and track[t] and known_window[window] then
+      rec = cur.rec -- the hot path: a counter and window seen (and checked) before
+    else
+      window_arg("count", t, window, scope)
+      known_window[window] = true
+      rec = record_for(t, scope)
+    end
+    local ring = rec[t]
+    local v = ring and ring_count(ring, window, cur.ts, slots) or 0
+    nq = nq + 1
+    if nq <= 8 then
+      local e = q[nq]
+      if not e then e = {}; q[nq] = e end
+      e.query, e.type, e.field, e.window, e.scope, e.value = "count", t, nil, window, scope or "user", v
+    end
+    return v
+  end
+
+  function methods.distinct(_, t, field, window, scope)
+    if type(field) ~= "string" then error("ctx:distinct: expected a field name (string)", 2) end
+    window_arg("distinct", t, window, scope)
+    local cur = E.cur
+    local rec = record_for(t, scope)
+    local registry = scope == "room" and E.track_room_fields or E.track_fields
+    local fields = registry[t]
+    if not fields then fields = {}; registry[t] = fields end
+    if not fields[field] then
+      fields[field] = true
+      fields[#fields + 1] = field
+      local v = cur.ev[field]
+      if cur.type == t and (type(v) == "string" or type(v) == "number") then
+        local ring = rec[t] or ring_new()
+        rec[t] = ring
+        distinct_add(ring, field, v, cur.ts, dmax)
+      end
+    end
+    local ring = rec[t]
+    local v = ring and distinct_count(ring, field, window, cur.ts) or 0
+    evidence("distinct", t, field, window, scope or "user", v)
+    return v
+  end
+
+  function methods.offences()
+    local cur = E.cur
+    local n = E:_offences(cur.app, cur.user, cur.ts)
+    evidence("offences", nil, nil, E.cfg.offence_window, "app_user", n)
+    return n
+  end
+
+  function methods.now() return E.cur.ts end
+
+  -- Seconds since the engine started tracking this (room, user).
+  function methods.age()
+    local cur = E.cur
+    return cur.ts - (cur.rec[0] or cur.ts)
+  end
+
+  local ctx = setmetatable({}, {
+    __index = methods,
+    __newindex = function() error("ctx is read-only", 2) end,
+    __metatable = false,
+  })
+  self._evidence = function()
+    local list = {}
+    for i = 1, math_min(nq, 8) do
+      local e = q[i]
+      list[i] = { query = e.query, type = e.type, field = e.field, window = e.window, scope = e.scope, value = e.value }
+    end
+    return list
+  end
+  self._reset_evidence = function() nq = 0 end
+  return ctx
+end
+
+function Engine:_room_rec(app, room, ts)
+  local rec = self.keys:get(app, room, ROOM, ts)
+  if not rec then
+    rec = { [0] = ts }
+    self.keys:put(app, room, ROOM, rec, ts)
+  end
+  return rec
+end
+
+function Engine:_emit(record)
+  if self.audit then self.audit(record) end
+end
+
+function Engine:_rule_error(r, msg, ev)
+  local st = self.st
+  st.rule_errors = st.rule_errors + 1
+  local n = (st.errors_by_rule[r.name] or 0) + 1
+  st.errors_by_rule[r.name] = n
+  if n > self.cfg.rule_error_reports then return end
+  if not msg:find("^[^\n]-:%d+:") then msg = r.at .. ": " .. msg end
+  local rec = { kind = "rule_error", time = iso_time(self.now()), rule = r.name, rule_at = r.at, error = msg,
+                event_id = ev.id, event_type = ev.type }
+  self:_emit(rec)
+  if self.on_error then self.on_error(rec) end
+end
+
+local function decision_call(d)
+  local k = d.action
+  if k == "kick" then return { "kick_user", d.app_id, d.room_id, d.user_id } end
+  if k == "ban" then
+    return { "ban_user", { app_id = d.app_id, room_id = d.room_id, user_id = d.user_id, duration = d.duration } }
+  end
+  if k == "ban_everywhere" then
+    return { "ban_user", { app_id = d.app_id, user_id = d.user_id, duration = d.duration } }
+  end
+  return { "mute_user", { app_id = d.app_id, room_id = d.room_id, user_id = d.user_id, audio = d.audio,
+                          video = d.video, duration = d.duration } }
+end
+policy.decision_call = decision_call
+
+function Engine:_decide(r, ev, cur, evidence)
+  local ts, app, user = cur.ts, cur.app, cur.user
+  local prior, o = self:_offences(app, user, ts)
+  local act, step = r.action, nil
+  if act.kind == "escalate" then
+    step = math_min(prior + 1, #act.steps)
+    act = act.steps[step]
+  end
+  self.next_decision = self.next_decision + 1
+  local dry = self.dry_run or r.dry_run
+  local d = {
+    kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = ts,
+    event_type = cur.type, rule = r.name, rule_at = r.at, evidence = evidence,
+    action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
+    app_id = app, room_id = cur.room, user_id = user, duration = act.duration,
+    audio = act.kind == "mute" and act.audio or nil, video = act.kind == "mute" and act.video or nil,
+    step = step, offences = prior, dry_run = dry, attempts = 0,
+    outcome = dry and "dry_run" or "queued",
+  }
+  -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
+  cur.rec[r.index] = ts + r.cooldown
+  if o then
+    o.n, o.last = prior + 1, ts
+  else
+    self:_offenders(app):put(user, { n = 1, last = ts }, ts)
+  end
+  local st = self.st
+  st.decisions = st.decisions + 1
+  st.by_rule[r.name] = st.by_rule[r.name] + 1
+  st.by_action[act.kind] = (st.by_action[act.kind] or 0) + 1
+  if dry then st.dry_run = st.dry_run + 1 else self.queue[#self.queue + 1] = d end
+  self:_emit(d)
+  if self.on_decision then self.on_decision(d) end
+  return d
+end
+
+-- Processes one event. Returns the number of decisions it caused, or nil, reason for an invalid event.
+function Engine:process(ev)
+  local st = self.st
+  st.events = st.events + 1
+  if type(ev) ~= "table" then st.invalid = st.invalid + 1; return nil, "event is not a table" end
+  local typ, app, room, user = ev.type, ev.app_id, ev.room_id, ev.user_id
+  if type(typ) ~= "string" or type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
+    st.invalid = st.invalid + 1
+    return nil, "event needs string fields type, app_id, room_id, user_id"
+  end
+  local ts = ev.ts
+  if ts == nil then ts = self.now()
+  elseif type(ts) ~= "number" or ts ~= ts then st.invalid = st.invalid + 1; return nil, "event ts must be a number" end
+  local id = ev.id
+  if id ~= nil then
+    local seen = self.seen -- a repeated id is dropped, so no need to promote it: plain lookups
+    if seen.young[id] or seen.old[id] then st.duplicates = st.duplicates + 1; return 0 end
+    seen:put(id, true, ts)
+  end
+  local rules, tracked, rtracked = self.by_type[typ], self.track[typ], self.track_room[typ]
+  if not rules and not tracked and not rtracked then st.ignored = st.ignored + 1; return 0 end
+  if self.allow_users[user] or self.allow_roles[ev.role or false]
+    or (self.allow_patterns[1] and self:_allowed(ev, user)) then
+    st.allowed = st.allowed + 1
+    return 0
+  end
+
+  local keys = self.keys
+  local rec = keys:get(app, room, user, ts)
+  if not rec then
+    -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
+    if not (valid_app(app) and valid_id(room) and valid_id(user)) then
+      st.invalid = st.invalid + 1
+      return nil, "event has an invalid app_id, room_id or user_id"
+    end
+    rec = { [0] = ts }
+    keys:put(app, room, user, rec, ts)
+  end
+  local slots = self.cfg.slots
+  if tracked then add_event(rec, ev, typ, ts, slots, self.track_fields[typ], self.cfg.distinct_max) end
+  local cur = self.cur
+  cur.ev, cur.type, cur.ts, cur.app, cur.room, cur.user, cur.rec = ev, typ, ts, app, room, user, rec
+  if rtracked then
+    add_event(self:_room_rec(app, room, ts), ev, typ, ts, slots, self.track_room_fields[typ], self.cfg.distinct_max)
+  end
+  if not rules then return 0 end
+
+  -- Conditions run back to back under the sandbox; decisions and rule errors are acted on after
+  -- it is left, so callbacks and the audit writer never run with the sandbox's budgets.
+  local runner, ctx, reset = self.runner, self.ctx, self._reset_evidence
+  local fired, nf = self.fired, 0
+  runner.enter()
+  for i = 1, #rules do
+    local r = rules[i]
+    local until_ts = rec[r.index]
+    if until_ts and ts < until_ts then
+      st.cooldown = st.cooldown + 1
+    else
+      reset()
+      local ok, res = true, true
+      if r.when then ok, res = runner.eval(r.when, ev, ctx) end
+      if not ok then
+        fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, false, res
+        nf = nf + 3
+      elseif res then
+        fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, true, self._evidence()
+        nf = nf + 3
+      end
+    end
+  end
+  runner.leave()
+  if nf == 0 then return 0 end
+  self.fired = {} -- a callback below may process another event
+  local made = 0
+  for k = 1, nf, 3 do
+    local r, ok, x = fired[k], fired[k + 1], fired[k + 2]
+    if ok then
+      made = made + 1
+      self:_decide(r, ev, cur, x)
+    else
+      self:_rule_error(r, x, ev)
+    end
+  end
+  return made
+end
+
+-- Processes a list of events. Returns decisions, invalid count.
+function Engine:process_batch(events)
+  local made, invalid = 0, 0
+  for i = 1, #events do
+    local n = self:process(events[i])
+    if n then made = made + n else invalid = invalid + 1 end
+  end
+  return made, invalid
+end
+
+local function plain_error(err)
+  if type(err) ~= "table" and type(err) ~= "userdata" then
+    return { code = "Error", message = tostring(err), retryable = false }
+  end
+  return { code = err.code, message = err.message, http_status = err.http_status, request_id = err.request_id,
+           retryable = err.retryable == true }
+end
+
+-- Sends the queued decisions and the retries that are due through client:batch. Returns a summary
+-- {sent, succeeded, failed, waiting}. `opts.progress` is passed to client:batch.
+function Engine:flush(opts)
+  local now = self.now()
+  local batch = self.queue
+  self.queue = {}
+  local still = {}
+  for _, d in ipairs(self.waiting) do
+    if d.next_retry_at <= now then batch[#batch + 1] = d else still[#still + 1] = d end
+  end
+  self.waiting = still
+  local summary = { sent = #batch, succeeded = 0, failed = 0, waiting = 0 }
+  if #batch == 0 then summary.waiting = #self.waiting; return summary end
+  local calls = {}
+  for i, d in ipairs(batch) do calls[i] = decision_call(d) end
+  local ok, results = pcall(self.client.batch, self.client, calls, { progress = opts and opts.progress })
+  now = self.now()
+  local st, cfg = self.st, self.cfg
+  for i, d in ipairs(batch) do
+    local r = ok and results[i] or { ok = false, err = { code = "BatchError", message = tostring(results) } }
+    d.attempts = d.attempts + 1
+    d.time = iso_time(now)
+    d.next_retry, d.next_retry_at = nil, nil
+    if d.attempts > 1 then st.retried = st.retried + 1 end
+    if r.ok then
+      d.outcome, d.error = "ok", nil
+      d.request_id = r.meta and r.meta.request_id
+      st.succeeded = st.succeeded + 1
+      summary.succeeded = summary.succeeded + 1
+    else
+      local e = plain_error(r.err)
+      d.error, d.request_id = e, e.request_id
+      if e.retryable and d.attempts < cfg.max_attempts then
+        d.outcome = "retry"
+        d.next_retry_at = now + math_min(cfg.retry_cap, cfg.retry_base * 2 ^ (d.attempts - 1))
+        d.next_retry = iso_time(d.next_retry_at)
+        self.waiting[#self.waiting + 1] = d
+      else
+        d.outcome = "failed"
+        -- The most recent failures stay listed (all are in the audit log and counted).
+        if #self.failures >= MAX_FAILURES_LISTED then table.remove(self.failures, 1) end
+        self.failures[#self.failures + 1] = d
+        st.failed = st.failed + 1
+        summary.failed = summary.failed + 1
+      end
+    end
+    self:_emit(d)
+    if self.on_result then self.on_result(d) end
+  end
+  summary.waiting = #self.waiting
+  return summary
+end
+
+-- Counts an input that never became an event (e.g. a line that is not JSON).
+function Engine:note_invalid()
+  self.st.events = self.st.events + 1
+  self.st.invalid = self.st.invalid + 1
+end
+
+-- Decisions not yet done: queued (never sent) and waiting for a retry, oldest first.
+function Engine:pending()
+  local list = {}
+  for _, d in ipairs(self.queue) do list[#list + 1] = d end
+  for _, d in ipairs(self.waiting) do list[#list + 1] = d end
+  return list
+end
+
+-- Seconds until the next retry is due (nil when nothing waits).
+function Engine:next_retry_in()
+  local soonest
+  for _, d in ipairs(self.waiting) do
+    if not soonest or d.next_retry_at < soonest then soonest = d.next_retry_at end
+  end
+  return soonest and math_max(0, soonest - self.now()) or nil
+end
+
+-- Decisions that failed for good (non-retryable error, or out of attempts).
+function Engine:failed() return self.failures end
+
+function Engine:stats()
+  local st = {}
+  for k, v in pairs(self.st) do st[k] = v end
+  st.keys = self.keys:count()
+  st.keys_dropped = self.keys.dropped
+  st.waiting = #self.waiting
+  st.queued = #self.queue
+  return st
+end
+
+policy.Engine = Engine
+return policy

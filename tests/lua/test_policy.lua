@@ -1,0 +1,368 @@
+-- The policy engine through real rule files: windows with a fake clock, distinct counting,
+-- escalation, cooldown, allow-lists, dry-run, audit records, retries, dedupe; live decisions
+-- against the emulator.
+local T = require "testlib"
+local cjson = require "cjson"
+local policy = require "rtcadmin.policy"
+
+local emu = T.emulator()
+local APP = T.APP
+local dir = T.tmpdir()
+local rules_file = T.numbered_files(dir, "%s/rules%02d.lua") -- writes a rules file, returns its path
+
+-- An engine on a fake clock with the given rules; `opts` adds engine options.
+local function engine(src, opts)
+  local clock = { t = 1000000 }
+  local o = { dry_run = true, now = function() return clock.t end }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local e = policy.new(o)
+  if src then
+    local path = rules_file(src)
+    local ok, errs = e:load(path)
+    if not ok then error(table.concat(errs, "\n"), 2) end
+  end
+  return e, clock
+end
+
+local function ev(t, typ, user, extra)
+  local e = { type = typ, app_id = APP, room_id = "room1", user_id = user, ts = t }
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
+end
+
+-- Collects decisions through on_decision.
+local function collector()
+  local list = {}
+  return list, function(d) list[#list + 1] = d end
+end
+
+T.case("a threshold over a window, on event time: the fourth chat within 10 s fires, spaced chats do not", function()
+  local got, on = collector()
+  local e = engine([[rule "flood" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 10) > 3 end,
+                                    action = kick }]], { on_decision = on })
+  for i = 0, 2 do T.eq(e:process(ev(i, "chat", "fast")), 0, "chat " .. i) end
+  T.eq(e:process(ev(3, "chat", "fast")), 1, "fourth chat")
+  T.eq(got[1].user_id, "fast", "user")
+  T.eq(got[1].action, "kick", "action")
+  T.same(got[1].evidence, { { query = "count", type = "chat", window = 10, scope = "user", value = 4 } }, "evidence")
+  -- 4 s apart: at t = 12 the window (2, 12] holds 4, 8, 12.
+  for _, t in ipairs({ 0, 4, 8, 12 }) do T.eq(e:process(ev(t, "chat", "slow")), 0, "slow chat at " .. t) end
+  T.eq(e:process(ev(13, "chat", "slow")), 1, "the fourth within 10 s")
+  -- Counters are per (room, user): another room starts from zero.
+  local other = ev(13, "chat", "fast", { room_id = "lobby" })
+  T.eq(e:process(other), 0, "same user, other room")
+end)
+
+T.case("events without ts are stamped by the clock; windows follow it", function()
+  local e, clock = engine([[rule "r" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 60) >= 3 end,
+                                       action = kick }]])
+  local function chat() return e:process({ type = "chat", app_id = APP, room_id = "room1", user_id = "u" }) end
+  T.eq(chat(), 0, "1")
+  clock.t = clock.t + 59
+  T.eq(chat(), 0, "2")
+  clock.t = clock.t + 2 -- the first chat left the window
+  T.eq(chat(), 0, "3, but only two in 60 s")
+  clock.t = clock.t + 1
+  T.eq(chat(), 1, "three within 60 s")
+end)
+
+T.case("room-scope counters count everyone's joins in the room", function()
+  local got, on = collector()
+  local e = engine([[rule "wave" { on = "join", when = function(ev, ctx) return ctx:count("join", 10, "room") > 3 end,
+                                   action = ban(60) }]], { on_decision = on })
+  for i = 1, 3 do T.eq(e:process(ev(i, "join", "u" .. i)), 0, "join " .. i) end
+  T.eq(e:process(ev(4, "join", "u4")), 1, "the fourth join")
+  T.eq(e:process(ev(5, "join", "u5", { room_id = "lobby" })), 0, "another room has its own count")
+  T.eq(e:process(ev(20, "join", "u6")), 0, "after the window")
+  T.eq(got[1].user_id, "u4", "the newcomer is banned")
+  T.eq(got[1].duration, 60, "duration")
+  T.eq(got[1].evidence[1].scope, "room", "evidence scope")
+end)
+
+T.case("distinct counting: one reporter three times does nothing, three reporters fire; old ones expire", function()
+  local e = engine([[rule "reported" { on = "report", action = kick,
+    when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end }]])
+  for i = 1, 3 do T.eq(e:process(ev(i, "report", "target1", { reporter = "carol" })), 0, "same reporter " .. i) end
+  T.eq(e:process(ev(10, "report", "target2", { reporter = "a" })), 0, "a")
+  T.eq(e:process(ev(400, "report", "target2", { reporter = "b" })), 0, "b (a is 390 s old)")
+  T.eq(e:process(ev(401, "report", "target2", { reporter = "c" })), 0, "c: only b and c within 300 s")
+  T.eq(e:process(ev(402, "report", "target2", { reporter = "d" })), 1, "b, c, d")
+  -- Any value counts, even one that looks like a bookkeeping field; at most distinct_max are kept.
+  local e2 = engine([[rule "r" { on = "report", action = kick,
+    when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end }]], { distinct_max = 2 })
+  for i, who in ipairs({ "n", "seen", "d" }) do e2:process(ev(i, "report", "t", { reporter = who })) end
+  T.eq(e2:stats().decisions, 0, "only the last two reporters are kept")
+  local e3 = engine([[rule "r" { on = "report", action = kick,
+    when = function(ev, ctx) return ctx:distinct("report", "reporter", 300) >= 3 end }]])
+  for i, who in ipairs({ "n", "seen", "d" }) do e3:process(ev(i, "report", "t", { reporter = who })) end
+  T.eq(e3:stats().decisions, 1, "three reporters named n, seen, d")
+end)
+
+T.case("escalation climbs the ladder by prior offences, capped at the API maximum, and offences expire", function()
+  local got, on = collector()
+  local e = engine([[rule "r" { on = "chat", cooldown = 0,
+    action = escalate { kick, ban(minutes(10)), ban_everywhere(days(30)) } }]],
+    { on_decision = on, offence_window = 3600 })
+  T.eq(#e.warnings, 1, "one warning")
+  T.match(e.warnings[1], "rules%d+%.lua:2: ban_everywhere: 2592000 s capped at the API maximum of 604800 s", "warning")
+  for i = 1, 4 do e:process(ev(i, "chat", "x")) end
+  T.eq(#got, 4, "decisions")
+  T.eq(got[1].action, "kick", "1st");           T.eq(got[1].step, 1, "step 1"); T.eq(got[1].offences, 0, "prior 0")
+  T.eq(got[2].action, "ban", "2nd");            T.eq(got[2].duration, 600, "10 minutes")
+  T.eq(got[3].action, "ban_everywhere", "3rd"); T.eq(got[3].duration, 604800, "capped")
+  T.eq(got[3].scope, "app_user", "app-wide scope")
+  T.eq(got[4].action, "ban_everywhere", "the ladder's top repeats"); T.eq(got[4].offences, 3, "prior 3")
+  e:process(ev(4 + 3601, "chat", "x"))
+  T.eq(got[5].action, "kick", "offences older than the window no longer count")
+  -- Offences follow the user across rooms of the app.
+  e:process(ev(4 + 3602, "chat", "x", { room_id = "lobby" }))
+  T.eq(got[6].action, "ban", "second offence, other room")
+end)
+
+T.case("a cooldown stops the same user being actioned twice for one burst", function()
+  local got, on = collector()
+  local e = engine([[rule "flood" { on = "chat", cooldown = 30, action = kick,
+    when = function(ev, ctx) return ctx:count("chat", 10) > 2 end }]], { on_decision = on })
+  for i = 1, 10 do e:process(ev(i * 0.2, "chat", "spammer")) end
+  T.eq(#got, 1, "one decision for the burst")
+  T.eq(e:stats().cooldown, 7, "seven evaluations skipped")
+  for i = 1, 3 do e:process(ev(31 + i, "chat", "spammer")) end
+  T.eq(#got, 2, "a new burst after the cooldown")
+end)
+
+T.case("allow-lists (roles, users, patterns, engine-wide) come first and no rule can override them", function()
+  local got, on = collector()
+  local e = engine(nil, { on_decision = on, allow = { users = { "ops" } } })
+  assert(e:load(rules_file([[allow { roles = { "host" }, users = { "alice" }, patterns = { "^svc%-" } }]])))
+  assert(e:load(rules_file([[
+rule "everyone" { on = "chat", action = ban(60), cooldown = 0 }
+rule "sneaky" { on = "chat", cooldown = 0, action = kick,
+  when = function(ev, ctx) allow { users = { ev.user_id } } return true end }
+]])))
+  local errors = {}
+  e.on_error = function(r) errors[#errors + 1] = r.error end
+  for _, u in ipairs({ "alice", "svc-recorder", "ops", "h" }) do
+    T.eq(e:process(ev(1, "chat", u, { role = u == "h" and "host" or nil })), 0, u)
+  end
+  T.eq(e:stats().allowed, 4, "allowed")
+  T.eq(e:process(ev(2, "chat", "mallory")), 1, "others are not allowed")
+  T.eq(got[1].rule, "everyone", "only the plain rule decided")
+  T.match(errors[1], "rules%d+%.lua:3: allow: only while the rules file loads", "allow() at run time is refused")
+  T.eq(e:process(ev(3, "chat", "mallory")), 1, "and mallory did not get onto the list")
+end)
+
+T.case("dry-run: global and per rule decisions are recorded, nothing is sent", function()
+  emu.reset()
+  local client = T.client(emu)
+  local audit = {}
+  local e = engine([[rule "k" { on = "chat", action = kick }]],
+    { client = client, audit = function(r) audit[#audit + 1] = r end })
+  e:process(ev(1, "chat", "bob"))
+  local s = e:flush()
+  T.eq(s.sent, 0, "nothing sent")
+  T.eq(emu.stats().requests, 0, "the emulator saw no request")
+  T.eq(audit[1].dry_run, true, "recorded as dry-run")
+  T.eq(audit[1].outcome, "dry_run", "outcome")
+  T.ok(T.contains(emu.room(APP, "room1").users, "bob"), "bob is still in the room")
+
+  local live = engine([[
+rule "trial" { on = "chat", action = ban(600), dry_run = true }
+rule "kick" { on = "chat", action = kick }
+]], { dry_run = false, client = client })
+  live:process(ev(1, "chat", "bob"))
+  local sum = live:flush()
+  T.eq(sum.sent, 1, "only the live rule's decision is sent")
+  T.eq(emu.stats().by_action.KickUser.ok, 1, "one KickUser")
+  T.eq(emu.stats().by_action.BanRoomUser, nil, "no BanRoomUser")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "bob"), "bob was kicked")
+  T.same(emu.room(APP, "room1").banned_users, {}, "and not banned")
+  client:close()
+end)
+
+T.case("live decisions act through the client, and every audit record is complete", function()
+  emu.reset()
+  for _, u in ipairs({ "k1", "b1", "e1", "m1" }) do emu.join(APP, "room1", u) end
+  local client = T.client(emu)
+  local path = dir .. "/audit.jsonl"
+  os.remove(path)
+  local e = engine([[
+rule "kick"  { on = "kick-me", action = kick }
+rule "ban"   { on = "ban-me", action = ban(minutes(10)) }
+rule "every" { on = "ban-everywhere", action = ban_everywhere(hours(1)) }
+rule "mute"  { on = "mute-me", action = mute(minutes(5), { audio = true }) }
+]], { dry_run = false, client = client, audit = path })
+  e:process(ev(1, "kick-me", "k1", { id = "e1" }))
+  e:process(ev(1, "ban-me", "b1", { id = "e2" }))
+  e:process(ev(1, "ban-everywhere", "e1", { id = "e3" }))
+  e:process(ev(1, "mute-me", "m1", { id = "e4" }))
+  T.eq(#e:pending(), 4, "four queued before the flush")
+  local s = e:flush()
+  T.eq(s.succeeded, 4, "all four succeeded")
+  T.eq(#e:pending(), 0, "nothing pending")
+  local room = emu.room(APP, "room1")
+  T.ok(not T.contains(room.users, "k1"), "k1 kicked")
+  T.ok(room.banned_users.b1, "b1 banned from the room")
+  T.ok(emu.state().apps[APP].user_bans.e1, "e1 banned app-wide")
+  T.ok(room.muted.m1 and room.muted.m1.audio and not room.muted.m1.video, "m1's audio muted")
+  client:close()
+
+  local records = {}
+  for line in io.lines(path) do records[#records + 1] = cjson.decode(line) end
+  T.eq(#records, 8, "a record per decision and one per outcome")
+  local want = { kick = { "room_user", 0 }, ban = { "room_user", 600 }, ban_everywhere = { "app_user", 3600 },
+                 mute = { "room_user", 300 } }
+  for i, r in ipairs(records) do
+    for _, f in ipairs({ "time", "event_id", "rule", "rule_at", "evidence", "action", "scope", "duration", "dry_run",
+                         "outcome", "app_id", "room_id", "user_id" }) do
+      T.ok(r[f] ~= nil, "record " .. i .. " has " .. f)
+    end
+    T.match(r.time, "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", "ISO time")
+    T.eq(r.scope, want[r.action][1], r.action .. " scope")
+    T.eq(r.duration, want[r.action][2], r.action .. " duration")
+    T.eq(r.dry_run, false, "dry_run flag")
+    if i <= 4 then
+      T.eq(r.outcome, "queued", "decision record")
+    else
+      T.eq(r.outcome, "ok", "outcome record")
+      T.match(r.request_id, "^%d+%x+$", "request id")
+    end
+  end
+  T.no_match(T.read_file(path), T.SK, "audit log")
+end)
+
+T.case("failed actions are kept, visible, retried later and reported; permanent failures are listed", function()
+  emu.reset()
+  emu.join(APP, "room1", "r1")
+  local client = T.client(emu, { retries = 0 })
+  local audit = {}
+  local e, clock = engine([[rule "k" { on = "chat", action = kick }]],
+    { dry_run = false, client = client, audit = function(r) audit[#audit + 1] = r end, retry_base = 5,
+      max_attempts = 3 })
+  emu.faults({ { action = "KickUser", kind = "status500", count = 1 } })
+  e:process(ev(1, "chat", "r1", { id = "x1" }))
+  local s = e:flush()
+  T.eq(s.succeeded, 0, "first attempt failed")
+  T.eq(s.waiting, 1, "waiting for a retry")
+  local p = e:pending()
+  T.eq(#p, 1, "visible in pending()")
+  T.eq(p[1].outcome, "retry", "outcome")
+  T.eq(p[1].error.code, "InternalError", "error kept")
+  T.eq(audit[#audit].outcome, "retry", "audited")
+  T.eq(audit[#audit].error.http_status, 500, "with the HTTP status")
+  T.ok(audit[#audit].next_retry, "and when it is retried")
+  T.eq(e:flush().sent, 0, "not due yet")
+  clock.t = clock.t + 5
+  s = e:flush()
+  T.eq(s.succeeded, 1, "the retry succeeded")
+  T.eq(#e:pending(), 0, "nothing left")
+  T.eq(audit[#audit].outcome, "ok", "audited ok")
+  T.eq(audit[#audit].attempts, 2, "after two attempts")
+  T.eq(audit[#audit].event_id, "x1", "same decision")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "r1"), "r1 kicked in the end")
+
+  -- Out of attempts: three 500s with max_attempts = 3.
+  emu.faults({ { action = "KickUser", kind = "status500", count = 3 } })
+  e:process(ev(2, "chat", "r2"))
+  for _ = 1, 3 do
+    e:flush()
+    clock.t = clock.t + 60
+  end
+  T.eq(#e:pending(), 0, "no longer pending")
+  T.eq(#e:failed(), 1, "listed as failed")
+  T.eq(e:failed()[1].attempts, 3, "after max_attempts")
+  T.eq(audit[#audit].outcome, "failed", "audited as failed")
+
+  -- A non-retryable error fails at once.
+  emu.faults({})
+  e:process({ type = "chat", app_id = "nosuchapp", room_id = "room1", user_id = "u", ts = 3 })
+  s = e:flush()
+  T.eq(s.failed, 1, "failed")
+  T.eq(e:failed()[2].error.code, "InvalidParameter.NotExistAppId", "error code")
+  T.eq(e:stats().failed, 2, "stats")
+  client:close()
+end)
+
+T.case("dedupe by event id: a redelivered event is counted once", function()
+  local got, on = collector()
+  local e = engine([[rule "r" { on = "chat", action = kick,
+                                when = function(ev, ctx) return ctx:count("chat", 60) >= 2 end }]],
+    { on_decision = on })
+  e:process(ev(1, "chat", "u", { id = "m1" }))
+  e:process(ev(2, "chat", "u", { id = "m1" }))
+  T.eq(#got, 0, "the duplicate did not count")
+  T.eq(e:stats().duplicates, 1, "counted as duplicate")
+  e:process(ev(3, "chat", "u", { id = "m2" }))
+  T.eq(#got, 1, "a new id counts")
+end)
+
+T.case("rules files: syntax and definition errors name file:line and nothing from the file is applied", function()
+  local e = engine()
+  local path = rules_file('rule "ok" { on = "chat", action = kick }\nrule "broken" { on = "chat", action = }\n')
+  local ok, errs = e:load(path)
+  T.eq(ok, nil, "refused")
+  T.match(errs[1], "rules%d+%.lua:2: unexpected symbol", "syntax error with file:line")
+  T.eq(#e.rules, 0, "not even the good rule was applied")
+  for _, c in ipairs({
+    { 'rule "a" { on = "chat", action = kick, colour = "red" }', ":1: rule 'a': unknown field 'colour'" },
+    { 'rule "a" { on = "chat" }', ":1: rule 'a': 'action' is required" },
+    { '\n\nrule "a" { on = "chat", action = ban(5) }', ":3: ban: 5 s is below the API minimum of 10 s" },
+    { 'rule "a" { on = "chat", action = mute(60, { audio = 1 }) }', ":1: mute: unknown stream option 'audio'" },
+    { 'rule "a" { on = "chat", action = kick }\nrule "a" { on = "join", action = kick }',
+      ":2: rule 'a' defined twice" },
+    { 'local x = nil\nx.y = 1', ":2: attempt to index" },
+    { 'while true do end', ":1: instruction budget exceeded" },
+    { 'allow { roles = "host" }', ":1: allow: 'roles' must be a list of strings" },
+    { 'allow { patterns = { "[" } }', ":1: allow: bad pattern" },
+  }) do
+    local ok2, errs2 = e:load(rules_file(c[1]))
+    T.eq(ok2, nil, c[1])
+    T.ok(errs2[1]:find(c[2], 1, true), errs2[1] .. " contains " .. c[2])
+  end
+  T.eq(#e.rules, 0, "no rules")
+  -- Rule names are unique across files.
+  assert(e:load(rules_file('rule "same" { on = "chat", action = kick }')))
+  local ok3, errs3 = e:load(rules_file('rule "same" { on = "join", action = kick }'))
+  T.eq(ok3, nil, "duplicate across files")
+  T.match(errs3[1], "already defined at .*rules%d+%.lua:1", "names the first")
+end)
+
+T.case("a failing condition is that rule's error with file:line; other rules and events carry on", function()
+  local got, on = collector()
+  local errors = {}
+  local e = engine([[
+rule "broken" { on = "chat", action = kick, cooldown = 0,
+  when = function(ev, ctx)
+    return ev.text:find("x")
+  end }
+rule "works" { on = "chat", action = ban(60), cooldown = 0 }
+]], { on_decision = on, on_error = function(r) errors[#errors + 1] = r end, rule_error_reports = 3 })
+  for i = 1, 5 do e:process(ev(i, "chat", "u" .. i)) end
+  T.eq(#got, 5, "the other rule decided on every event")
+  T.eq(e:stats().rule_errors, 5, "every error counted")
+  T.eq(#errors, 3, "the first three reported")
+  T.match(errors[1].error, "rules%d+%.lua:3: attempt to index .*'text'", "file:line")
+  T.eq(errors[1].rule, "broken", "names the rule")
+end)
+
+T.case("invalid events are refused with a reason and counted; bad options raise", function()
+  local e = engine([[rule "r" { on = "chat", action = kick }]])
+  local n, why = e:process({ type = "chat", app_id = APP, room_id = "room1" })
+  T.eq(n, nil, "no user_id")
+  T.match(why, "user_id", "reason")
+  n, why = e:process(ev(1, "chat", "bad user!"))
+  T.eq(n, nil, "bad characters")
+  T.match(why, "invalid", "reason")
+  n = e:process(ev("soon", "chat", "u"))
+  T.eq(n, nil, "ts not a number")
+  T.eq(e:stats().invalid, 3, "counted")
+  T.raises("a 'client' is required unless dry_run = true", policy.new, {})
+  T.raises("unknown option 'colour'", policy.new, { dry_run = true, colour = 1 })
+  T.raises("'max_keys' must be a positive number", policy.new, { dry_run = true, max_keys = -1 })
+  local e2 = engine([[rule "r" { on = "chat", action = kick, when = function(ev, ctx) return ctx:count(1, 10) end }]])
+  local errs = {}
+  e2.on_error = function(r) errs[#errs + 1] = r.error end
+  e2:process(ev(1, "chat", "u"))
+  T.match(errs[1], "rules%d+%.lua:1: ctx:count: expected an event type", "a bad ctx call is the rule's error")
+end)
+
+T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
