@@ -38,7 +38,9 @@ local POOL = 200000
 local types = { "chat", "chat", "chat", "chat", "join", "leave", "report", "stream", "stream", "chat" }
 local pool = {}
 local seed = 12345
-local function rand(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 end
+-- Park-Miller: the products stay below 2^53, so the sequence is the same on every Lua (LuaJIT's
+-- numbers are doubles, where a larger multiplier would lose bits and repeat a few thousand users).
+local function rand(n) seed = (seed * 16807) % 2147483647; return seed % n + 1 end
 for i = 1, POOL do
   local t = types[rand(#types)]
   local u = rand(USERS)
