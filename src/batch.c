@@ -193,6 +193,13 @@ static int batch_run(lua_State *L) {
     lua_settop(L, 3);
     if (!lua_isnil(L, 3)) {
         if (!lua_istable(L, 3)) rtc_argerror(L, "batch", "opts must be a table {progress = fn, concurrency = n}");
+        lua_pushnil(L);
+        while (lua_next(L, 3)) { /* a misspelt option must not be ignored */
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+            lua_pop(L, 1);
+            if (strcmp(k, "progress") != 0 && strcmp(k, "concurrency") != 0)
+                rtc_argerror(L, "batch", "unknown option %s in opts (progress, concurrency)", rtc_quote(L, k, strlen(k)));
+        }
         lua_getfield(L, 3, "concurrency");
         if (!lua_isnil(L, -1)) {
             long long v = 0;
@@ -298,6 +305,7 @@ static int batch_run(lua_State *L) {
             if (rtc_wire_build(c, &it->call, &s->wire, err, sizeof err))
                 return luaL_error(L, "rtcadmin: cannot sign %s: %s", it->call.action, err);
             rtc_http_response_init(&s->resp);
+            s->wire.http.timeout_ms = rtc_attempt_timeout_ms(it->first_ns + (int64_t)(c->deadline * 1e9), now);
             s->state = SLOT_ACTIVE;
             if (rtc_exchange_setup(c->transport, &s->x, s->easy, &s->wire.http, &s->resp) ||
                 curl_multi_add_handle(multi, s->easy) != CURLM_OK)

@@ -90,6 +90,13 @@ static int clean_string(const char *s, size_t n) {
     return 1;
 }
 
+/* Printable ASCII, space included: what a header value made from the string may hold. */
+static int header_safe(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
 static const char *opt_string(lua_State *L, int t, const char *k, size_t *len) {
     const char *s;
     size_t n;
@@ -284,11 +291,12 @@ static void resolve_credentials(lua_State *L, rtc_client *c, int opts) {
                          c->credential_source);
     if (!*c->access_key || c->secret_len == 0 || !clean_string(c->secret_key, c->secret_len))
         rtc_argerror(L, "client", "credentials from %s are empty or contain NUL, CR or LF", c->credential_source);
-    if (c->session_token && !clean_string(c->session_token, strlen(c->session_token)))
-        rtc_argerror(L, "client", "session token contains CR or LF");
+    if (c->session_token && !header_safe(c->session_token))
+        rtc_argerror(L, "client", "session token (from %s) must be printable ASCII: it is sent as a header",
+                     c->credential_source);
 }
 
-static int valid_action(const char *s) {
+int rtc_valid_action(const char *s) {
     if (!*s) return 0;
     for (; *s; s++)
         if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9'))) return 0;
@@ -316,7 +324,7 @@ static void parse_versions(lua_State *L, rtc_client *c, int opts) {
             rtc_argerror(L, "client", "option 'versions' must map Action names to version strings");
         a = lua_tostring(L, -2);
         v = lua_tostring(L, -1);
-        if (!valid_action(a) || !valid_version(v))
+        if (!rtc_valid_action(a) || !valid_version(v))
             rtc_argerror(L, "client", "option 'versions': bad entry %s = %s", rtc_quote(L, a, strlen(a)),
                          rtc_quote(L, v, strlen(v)));
         if (c->nversions == RTC_MAX_VERSION_OVERRIDES)
@@ -334,6 +342,13 @@ static double opt_number(lua_State *L, int t, const char *k, double dflt, double
     if (!opt_fetch_number(L, t, k, "a number", &v)) return dflt;
     if (!(v >= min && v <= max)) rtc_argerror(L, "client", "option '%s' must be between %g and %g", k, min, max);
     return v;
+}
+
+/* A count: a whole number in [min, max] (a fraction would be silently cut). */
+static long opt_count(lua_State *L, int t, const char *k, long dflt, long min, long max) {
+    double v = opt_number(L, t, k, (double)dflt, (double)min, (double)max);
+    if (v != (double)(long)v) rtc_argerror(L, "client", "option '%s' must be a whole number, got %g", k, v);
+    return (long)v;
 }
 
 /* qps = {KickUser = 30, default = 10}: per-Action pacing below the documented limits. */
@@ -356,7 +371,7 @@ static void parse_qps(lua_State *L, rtc_client *c, int opts) {
         if (strcmp(a, "default") == 0) {
             c->default_qps = q;
         } else {
-            if (!valid_action(a)) rtc_argerror(L, "client", "option 'qps': %s is not an Action name", rtc_quote(L, a, strlen(a)));
+            if (!rtc_valid_action(a)) rtc_argerror(L, "client", "option 'qps': %s is not an Action name", rtc_quote(L, a, strlen(a)));
             if (c->nqps == RTC_MAX_QPS_OVERRIDES)
                 rtc_argerror(L, "client", "option 'qps': at most %d entries", RTC_MAX_QPS_OVERRIDES);
             c->qps[c->nqps].action = checked_copy(L, a);
@@ -581,15 +596,17 @@ int rtc_client_new(lua_State *L) {
     c->proxy = checked_copy(L, opt_string(L, opts, "proxy", NULL));
     snprintf(ua, sizeof ua, "rtcadmin/%s libcurl/%s", RTCADMIN_VERSION, rtc_transport_curl_version());
     c->user_agent = checked_copy(L, (s = opt_string(L, opts, "user_agent", NULL)) ? s : ua);
+    if (!header_safe(c->user_agent))
+        rtc_argerror(L, "client", "option 'user_agent' must be printable ASCII: it is sent as a header");
     parse_versions(L, c, opts);
     c->default_qps = 10; /* conservative for Actions without a documented limit */
     parse_qps(L, c, opts);
     parse_limiter(L, c, opts);
-    c->retries = (int)opt_number(L, opts, "retries", 3, 0, 20);
+    c->retries = (int)opt_count(L, opts, "retries", 3, 0, 20);
     c->retry_base = opt_number(L, opts, "retry_base", 0.1, 0, 60);
     c->retry_cap = opt_number(L, opts, "retry_cap", 2, 0, 600);
     c->deadline = opt_number(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, 0.001, 3600);
-    c->concurrency = (long)opt_number(L, opts, "concurrency", 16, 1, 64);
+    c->concurrency = opt_count(L, opts, "concurrency", 16, 1, 64);
     {
         unsigned char digest[RTC_SHA256_LEN];
         if (rtc_sha256(c->access_key, strlen(c->access_key), digest)) return luaL_error(L, "out of memory");

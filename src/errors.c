@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "json.h"
 #include "rtcadmin.h"
 
 static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
@@ -30,27 +31,52 @@ static void setint(lua_State *L, const char *k, long v) {
     lua_setfield(L, -2, k);
 }
 
+/* Adds s with control characters and invalid UTF-8 written as \xNN: a server's text must not split a
+ * log line or carry raw bytes into one. */
+static void add_clean(luaL_Buffer *b, const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        if (c >= 0x80 && i + len <= n && rtc_utf8_valid(s + i, len)) {
+            luaL_addlstring(b, s + i, len);
+            i += len;
+        } else if (c >= 0x20 && c != 0x7f && c < 0x80) {
+            luaL_addchar(b, (char)c);
+            i++;
+        } else {
+            char x[5];
+            snprintf(x, sizeof x, "\\x%02X", c);
+            luaL_addstring(b, x);
+            i++;
+        }
+    }
+}
+
+/* Sets t[k] to v cleaned, with every occurrence of `redact` (a secret a server or proxy reflected) masked. */
+static void setclean(lua_State *L, const char *k, const char *v, const char *redact, size_t redact_len) {
+    luaL_Buffer b;
+    const char *hit;
+    if (!v) return;
+    luaL_buffinit(L, &b);
+    if (redact && redact_len >= 4) {
+        while ((hit = strstr(v, redact)) != NULL) {
+            add_clean(&b, v, (size_t)(hit - v));
+            luaL_addstring(&b, "****");
+            v = hit + redact_len;
+        }
+    }
+    add_clean(&b, v, strlen(v));
+    luaL_pushresult(&b);
+    lua_setfield(L, -2, k);
+}
+
 void rtc_push_error(lua_State *L, const rtc_error_info *e, const char *redact, size_t redact_len) {
     lua_createtable(L, 0, 10);
-    setstr(L, "code", e->code ? e->code : "UnknownError");
-    if (redact && redact_len >= 4 && e->message && strstr(e->message, redact)) {
-        /* Never echo a secret, even if a server or proxy reflected it. */
-        luaL_Buffer b;
-        const char *m = e->message, *hit;
-        luaL_buffinit(L, &b);
-        while ((hit = strstr(m, redact)) != NULL) {
-            luaL_addlstring(&b, m, (size_t)(hit - m));
-            luaL_addstring(&b, "****");
-            m = hit + redact_len;
-        }
-        luaL_addstring(&b, m);
-        luaL_pushresult(&b);
-        lua_setfield(L, -2, "message");
-    } else {
-        setstr(L, "message", e->message ? e->message : "");
-    }
+    setclean(L, "code", e->code ? e->code : "UnknownError", redact, redact_len);
+    setclean(L, "message", e->message ? e->message : "", redact, redact_len);
     setint(L, "http_status", e->http_status);
-    setstr(L, "request_id", e->request_id);
+    setclean(L, "request_id", e->request_id, redact, redact_len);
     lua_pushboolean(L, rtc_is_retryable(e->code, e->http_status));
     lua_setfield(L, -2, "retryable");
     setstr(L, "action", e->action);

@@ -102,8 +102,12 @@ static int push_send(lua_State *L, exchange *x) {
     lua_rawseti(L, -2, (int)w.nh + 1);
     lua_setfield(L, -2, "headers");
     set_str(L, "body", w.http.body ? w.http.body : "", w.http.body_len);
-    set_num(L, "timeout", c->timeout);
-    set_num(L, "connect_timeout", c->connect_timeout);
+    {
+        /* As in the blocking path: an attempt never outlives the call's deadline. */
+        double left = (double)rtc_attempt_timeout_ms(x->deadline, rtc_monotonic_ns()) / 1000.0;
+        set_num(L, "timeout", left < c->timeout ? left : c->timeout);
+        set_num(L, "connect_timeout", left < c->connect_timeout ? left : c->connect_timeout);
+    }
     lua_pushinteger(L, RTC_MAX_RESPONSE_BYTES);
     lua_setfield(L, -2, "max_body");
     if (c->proxy) set_str(L, "proxy", c->proxy, strlen(c->proxy));

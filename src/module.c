@@ -15,6 +15,7 @@ static const char *const sign_fields[] = {"method", "host", "path", "query", "he
 
 static const char *sign_string(lua_State *L, int t, const char *k, size_t *len, int required) {
     const char *s;
+    size_t n;
     lua_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
@@ -24,7 +25,10 @@ static const char *sign_string(lua_State *L, int t, const char *k, size_t *len, 
     }
     if (lua_type(L, -1) != LUA_TSTRING)
         rtc_argerror(L, "sign", "field '%s' must be a string, got %s", k, luaL_typename(L, -1));
-    s = lua_tolstring(L, -1, len);
+    s = lua_tolstring(L, -1, &n);
+    /* Only the body is taken with its length; a NUL elsewhere would silently cut what gets signed. */
+    if (!len && strlen(s) != n) rtc_argerror(L, "sign", "field '%s' contains a NUL byte", k);
+    if (len) *len = n;
     lua_pop(L, 1);
     return s;
 }

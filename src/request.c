@@ -166,6 +166,11 @@ int rtc_wire_build(rtc_client *c, const rtc_api_call *call, rtc_wire_request *w,
     return 0;
 }
 
+long rtc_attempt_timeout_ms(int64_t deadline_ns, int64_t now_ns) {
+    int64_t left = (deadline_ns - now_ns + 999999) / 1000000;
+    return left < 1 ? 1 : left > 0x7fffffff ? 0x7fffffff : (long)left;
+}
+
 void rtc_wire_free(rtc_wire_request *w) {
     rtc_buf_free(&w->url);
     rtc_buf_free_secure(&w->lines);
@@ -337,6 +342,7 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
         if (rtc_wire_build(c, call, &w, err, sizeof err)) return luaL_error(L, "rtcadmin: cannot sign %s: %s", call->action, err);
         rtc_http_response_init(&resp);
         t0 = rtc_monotonic_ns();
+        w.http.timeout_ms = rtc_attempt_timeout_ms(deadline, t0); /* an attempt never outlives the call */
         rc = rtc_transport_perform(c->transport, &w.http, &resp);
         rtc_wire_free(&w);
         o = rtc_push_outcome(L, c, call, rc, &resp, attempt, (double)(rtc_monotonic_ns() - t0) / 1e9);
@@ -362,9 +368,12 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
  * The slot is taken; the caller sleeps its own way (ngx.sleep) and then sends. */
 int rtc_client_reserve_method(lua_State *L) {
     rtc_client *c = rtc_check_client(L, 1, "reserve");
-    const char *action = luaL_checkstring(L, 2);
+    size_t n = 0;
+    const char *action = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n) : NULL;
     int64_t now = rtc_monotonic_ns(), start;
     char err[256];
+    if (!action || n > 64 || strlen(action) != n || !rtc_valid_action(action))
+        return rtc_argerror(L, "reserve", "bad argument 'action': expected an Action name such as \"KickUser\"");
     if (rtc_pace_reserve(c, action, now, now + (int64_t)(c->deadline * 1e9), &start, err, sizeof err))
         return luaL_error(L, "rtcadmin.reserve: %s", err);
     lua_pushnumber(L, (lua_Number)(start - now) / 1e9);

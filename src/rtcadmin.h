@@ -88,6 +88,8 @@ const char *rtc_client_version(rtc_client *c, const char *action, const char *df
 /* Sends the call and pushes `result, meta` or `nil, err`; returns 2. */
 int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call);
 void rtc_client_register(lua_State *L, const luaL_Reg *methods);
+/* 1 if s is an Action name: 1 or more of A-Z a-z 0-9. */
+int rtc_valid_action(const char *s);
 
 /* request.c */
 /* A signed request ready for the wire. `lines` holds the header lines (and so the signature): wiped. */
@@ -111,6 +113,8 @@ void rtc_ensure_decoder(lua_State *L);
 /* Signs the call with the current time. 0, or -1 with err. */
 int rtc_wire_build(rtc_client *c, const rtc_api_call *call, rtc_wire_request *w, char *err, size_t errlen);
 void rtc_wire_free(rtc_wire_request *w);
+/* Milliseconds from now_ns to deadline_ns, at least 1: the most an attempt may take. */
+long rtc_attempt_timeout_ms(int64_t deadline_ns, int64_t now_ns);
 /* Turns a finished transfer into `result, meta` or `nil, err` on the stack; frees resp. */
 rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *call, int transfer_rc,
                              rtc_http_response *resp, int attempt, double elapsed);

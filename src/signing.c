@@ -45,6 +45,15 @@ static void sha256_init_once(void) {
 #endif
 }
 
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L && defined(__GNUC__)
+/* Lua unloads the module (dlclose) when its state closes: give the fetched method back then, or the
+ * process ends holding a reference that nothing can reach. */
+__attribute__((destructor)) static void sha256_release(void) {
+    if (sha256_md && sha256_md != EVP_sha256()) EVP_MD_free((EVP_MD *)sha256_md);
+    sha256_md = NULL;
+}
+#endif
+
 static const EVP_MD *sha256(void) {
     pthread_once(&sha256_once, sha256_init_once);
     return sha256_md;

@@ -144,6 +144,7 @@ int rtc_exchange_setup(rtc_transport *t, rtc_exchange *x, CURL *e, const rtc_htt
                        rtc_http_response *r) {
     struct curl_slist *tmp;
     size_t i;
+    long timeout_ms = req->timeout_ms > 0 && req->timeout_ms < t->timeout_ms ? req->timeout_ms : t->timeout_ms;
     x->easy = e;
     x->headers = NULL;
     x->resp = r;
@@ -176,8 +177,9 @@ int rtc_exchange_setup(rtc_transport *t, rtc_exchange *x, CURL *e, const rtc_htt
 #endif
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* a redirect must not carry the signature elsewhere */
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     t->connect_timeout_ms < timeout_ms ? t->connect_timeout_ms : timeout_ms);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);

@@ -37,6 +37,7 @@ typedef struct {
     size_t nheaders;
     const char *body;
     size_t body_len;
+    long timeout_ms;         /* > 0: a tighter limit than the transport's (what is left of a deadline) */
 } rtc_http_request;
 
 typedef struct {

@@ -292,6 +292,185 @@ client_row("versions bad entry", { versions = { KickUser = "2020/12/01" } },
   "option 'versions': bad entry \"KickUser\" = \"2020/12/01\"")
 client_row("versions a string", { versions = "2020-12-01" }, "option 'versions' must be a table")
 
+-- ---------------------------------------------------------------- hostile option values
+
+-- Every string that reaches a header, the URL or the credential scope: CR/LF/NUL, other control bytes,
+-- invalid UTF-8, spaces, over-long values.
+local HDR = "must be printable ASCII: it is sent as a header"
+local NUL_CRLF = "contains NUL, CR or LF"
+for _, o in ipairs { "user_agent", "session_token", "host", "region", "proxy", "ca_file", "access_key", "endpoint",
+  "scheme" } do
+  local base = (o == "host" or o == "scheme") and { endpoint = false, scheme = "http", host = "127.0.0.1" } or {}
+  for _, v in ipairs { { "x\r\nX-Injected: 1", "CRLF" }, { "x\nX-Injected: 1", "LF" }, { "x\0y", "NUL" } } do
+    local changes = {}
+    for k, val in pairs(base) do changes[k] = val end
+    changes[o] = v[1]
+    client_row(o .. " with " .. v[2], changes, "option '" .. o .. "' " .. NUL_CRLF)
+  end
+  if o ~= "endpoint" and o ~= "host" and o ~= "scheme" then
+    client_row(o .. " a number", { [o] = 7 }, "option '" .. o .. "' must be a string, got number")
+    client_row(o .. " empty", { [o] = "" }, "option '" .. o .. "' must not be empty")
+  end
+end
+client_row("user_agent with a control byte", { user_agent = "rtcadmin\1" }, "option 'user_agent' " .. HDR)
+client_row("user_agent with DEL", { user_agent = "rtcadmin\127" }, "option 'user_agent' " .. HDR)
+client_row("user_agent not ASCII", { user_agent = "caf\xC3\xA9" }, "option 'user_agent' " .. HDR)
+client_row("user_agent invalid UTF-8", { user_agent = "ua\xFF" }, "option 'user_agent' " .. HDR)
+client_row("session_token with a tab", { session_token = "tok\tX" }, "session token (from options) " .. HDR)
+client_row("session_token invalid UTF-8", { session_token = "tok\xFE" }, "session token (from options) " .. HDR)
+client_row("region invalid UTF-8", { region = "cn\xFF" },
+  "option 'region' has a character that cannot stand in a credential scope")
+client_row("access_key invalid UTF-8", { access_key = "AKLT\xFF" }, CREDENTIAL)
+client_row("access_key with a tab", { access_key = "AKLT\tx" }, CREDENTIAL)
+client_row("endpoint with a space in the host", { endpoint = "http://127.0.0.1 .example:80" },
+  "option 'endpoint': \"127.0.0.1 .example:80\" is not a valid host[:port]")
+client_row("endpoint with a tab", { endpoint = "http://127.0.0.1\t:80" },
+  "option 'endpoint': \"127.0.0.1\\x09:80\" is not a valid host[:port]")
+client_row("endpoint invalid UTF-8", { endpoint = "http://h\xFF" },
+  "option 'endpoint': \"h\\xFF\" is not a valid host[:port]")
+client_row("endpoint over-long", { endpoint = "http://" .. ("a"):rep(300) },
+  "option 'endpoint': \"" .. ("a"):rep(40) .. "\"... is not a valid host[:port]")
+local SH = "options 'scheme'/'host': "
+client_row("host with a space", { endpoint = false, host = "a b" }, SH .. "\"a b\" is not a valid host[:port]")
+client_row("host with a path", { endpoint = false, host = "h/x" }, SH .. "\"h/x\" is not a valid host[:port]")
+client_row("scheme HTTP", { endpoint = false, scheme = "HTTP", host = "h" }, SH .. "scheme must be http or https")
+client_row("ca_file a table", { ca_file = {} }, "option 'ca_file' must be a string, got table")
+
+-- Numbers: negative, fractional, huge, NaN, and counts that are not whole.
+for _, o in ipairs { { "retries", 0, 20 }, { "concurrency", 1, 64 } } do
+  client_row(o[1] .. " 1.5", { [o[1]] = 1.5 }, "option '" .. o[1] .. "' must be a whole number, got 1.5")
+  client_row(o[1] .. " -1", { [o[1]] = -1 }, ("option '%s' must be between %d and %d"):format(o[1], o[2], o[3]))
+  client_row(o[1] .. " huge", { [o[1]] = 1e300 }, ("option '%s' must be between %d and %d"):format(o[1], o[2], o[3]))
+  client_row(o[1] .. " '3'", { [o[1]] = "3" }, "option '" .. o[1] .. "' must be a number, got string")
+end
+for _, o in ipairs { "retry_base", "retry_cap", "deadline" } do
+  for _, v in ipairs { -1, 0 / 0, 1e308 } do
+    client_row(o .. " " .. tostring(v), { [o] = v }, "option '" .. o .. "' must be between ")
+  end
+end
+client_row("deadline 0", { deadline = 0 }, "option 'deadline' must be between 0.001 and 3600")
+client_row("timeout -0.0", { timeout = -0.0 }, "option 'timeout' " .. RANGE)
+client_row("timeout 1e308", { timeout = 1e308 }, "option 'timeout' " .. RANGE)
+client_row("qps 0", { qps = { KickUser = 0 } }, "option 'qps': KickUser must be > 0")
+client_row("qps negative", { qps = { KickUser = -5 } }, "option 'qps': KickUser must be > 0")
+client_row("qps NaN", { qps = { default = 0 / 0 } }, "option 'qps': default must be > 0")
+client_row("qps a string", { qps = { KickUser = "5" } }, "option 'qps' must map Action names to numbers")
+client_row("qps Action with CRLF", { qps = { ["Kick\r\nUser"] = 5 } },
+  "option 'qps': \"Kick\\x0D\\x0AUser\" is not an Action name")
+client_row("versions Action with CRLF", { versions = { ["KickUser\r\n"] = "2020-12-01" } },
+  "option 'versions': bad entry \"KickUser\\x0D\\x0A\" = \"2020-12-01\"")
+client_row("versions value with CRLF", { versions = { KickUser = "2020-12-01\r\nX: y" } },
+  "option 'versions': bad entry \"KickUser\" = \"2020-12-01\\x0D\\x0AX: y\"")
+client_row("limiter unknown backend", { limiter = "redis!" }, "option 'limiter': unknown backend \"redis!\"")
+client_row("limiter unknown field", { limiter = { backend = "process", size = 1 } },
+  "option 'limiter': unknown field \"size\" (backend, dir, margin)")
+client_row("limiter dir with NUL", { limiter = { backend = "host", dir = "/tmp\0x" } }, "option 'dir' " .. NUL_CRLF)
+client_row("limiter margin 2", { limiter = { margin = 2 } }, "option 'margin' must be between 0 and 1")
+client_row("limiter a number", { limiter = 1 }, "option 'limiter' must be \"process\", \"host\", \"none\" or a table")
+client_row("unknown option with CRLF", { ["x\r\n"] = 1 }, "unknown option \"x\\x0D\\x0A\" (known:")
+client_row("unknown option, a number key", { [1] = "x" }, "unknown option \"number\" (known:")
+
+-- Durations at the extremes of Lua numbers.
+for _, fname in ipairs { "ban_user", "update_ban", "mute_user" } do
+  local range = fname == "mute_user" and "must be 0 or between 60 and 259200 seconds, got "
+    or "must be 0 or between 10 and 604800 seconds, got "
+  if math.maxinteger then -- integers: Lua 5.3 and later
+    row(fname .. " duration maxinteger", with_duration(fname, math.maxinteger),
+      bad(fname, "duration", range .. math.maxinteger))
+    row(fname .. " duration mininteger", with_duration(fname, math.mininteger),
+      bad(fname, "duration", range .. math.mininteger))
+  end
+  row(fname .. " duration 1e308", with_duration(fname, 1e308), bad(fname, "duration", WHOLE .. "1e+308"))
+  row(fname .. " duration 1e-9", with_duration(fname, 1e-9), bad(fname, "duration", WHOLE .. "1e-09"))
+  row(fname .. " duration a table", with_duration(fname, {}), bad(fname, "duration", WHOLE .. "table"))
+end
+
+-- call: names that would reach the URL, unknown opts.
+row("call action with CRLF", call("Kick\r\nUser", V), ACTION)
+row("call action with NUL", call("Kick\0User", V), ACTION)
+row("call action not ASCII", call("Kick\xC3\xA9", V), ACTION)
+row("call version with CRLF", call(DR, "2020-12-01\r\n"), VERSION)
+row("call version of 65 characters", call(DR, ("1"):rep(65)), VERSION)
+
+-- reserve, stats, info: self and arguments.
+for _, v in ipairs { { "Kick User", "with a space" }, { "Kick\r\nUser", "with CRLF" }, { "", "empty" },
+  { "Kick\0User", "with NUL" }, { 42, "a number" }, { nil, "nil" }, { ("A"):rep(65), "of 65 letters" } } do
+  row("reserve action " .. v[2], function() c:reserve(v[1]) end,
+    bad("reserve", "action", 'expected an Action name such as "KickUser"'))
+end
+for _, m in ipairs { "reserve", "stats", "info", "batch", "kick_users", "ban_users" } do
+  row("client." .. m .. " with a dot", function() c[m]("KickUser") end,
+    P("rtcadmin." .. m .. ": expected a client as self"))
+  row("closed client:" .. m, function() closed[m](closed, "KickUser") end,
+    P("rtcadmin." .. m .. ": the client is closed"))
+end
+
+-- Bulk calls: every call is checked before anything is sent.
+local function batch_row(name, fn, message) row(name, fn, P(message)) end
+batch_row("batch calls a string", function() c:batch("kick") end, "rtcadmin.batch: expects a list of calls, got string")
+batch_row("batch call a string", function() c:batch { "kick_user" } end,
+  'rtcadmin.batch: calls[1] must be a table {"method", args...}, got string')
+batch_row("batch unknown method", function() c:batch { { "kick_everyone", A } } end,
+  'rtcadmin.batch: calls[1]: unknown method "kick_everyone"')
+batch_row("batch method a number", function() c:batch { { 1, A } } end,
+  'rtcadmin.batch: calls[1][1] must be a method name such as "kick_user"')
+batch_row("batch second call bad", function() c:batch { { "kick_user", A, R, U }, { "kick_user", A, R, "bad id" } } end,
+  "rtcadmin.kick_user: bad argument 'user_id': " .. ID_RULE .. '"bad id"')
+batch_row("batch opts typo", function() c:batch({ { "kick_user", A, R, U } }, { concurency = 2 }) end,
+  'rtcadmin.batch: unknown option "concurency" in opts (progress, concurrency)')
+batch_row("batch opts concurrency 0", function() c:batch({ { "kick_user", A, R, U } }, { concurrency = 0 }) end,
+  "rtcadmin.batch: opts.concurrency must be a whole number from 1 to 64")
+batch_row("batch opts concurrency 2.5", function() c:batch({ { "kick_user", A, R, U } }, { concurrency = 2.5 }) end,
+  "rtcadmin.batch: opts.concurrency must be a whole number from 1 to 64")
+batch_row("batch opts progress a string", function() c:batch({ { "kick_user", A, R, U } }, { progress = "x" }) end,
+  "rtcadmin.batch: opts.progress must be a function")
+batch_row("kick_users user_ids nil", function() c:kick_users(A, R) end,
+  "rtcadmin.kick_users: bad argument 'user_ids': expected a list of user IDs")
+batch_row("kick_users a bad user", function() c:kick_users(A, R, { U, "a\r\nb" }) end,
+  "rtcadmin.kick_user: bad argument 'user_id': " .. ID_RULE .. '"a\\x0D\\x0Ab"')
+batch_row("kick_users opts typo", function() c:kick_users(A, R, { U }, { progres = print }) end,
+  'rtcadmin.batch: unknown option "progres" in opts (progress, concurrency)')
+batch_row("ban_users typo", function() c:ban_users { app_id = A, user_ids = { U }, duraton = 60 } end,
+  'rtcadmin.ban_users: unknown field "duraton" (expected app_id, room_id, user_ids, duration)')
+batch_row("ban_users user_ids a string", function() c:ban_users { app_id = A, user_ids = U, duration = 60 } end,
+  "rtcadmin.ban_users: bad argument 'user_ids': expected a list of user IDs")
+batch_row("ban_users duration -1", function() c:ban_users { app_id = A, user_ids = { U }, duration = -1 } end,
+  "rtcadmin.ban_user: bad argument 'duration': must be 0 or between 10 and 604800 seconds, got -1")
+
+-- rtcadmin.sign: every string that reaches a header or the canonical request.
+local function sign_row(name, changes, message)
+  row("sign " .. name, function()
+    local req = { method = "POST", host = "rtc.volcengineapi.com", access_key = "AKLTx", secret_key = SECRETS[5] }
+    for k, v in pairs(changes) do req[k] = v end
+    rtcadmin.sign(req)
+  end, P("rtcadmin.sign: " .. message))
+end
+sign_row("unknown field", { secretkey = "x" }, 'unknown field "secretkey"')
+sign_row("path with NUL", { path = "/a\0b" }, "field 'path' contains a NUL byte")
+sign_row("host with NUL", { host = "h\0x" }, "field 'host' contains a NUL byte")
+sign_row("host with CRLF", { host = "h\r\nX: y" }, "host contains CR, LF or NUL")
+sign_row("method with CRLF", { method = "POST\r\n" }, "method is not an HTTP token")
+sign_row("method with a space", { method = "PO ST" }, "method is not an HTTP token")
+sign_row("method empty", { method = "" }, "method is empty")
+sign_row("header value with CRLF", { headers = { ["X-A"] = "1\r\nX-B: 2" } },
+  "header 'x-a' value contains CR, LF or NUL")
+sign_row("header value with NUL", { headers = { ["X-A"] = "1\0" } }, "header 'x-a' value contains CR, LF or NUL")
+sign_row("header name with a space", { headers = { ["X A"] = "1" } }, "header name is not a valid HTTP token")
+sign_row("header name with CRLF", { headers = { ["X\r\nA"] = "1" } }, "header name is not a valid HTTP token")
+sign_row("header value a number", { headers = { ["X-A"] = 1 } }, "headers must map string names to string values")
+sign_row("session_token with CRLF", { session_token = "t\r\nX: y" }, "session_token contains CR, LF or NUL")
+sign_row("session_token with NUL", { session_token = "t\0" }, "field 'session_token' contains a NUL byte")
+sign_row("access_key with a space", { access_key = "AK LT" }, "access_key must be printable ASCII")
+sign_row("region with a slash", { region = "cn/x" }, "region must be printable ASCII")
+sign_row("service with CRLF", { service = "rtc\r\n" }, "service must be printable ASCII")
+sign_row("x_date malformed", { x_date = "2025-01-01" }, "x_date must be YYYYMMDDTHHMMSSZ (UTC)")
+sign_row("x_date with NUL", { x_date = "20250101T000000Z\0" }, "field 'x_date' contains a NUL byte")
+sign_row("secret_key empty", { secret_key = "" }, "secret_key is empty")
+sign_row("query a string", { query = "a=b" }, "field 'query' must be a table")
+sign_row("query value a table", { query = { a = { {} } } },
+  "query value for 'a' must be a string or a number, got table")
+sign_row("body a number", { body = 1 }, "field 'body' must be a string, got number")
+
 -- ---------------------------------------------------------------- run the rows
 
 T.case("the emulator starts with no requests", function()
@@ -311,6 +490,31 @@ for _, r in ipairs(rows) do
     for _, secret in ipairs(SECRETS) do T.no_match(err, secret, "error message") end
   end)
 end
+
+-- Hostile values from the environment, in a child process (the variables are read when a client is made).
+T.case("hostile VOLC_* and RTCADMIN_ENDPOINT values raise before any traffic", function()
+  local lua = arg[-1] or "lua5.4"
+  local cases = {
+    { { VOLC_ACCESSKEY = "AKLTenv", VOLC_SECRETKEY = "s", VOLC_SESSIONTOKEN = "tok\1" },
+      "session token (from environment) must be printable ASCII: it is sent as a header" },
+    { { VOLC_ACCESSKEY = "AKLTenv", VOLC_SECRETKEY = "s\r\nX: 1" },
+      "credentials from environment are empty or contain NUL, CR or LF" },
+    { { VOLC_ACCESSKEY = "AKLT\r\nenv", VOLC_SECRETKEY = "s" },
+      "access key (from environment) has a character that cannot stand in a credential" },
+    { { VOLC_ACCESSKEY = "AKLTenv", VOLC_SECRETKEY = "s", RTCADMIN_ENDPOINT = "http://h\r\nX-Injected: 1" },
+      "RTCADMIN_ENDPOINT: \"h\\x0D\\x0AX-Injected: 1\" is not a valid host[:port]" },
+  }
+  for _, case in ipairs(cases) do
+    local env = ""
+    for k, v in pairs(case[1]) do env = env .. k .. "=" .. T.shell_quote(v) .. " " end
+    local p = assert(io.popen("env " .. env .. T.shell_quote(lua) .. " -e " .. T.shell_quote(
+      "print(select(2, pcall(require('rtcadmin').client, {})))") .. " 2>&1"))
+    local out = p:read("*a")
+    p:close()
+    T.ok(out:find("rtcadmin.client: " .. case[2], 1, true), "child said " .. ("%q"):format(out))
+  end
+  T.eq(emu.stats().requests, 0, "API requests received by the emulator")
+end)
 
 T.case("close() twice is fine, and a closed client shows no credentials", function()
   local x = T.client(emu)

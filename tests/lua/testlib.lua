@@ -14,6 +14,11 @@ T.STS_AK = "AKTPrtcadminEmulatorTmp01"
 T.STS_SK = "VGVtcG9yYXJ5U2VjcmV0S2V5MDE="
 T.STS_TOKEN = "STSrtcadminEmulatorToken01"
 T.APP = "661e2ebb5ffd4b0e8d3f6b1d"
+-- A secret the emulator does not know (for SignatureDoesNotMatch).
+T.WRONG_SK = "V3JvbmdTZWNyZXQrLz0hS2V5OTk="
+-- Every secret the suites use: no output of the suite may contain one (tests/secrets/scan_outputs.lua).
+T.SECRETS = { T.SK, T.SK2, T.STS_SK, T.STS_TOKEN, T.WRONG_SK, "V3JvbmdTZWNyZXQ=", "Tm90QVNlY3JldFRvU2hvdw==",
+  "VERY+Secret/Value==", "RnV6elNlY3JldEtleQ==" }
 
 T.source_dir = os.getenv("RTCADMIN_SOURCE_DIR") or "."
 
@@ -51,6 +56,14 @@ function T.no_match(s, needle, what)
   end
 end
 
+-- No test secret in tostring(err) (s) or in any field of err.
+function T.no_secrets(err, s)
+  for _, secret in ipairs(T.SECRETS) do
+    T.no_match(s, secret, "tostring(err)")
+    for k, v in pairs(err) do T.no_match(v, secret, "err." .. tostring(k)) end
+  end
+end
+
 -- Calls fn(...) and expects an error whose message matches pattern; returns the message.
 function T.raises(pattern, fn, ...)
   local ok, err = pcall(fn, ...)
@@ -76,19 +89,25 @@ end
 local function shell_quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
 T.shell_quote = shell_quote
 
--- Starts the emulator on a free loopback port. It exits with this process even if a test dies.
-function T.emulator(args)
-  local cmd = "exec python3 " .. shell_quote(T.source_dir .. "/emulator/rtc_emulator.py")
-    .. " --port 0 --exit-with-parent --quiet " .. (args or "")
+-- Under the sanitizer suite the interpreter runs with the ASan runtime preloaded; helper programs
+-- (Python servers, curl, openssl) are started without it: their reports would not be about us.
+T.plain_env = os.getenv("LD_PRELOAD") and "env -u LD_PRELOAD " or ""
+
+-- Starts a Python server script that prints "... listening on URL" and serves unsigned JSON control
+-- endpoints; it exits with this process even if a test dies. Returns {url, proc, control}.
+local function start_python_server(script, args, what, shutdown_path)
+  local cmd = "exec " .. T.plain_env .. "python3 " .. shell_quote(script) .. " --port 0 --exit-with-parent "
+    .. (args or "")
   local proc = assert(io.popen(cmd, "r"))
   local line = proc:read("*l")
-  local url = line and line:match("listening on (http://[%d%.]+:%d+)")
-  if not url then error("emulator did not start: " .. tostring(line)) end
-  local emu = { url = url, proc = proc }
+  local url = line and line:match("listening on (https?://[%w%.%-]+:%d+)")
+  if not url then error(what .. " did not start: " .. tostring(line)) end
+  local srv = { url = url, proc = proc }
 
   -- Control endpoints are unsigned JSON; curl keeps them outside the module under test.
-  function emu.control(method, path, body)
-    local cmdline = "curl -s -S --max-time 10 -X " .. method .. " " .. shell_quote(url .. path)
+  function srv.control(method, path, body)
+    local cmdline = T.plain_env .. "curl -s -S --max-time 10 " .. (srv.curl_args or "") .. " -X " .. method .. " "
+      .. shell_quote(url .. path)
     if body then
       cmdline = cmdline .. " -H 'Content-Type: application/json' --data-binary " .. shell_quote(cjson.encode(body))
     end
@@ -96,9 +115,31 @@ function T.emulator(args)
     local out = p:read("*a")
     p:close()
     local ok, doc = pcall(cjson.decode, out)
-    if not ok then error("emulator control " .. path .. " answered: " .. out) end
+    if not ok then error(what .. " control " .. path .. " answered: " .. out) end
     return doc
   end
+  -- Stop the server before closing the popen handle: close() waits for the process to end.
+  function srv.stop()
+    if srv.proc then
+      pcall(srv.control, "POST", shutdown_path)
+      srv.proc:close()
+      srv.proc = nil
+    end
+  end
+  -- If the test dies before its teardown, closing the state stops the server first (finalizers run
+  -- newest first): closing the popen handle alone would wait for it for ever.
+  srv.guard = setmetatable({}, { __gc = function() srv.stop() end })
+  return srv
+end
+T.start_server = start_python_server
+
+-- Starts the emulator on a free loopback port.
+function T.emulator(args)
+  -- Under ctest the request log is kept beside the test's output, for the secrets scan.
+  local log_dir = os.getenv("RTCADMIN_TEST_LOG_DIR")
+  local log = log_dir and ("--log " .. shell_quote(log_dir .. "/emulator-requests.log") .. " ") or "--quiet "
+  local emu = start_python_server(T.source_dir .. "/emulator/rtc_emulator.py", log .. (args or ""), "emulator",
+    "/_emulator/shutdown")
   function emu.reset() return emu.control("POST", "/_emulator/reset") end
   function emu.state() return emu.control("GET", "/_emulator/state") end
   function emu.stats() return emu.control("GET", "/_emulator/stats") end
@@ -113,13 +154,6 @@ function T.emulator(args)
     local st = emu.state()
     local a = st.apps[app]
     return a and a.rooms[room]
-  end
-  function emu.stop()
-    if emu.proc then
-      pcall(emu.control, "POST", "/_emulator/shutdown")
-      emu.proc:close()
-      emu.proc = nil
-    end
   end
   return emu
 end
@@ -146,7 +180,8 @@ function T.sleep(seconds) require("rtcadmin").sleep(seconds) end
 
 -- An HTTP request with curl: returns status, body, seconds taken. headers: {"Name: value", ...}.
 function T.http(method, url, body, headers)
-  local cmd = "curl -s -S --max-time 30 -o - -w '\n%{http_code} %{time_total}' -X " .. method .. " " .. shell_quote(url)
+  local cmd = T.plain_env .. "curl -s -S --max-time 30 -o - -w '\n%{http_code} %{time_total}' -X " .. method .. " "
+    .. shell_quote(url)
   for _, h in ipairs(headers or {}) do cmd = cmd .. " -H " .. shell_quote(h) end
   if body then cmd = cmd .. " --data-binary " .. shell_quote(body) end
   local p = assert(io.popen(cmd .. " 2>/dev/null", "r"))
@@ -233,6 +268,22 @@ function T.nginx(opts)
   end
   return ng
 end
+
+-- Starts tests/servers/hostile_server.py (HTTPS when given cert and key files; its control calls then
+-- skip verification, which is curl's business, not the module's).
+function T.hostile(cert, key)
+  local args = cert and ("--tls-cert " .. shell_quote(cert) .. " --tls-key " .. shell_quote(key)) or ""
+  local h = start_python_server(T.source_dir .. "/tests/servers/hostile_server.py", args, "hostile server",
+    "/_hostile/shutdown")
+  if cert then h.curl_args = "-k" end
+  function h.queue(...) return h.control("POST", "/_hostile/queue", { modes = { ... } }) end
+  function h.log() return h.control("GET", "/_hostile/log").requests end
+  function h.reset() return h.control("POST", "/_hostile/reset") end
+  return h
+end
+
+-- Wall-clock seconds with sub-second resolution (LuaSocket).
+T.now = require("socket").gettime
 
 -- A client for the emulator with the first test account, plus any overrides.
 function T.client(emu, overrides)
@@ -437,7 +488,8 @@ function T.run(teardown)
   end
   if teardown then teardown() end
   print(string.format("%d passed, %d failed", passed, failed))
-  os.exit(failed == 0 and passed > 0 and 0 or 1)
+  -- Closing the state runs every __gc and unloads the module, so a leak checker sees what it left.
+  os.exit(failed == 0 and passed > 0 and 0 or 1, true)
 end
 
 return T

@@ -1,0 +1,12 @@
+#!/bin/sh
+# The whole suite against an ASan+UBSan build of the module and the C tests (Lua 5.4): configures
+# and builds it in BUILD_DIR, then runs its ctest. Lint, the rockspec build, the emulator's own Python
+# tests and the other Lua builds of the matrix do not involve this build and are left to the main
+# one, like the scan of all outputs (which covers this build's too). Any sanitizer report fails.
+#   tests/sanitize/run_suite.sh SOURCE_DIR BUILD_DIR
+set -eu
+src=$1
+build=$2
+cmake -S "$src" -B "$build" -DRTCADMIN_SANITIZE=address,undefined -DRTCADMIN_MATRIX=OFF >/dev/null
+cmake --build "$build" -j2 -- --no-print-directory >/dev/null
+exec ctest --test-dir "$build" --output-on-failure -j2 -E '^(rockspec_builds|luacheck|emulator_selftest|secrets_scan)$'

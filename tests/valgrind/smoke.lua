@@ -1,0 +1,53 @@
+-- A short tour of the client for memory checkers (valgrind, the sanitizer build): every method, a
+-- service error, a transport failure, an injected fault, a batch, signing, and clients released by
+-- close(), by __gc and by closing the Lua state (T.run closes it).
+local T = require "testlib"
+local rtcadmin = require "rtcadmin"
+
+local emu = T.emulator()
+
+T.case("every method, errors and faults, a batch, signing, close and __gc", function()
+  local c = T.client(emu, { retries = 0 })
+  T.ok(c:kick_user(T.APP, "room1", "alice"), "kick_user")
+  T.ok(c:online_users(T.APP, "room1"), "online_users")
+  T.ok(c:ban_user { app_id = T.APP, room_id = "room1", user_id = "bob", duration = 60 }, "ban_user")
+  T.ok(c:update_ban { app_id = T.APP, room_id = "room1", user_id = "bob", duration = 120 }, "update_ban")
+  T.ok(c:unban_user { app_id = T.APP, room_id = "room1", user_id = "bob" }, "unban_user")
+  T.ok(c:mute_user { app_id = T.APP, room_id = "room1", user_id = "carol", audio = true, duration = 60 }, "mute")
+  T.ok(c:unmute_user { app_id = T.APP, room_id = "room1", user_id = "carol", audio = true }, "unmute")
+  T.ok(c:call("DismissRoom", "2020-12-01", { AppId = T.APP, RoomId = "lobby" }), "call")
+  emu.faults { { action = "KickUser", kind = "status500" }, { action = "KickUser", kind = "malformed" } }
+  local _, err = c:kick_user(T.APP, "room1", "x")
+  T.eq(err.code, "InternalError", "status500")
+  _, err = c:kick_user(T.APP, "room1", "x")
+  T.eq(err.code, "MalformedResponse", "malformed")
+  T.match(tostring(err), "^KickUser failed", "tostring(err)")
+  local results, summary = c:kick_users(T.APP, "room1", { "u1", "u2", "u3", "u4", "u5" })
+  T.eq(#results, 5, "batch results")
+  T.eq(summary.succeeded, 5, "batch succeeded")
+  T.ok(c:stats().KickUser, "stats")
+  T.match(tostring(c), "^rtcadmin.client{", "tostring(client)")
+  T.ok(pcall(c.kick_user, c, T.APP, "room1", "bad id") == false, "a bad argument raises")
+  c:close()
+
+  local wrong = T.client(emu, { secret_key = "V3JvbmdTZWNyZXQ=", retries = 0 })
+  _, err = wrong:kick_user(T.APP, "room1", "alice")
+  T.eq(err.code, "SignatureDoesNotMatch", "wrong secret")
+  local refused = T.client(emu, { endpoint = "http://127.0.0.1:1", retries = 0 })
+  _, err = refused:kick_user(T.APP, "room1", "alice")
+  T.eq(err.code, "ConnectionFailed", "refused")
+  wrong, refused = nil, nil -- luacheck: ignore
+  collectgarbage()
+  collectgarbage()
+
+  local h = rtcadmin.sign { method = "POST", host = "rtc.volcengineapi.com", access_key = "AKLTx", secret_key = "s",
+    query = { Action = "KickUser", Version = "2020-12-01" }, body = "{}" }
+  T.match(h.Authorization, "^HMAC%-SHA256 Credential=AKLTx/", "sign")
+  rtcadmin.config { access_key = T.AK, secret_key = T.SK, endpoint = emu.url }
+  T.ok(rtcadmin.kick_user(T.APP, "room1", "dave"), "module-level call on the default client")
+end)
+
+local kept = T.client(emu) -- released when the state closes
+T.ok(kept, "a client left for the state's close")
+
+T.run(function() emu.stop() end)
