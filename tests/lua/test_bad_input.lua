@@ -363,7 +363,7 @@ client_row("versions value with CRLF", { versions = { KickUser = "2020-12-01\r\n
   "option 'versions': bad entry \"KickUser\" = \"2020-12-01\\x0D\\x0AX: y\"")
 client_row("limiter unknown backend", { limiter = "redis!" }, "option 'limiter': unknown backend \"redis!\"")
 client_row("limiter unknown field", { limiter = { backend = "process", size = 1 } },
-  "option 'limiter': unknown field \"size\" (backend, dir, margin)")
+  "option 'limiter': unknown field \"size\" (backend, dir, margin")
 client_row("limiter dir with NUL", { limiter = { backend = "host", dir = "/tmp\0x" } }, "option 'dir' " .. NUL_CRLF)
 client_row("limiter margin 2", { limiter = { margin = 2 } }, "option 'margin' must be between 0 and 1")
 client_row("limiter a number", { limiter = 1 }, "option 'limiter' must be \"process\", \"host\", \"none\" or a table")
