@@ -233,7 +233,8 @@ function T.nginx(opts)
   f:write(conf)
   f:close()
   local watchdog = string.format(
-    "nginx -p %s -c %s -e %s & n=$!; while kill -0 %s 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; " ..
+    T.plain_env .. "nginx -p %s -c %s -e %s & n=$!; " ..
+    "while kill -0 %s 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; " ..
     "kill -QUIT $n 2>/dev/null; wait $n", shell_quote(prefix), shell_quote(prefix .. "/nginx.conf"),
     shell_quote(prefix .. "/logs/error.log"), T.pid())
   local proc = assert(io.popen("sh -c " .. shell_quote(watchdog) .. " >/dev/null 2>&1 &"))
@@ -362,7 +363,7 @@ end
 -- Starts `cmdline` (a foreground server) in the background; returns its pid. A watcher ends it
 -- when this process is gone, so a test that dies leaves nothing behind.
 local function start_server(cmdline)
-  local p = assert(io.popen("lua_pid=$PPID; " .. cmdline .. " >/dev/null 2>&1 & sp=$!; echo $sp; "
+  local p = assert(io.popen("lua_pid=$PPID; " .. T.plain_env .. cmdline .. " >/dev/null 2>&1 & sp=$!; echo $sp; "
     .. "(while kill -0 $lua_pid 2>/dev/null && kill -0 $sp 2>/dev/null; do sleep 0.5; done; "
     .. "kill $sp 2>/dev/null) >/dev/null 2>&1 &"))
   local pid = tonumber(p:read("*l"))
