@@ -204,7 +204,7 @@ function T.nginx(opts)
     f:close()
   end
   local cpath = opts.cpath or os.getenv("RTCADMIN_LUAJIT_CPATH") or "build-luajit/?.so"
-  local p = io.popen("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); " ..
+  local p = io.popen(T.plain_env .. "python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); " ..
     "t=socket.socket(); t.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1], t.getsockname()[1])'")
   local port, port2 = p:read("*l"):match("^(%d+) (%d+)$")
   p:close()
@@ -344,8 +344,8 @@ function T.spawn(codes)
 end
 
 local function free_port()
-  local p = assert(io.popen([[python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); ]]
-    .. [[print(s.getsockname()[1])"]]))
+  local p = assert(io.popen(T.plain_env
+    .. [[python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"]]))
   local port = tonumber(p:read("*a"))
   p:close()
   return assert(port, "no free port")
@@ -414,7 +414,7 @@ function T.redis(password)
   end
   -- redis-cli against this server; returns its output.
   function r.cli(args)
-    local p = assert(io.popen(string.format("redis-cli -p %d %s --no-auth-warning %s 2>&1", r.port,
+    local p = assert(io.popen(T.plain_env .. string.format("redis-cli -p %d %s --no-auth-warning %s 2>&1", r.port,
       password and ("-a " .. shell_quote(password)) or "", args)))
     local out = p:read("*a")
     p:close()
