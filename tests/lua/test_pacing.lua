@@ -52,7 +52,10 @@ end)
 T.case("four independent processes sharing the host limiter stay within 60/s and use >= 90% of it", function()
   emu.reset()
   local dir = T.tmpdir()
-  local code = T.kicker(emu, string.format("{backend = 'host', dir = %q}", dir), 60)
+  -- A sanitizer build runs several times slower: four such processes on two cores send late enough
+  -- to bunch arrivals past the default 1 % margin, so there it is 5 % (57/s, above the 90 % floor).
+  local margin = os.getenv("RTCADMIN_CHECKED_BUILD") and ", margin = 0.05" or ""
+  local code = T.kicker(emu, string.format("{backend = 'host', dir = %q%s}", dir, margin), 60)
   local outs = T.spawn({ code, code, code, code }).wait()
   for i = 1, 4 do T.eq(outs[i], "60\t0\n", "process " .. i) end
   T.rmdir(dir)
