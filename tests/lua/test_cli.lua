@@ -181,6 +181,7 @@ rule "flood" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 10
   T.eq(#recs, 2, "decision and outcome")
   T.eq(recs[2].outcome, "ok", "outcome")
   T.match(recs[2].request_id, "^%d+%x+$", "request id")
+  T.keep_for_scan(audit)
 
   -- --dry-run: the same input sends nothing.
   emu.reset()
@@ -208,6 +209,7 @@ T.case("run keeps a failed action, retries it after the input ends, and reports 
   local outcomes = {}
   for l in io.lines(audit) do outcomes[#outcomes + 1] = cjson.decode(l).outcome end
   T.same(outcomes, { "queued", "retry", "ok" }, "audit")
+  T.keep_for_scan(audit)
 end)
 
 T.case("run exits 1 when an action fails for good, 3 when a rules file does not load", function()

@@ -228,6 +228,7 @@ rule "mute"  { on = "mute-me", action = mute(minutes(5), { audio = true }) }
     end
   end
   T.no_match(T.read_file(path), T.SK, "audit log")
+  T.keep_for_scan(path)
 end)
 
 T.case("failed actions are kept, visible, retried later and reported; permanent failures are listed", function()

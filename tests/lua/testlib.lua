@@ -159,6 +159,13 @@ function T.emulator(args)
 end
 
 -- A fresh empty directory under /tmp.
+-- Copies a file the code under test wrote (an audit log, say) beside the test's captured output,
+-- so the secrets scan (tests/secrets) reads it too. Outside ctest's capture it does nothing.
+function T.keep_for_scan(path)
+  local dir = os.getenv("RTCADMIN_TEST_LOG_DIR")
+  if dir then assert(os.execute("cp " .. shell_quote(path) .. " " .. shell_quote(dir .. "/"))) end
+end
+
 function T.tmpdir()
   local d = os.tmpname()
   os.remove(d)
