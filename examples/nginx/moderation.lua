@@ -2,10 +2,11 @@
 -- dashboard's admin endpoint. Configuration comes from the environment (nginx passes only the
 -- variables named by `env` directives in nginx.conf), read once in init_by_lua.
 local rtcadmin = require "rtcadmin" -- loading does no I/O and makes no client
+local cjson = require "cjson"
 
 local M = {}
 local conf = {}
-local client
+local client, engine
 
 local function need(name)
   local v = os.getenv(name)
@@ -20,28 +21,55 @@ function M.init()
   conf.callback_secret = need("RTCADMIN_CALLBACK_SECRET")
   -- Credentials: VOLC_ACCESSKEY / VOLC_SECRETKEY, read by rtcadmin.client itself.
   conf.access_key, conf.secret_key = need("VOLC_ACCESSKEY"), need("VOLC_SECRETKEY")
+  -- Rule files, comma-separated (paths relative to the directory nginx starts in), read here by the
+  -- master process: workers may run as a user that cannot read them.
+  conf.rules = {}
+  for path in (os.getenv("RTCADMIN_RULES") or "examples/rules/00-allow.lua,examples/rules/raid.lua"):gmatch("[^,]+") do
+    local f = assert(io.open(path, "rb"))
+    conf.rules[#conf.rules + 1] = { path = path, source = f:read("*a") }
+    f:close()
+  end
+  conf.dry_run = os.getenv("RTCADMIN_DRY_RUN") == "1"
+  -- RTC EventType -> the event type rules watch, e.g. "SomeJoinEvent=join,SomeLeaveEvent=leave". RTC's
+  -- event catalogue is not confirmed (docs/nginx.md), so there is no default: unmapped events keep
+  -- their EventType, and rules may watch it by that name.
+  conf.event_types = {}
+  for from, to in (os.getenv("RTCADMIN_EVENT_TYPES") or ""):gmatch("([^,=%s]+)=([^,=%s]+)") do
+    conf.event_types[from] = to
+  end
+end
+
+-- Audit records go to nginx's error log: decisions and successes at NOTICE, failures at WARN/ERR.
+local function audit_to_log(record)
+  local level = ngx.NOTICE
+  if record.error then level = record.outcome == "retry" and ngx.WARN or ngx.ERR end
+  ngx.log(level, "rtcadmin audit ", cjson.encode(record))
 end
 
 -- init_worker_by_lua: one client per worker; the host limiter (the default inside nginx) gives
 -- all workers one QPS budget per access key and Action.
+-- The policy engine is per worker too (its counters see the events this worker receives; put a
+-- sticky hash in front, or one worker, if rules must see every event of a room).
 function M.init_worker()
   client = rtcadmin.client { access_key = conf.access_key, secret_key = conf.secret_key, endpoint = conf.endpoint,
                              timeout = 3 }
+  engine = require("rtcadmin.policy").new { client = client, audit = audit_to_log, dry_run = conf.dry_run,
+                                            now = function() return ngx.now() end }
+  for _, file in ipairs(conf.rules) do
+    local ok, errs = engine:load_source(file.source, "@" .. file.path)
+    if not ok then error("examples/nginx: " .. table.concat(errs, "; "), 0) end
+  end
 end
 
 function M.client() return client end
 
--- What to do with a verified, deduplicated event. Replace with a policy engine; this default only
--- logs, and kicks users named in events of the types listed in RTCADMIN_KICK_ON (comma-separated).
+-- A verified, deduplicated event, in an ngx.timer.at callback (the callback was already answered):
+-- the rules decide, and the decisions go out through the client (cosockets, paced, retried).
 function M.on_event(ev)
-  ngx.log(ngx.NOTICE, "event ", ev.id, " ", ev.type, " room=", tostring(ev.room_id), " user=", tostring(ev.user_id))
-  local kick_on = os.getenv("RTCADMIN_KICK_ON") or ""
-  for t in kick_on:gmatch("[^,%s]+") do
-    if t == ev.type and ev.room_id and ev.user_id then
-      local ok, err = client:kick_user(ev.app_id, ev.room_id, ev.user_id)
-      if not ok then ngx.log(ngx.ERR, "kick after event ", ev.id, " failed: ", tostring(err)) end
-    end
-  end
+  ngx.log(ngx.INFO, "event ", ev.id, " ", ev.type, " room=", tostring(ev.room_id), " user=", tostring(ev.user_id))
+  ev.type = conf.event_types[ev.type] or ev.type
+  engine:process(ev)
+  engine:flush()
 end
 
 local handlers = {}
