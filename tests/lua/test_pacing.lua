@@ -52,9 +52,11 @@ end)
 T.case("four independent processes sharing the host limiter stay within 60/s and use >= 90% of it", function()
   emu.reset()
   local dir = T.tmpdir()
-  -- A sanitizer build runs several times slower: four such processes on two cores send late enough
-  -- to bunch arrivals past the default 1 % margin, so there it is 5 % (57/s, above the 90 % floor).
-  local margin = os.getenv("RTCADMIN_CHECKED_BUILD") and ", margin = 0.05" or ""
+  -- The margin is the jitter budget between our send times and the service's arrival times. Here
+  -- the "service" is a Python emulator sharing two cores with four senders, whose connection threads
+  -- read a request up to several ms after it was sent: 3 % (58.3/s, above the 90 % floor) keeps that
+  -- jitter from bunching arrivals on a loaded machine; a sanitizer build, several times slower, 5 %.
+  local margin = os.getenv("RTCADMIN_CHECKED_BUILD") and ", margin = 0.05" or ", margin = 0.03"
   local code = T.kicker(emu, string.format("{backend = 'host', dir = %q%s}", dir, margin), 60)
   local outs = T.spawn({ code, code, code, code }).wait()
   for i = 1, 4 do T.eq(outs[i], "60\t0\n", "process " .. i) end
