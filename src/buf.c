@@ -71,17 +71,19 @@ int rtc_buf_addf(rtc_buf *b, const char *fmt, ...) {
     return 0;
 }
 
-int rtc_buf_addhex(rtc_buf *b, const unsigned char *p, size_t n) {
+void rtc_hex(const unsigned char *p, size_t n, char *out) {
     static const char hex[] = "0123456789abcdef";
     size_t i;
-    char *o;
-    if (rtc_buf_reserve(b, n * 2)) return -1;
-    o = b->data + b->len;
     for (i = 0; i < n; i++) {
-        *o++ = hex[p[i] >> 4];
-        *o++ = hex[p[i] & 15];
+        *out++ = hex[p[i] >> 4];
+        *out++ = hex[p[i] & 15];
     }
+    *out = '\0';
+}
+
+int rtc_buf_addhex(rtc_buf *b, const unsigned char *p, size_t n) {
+    if (rtc_buf_reserve(b, n * 2)) return -1;
+    rtc_hex(p, n, b->data + b->len);
     b->len += n * 2;
-    b->data[b->len] = '\0';
     return 0;
 }

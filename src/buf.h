@@ -50,7 +50,8 @@ int rtc_buf_addf(rtc_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
-/* Lower-case hex of n bytes. */
+/* Lower-case hex of n bytes: into out (2n + 1 bytes, NUL-terminated), or appended to a buffer. */
+void rtc_hex(const unsigned char *p, size_t n, char *out);
 int rtc_buf_addhex(rtc_buf *b, const unsigned char *p, size_t n);
 
 #endif

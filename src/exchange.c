@@ -119,7 +119,7 @@ static int push_send(lua_State *L, exchange *x) {
      * (a SHA-256 prefix of the access key, as the C backends use it), the limit, the time left. */
     {
         char key_id[17];
-        for (i = 0; i < sizeof c->key_fp; i++) snprintf(key_id + 2 * i, 3, "%02x", c->key_fp[i]);
+        rtc_hex(c->key_fp, sizeof c->key_fp, key_id);
         set_str(L, "key_id", key_id, 16);
     }
     set_num(L, "qps", rtc_client_qps(c, x->call.action));

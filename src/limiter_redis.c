@@ -37,6 +37,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "buf.h"
 #include "limiter.h"
 
 #define NS 1000000000LL
@@ -467,9 +468,9 @@ bad_userinfo:
 
 static int sha1_hex(const char *s, char out[41]) {
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0, i;
+    unsigned int len = 0;
     if (!EVP_Digest(s, strlen(s), md, &len, EVP_sha1(), NULL) || len != 20) return -1;
-    for (i = 0; i < len; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    rtc_hex(md, len, out);
     return 0;
 }
 

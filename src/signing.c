@@ -75,28 +75,18 @@ int rtc_sha256(const void *data, size_t n, unsigned char out[RTC_SHA256_LEN]) {
     return rc;
 }
 
-static void to_hex(const unsigned char *md, char out[2 * RTC_SHA256_LEN + 1]) {
-    static const char hex[] = "0123456789abcdef";
-    int i;
-    for (i = 0; i < RTC_SHA256_LEN; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[2 * RTC_SHA256_LEN] = '\0';
-}
-
 /* Hex digest with the signer's reusable context: no allocation per hash. */
 static int digest_hex(EVP_MD_CTX *ctx, const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]) {
     unsigned char md[RTC_SHA256_LEN];
     if (digest(ctx, data, n, md)) return -1;
-    to_hex(md, out);
+    rtc_hex(md, RTC_SHA256_LEN, out);
     return 0;
 }
 
 int rtc_sha256_hex(const void *data, size_t n, char out[2 * RTC_SHA256_LEN + 1]) {
     unsigned char md[RTC_SHA256_LEN];
     if (rtc_sha256(data, n, md)) return -1;
-    to_hex(md, out);
+    rtc_hex(md, RTC_SHA256_LEN, out);
     return 0;
 }
 
