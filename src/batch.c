@@ -165,6 +165,16 @@ static void settle(lua_State *L, rtc_client *c, batch_state *b, int results, int
     }
 }
 
+/* The limiter could not give item i a slot: it ends with LimiterError (err) and nothing is sent. */
+static void settle_limiter_error(lua_State *L, rtc_client *c, batch_state *b, int results, int progress, int i,
+                                 int *succeeded, int *failed, const char *err) {
+    rtc_outcome o;
+    memset(&o, 0, sizeof o);
+    snprintf(o.code, sizeof o.code, "LimiterError");
+    rtc_push_simple_error(L, c, &b->items[i].call, "LimiterError", err, b->items[i].attempts);
+    settle(L, c, b, results, progress, i, succeeded, failed, &o);
+}
+
 /* Finds the next item to start: the earliest due retry, else the next fresh one. */
 static int next_item(batch_state *b, int *cursor, int64_t now, int64_t *soonest) {
     int i, best = -1;
@@ -264,11 +274,7 @@ static int batch_run(lua_State *L) {
             if (rtc_pace_reserve(c, b->items[item].call.action, now,
                                  b->items[item].first_ns + (int64_t)(c->deadline * 1e9), &s->send_at, err,
                                  sizeof err)) {
-                rtc_outcome o;
-                memset(&o, 0, sizeof o);
-                snprintf(o.code, sizeof o.code, "LimiterError");
-                rtc_push_simple_error(L, c, &b->items[item].call, "LimiterError", err, b->items[item].attempts);
-                settle(L, c, b, results, progress, item, &succeeded, &failed, &o);
+                settle_limiter_error(L, c, b, results, progress, item, &succeeded, &failed, err);
                 continue;
             }
             s->item = item;
@@ -292,15 +298,9 @@ static int batch_run(lua_State *L) {
                     if (s->send_at < soonest) soonest = s->send_at;
                     continue;
                 }
-                {
-                    rtc_outcome o;
-                    memset(&o, 0, sizeof o);
-                    snprintf(o.code, sizeof o.code, "LimiterError");
-                    rtc_push_simple_error(L, c, &it->call, "LimiterError", err, it->attempts);
-                    s->state = SLOT_FREE;
-                    settle(L, c, b, results, progress, s->item, &succeeded, &failed, &o);
-                    continue;
-                }
+                s->state = SLOT_FREE;
+                settle_limiter_error(L, c, b, results, progress, s->item, &succeeded, &failed, err);
+                continue;
             }
             if (rtc_wire_build(c, &it->call, &s->wire, err, sizeof err))
                 return luaL_error(L, "rtcadmin: cannot sign %s: %s", it->call.action, err);
