@@ -16,7 +16,9 @@ local sandbox = require "rtcadmin.sandbox"
 local policy = {}
 
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
+local table_unpack = table.unpack or unpack -- luacheck: ignore 113 (5.1)
 local string_format, string_find, math_min, math_max = string.format, string.find, math.min, math.max
+local math_floor = math.floor
 
 -- API limits (docs/api.md): BanRoomUser ForbiddenInterval 10..604800, BanUserStream 60..259200.
 policy.BAN_MIN, policy.BAN_MAX = 10, 604800
@@ -124,28 +126,63 @@ function Gen3:put(app, room, user, v, now)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Counters. One per (record, event type): a ring of `slots` slots, one per second that had events
--- (a burst within one second takes one slot), and a running total. count(window) = total minus the
--- events before the first slot inside the window; the first-slot index per window only moves
--- forward, so a query is O(1) amortised. A slot is one number, second * 2^16 + (events before it
--- mod 2^16), and the header sits in the array part too: fewer cache lines per event, which is what
--- the engine's speed is bound by with many users. So a count saturates at 65535 per window.
--- Windows have one-second resolution; an event older than the newest one in its counter counts at
--- the newest one's second.
+-- Records and counters. A record (per (room, user), or per room) is one array: [1] the second it
+-- was first seen, [2] the allow-list version it was last checked against, then a slot per rule (its
+-- cooldown end) and per counted event type (its counter), numbered by the engine as rules and
+-- counters appear. Arrays only, so an event touches few cache lines: with many users the engine's
+-- speed is bound by memory accesses, not by instructions.
+--
+-- A counter: the seconds that had events (a burst within one second takes one slot) and a running
+-- total; count(window) = total minus the events before the first slot inside the window. A slot is
+-- one number, second * 2^16 + (events before it mod 2^16), so a count saturates at 65535 per window.
+-- Layout: [1] slots used so far, [2] events, [3] newest second, [4] capacity, [5..] a ring of
+-- slots. The ring starts with 4 slots and doubles, up to `slots`, only when the slot it would
+-- overwrite is still inside the longest window counted for that type: a user with a few events a
+-- minute keeps 8 numbers. Windows have one-second resolution; an event older than the newest one in
+-- its counter counts at the newest one's second.
 local SLOT = 65536
-local function ring_new() return { 0, 0, -math.huge } end -- slots used, events, newest second
+local REC_SEEN, REC_ALLOW, REC_FIXED = 1, 2, 2
+local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
 
-local function ring_count(ring, window, now, slots)
+local function ring_add(ring, sec, keep, slots)
+  local n, total = ring[1], ring[2]
+  if sec > ring[3] then
+    local cap = ring[4]
+    if n >= cap and cap < slots and ring[(n - cap) % cap + 5] >= (sec - keep) * SLOT then
+      -- The oldest slot is still needed: grow. Fill the new entries first so they stay in the
+      -- array part, then renumber the live slots 0 .. cap-1, oldest first.
+      local ncap, live = math_min(cap * 2, slots), {}
+      for j = n - cap, n - 1 do live[#live + 1] = ring[j % cap + 5] end
+      for i = cap + 5, ncap + 4 do ring[i] = 0 end
+      for k = 1, cap do ring[k + 4] = live[k] end
+      n, ring[4], cap = cap, ncap, ncap
+    end
+    ring[n % cap + 5] = sec * SLOT + total % SLOT
+    ring[1], ring[3] = n + 1, sec
+  end
+  ring[2] = total + 1
+end
+
+local function ring_count(ring, window, now)
   local n = ring[1]
   if n == 0 then return 0 end
   local last_out = now - now % 1 - window -- slots of this second or earlier are outside the window
   local cutoff = (last_out - last_out % 1 + 1) * SLOT
-  local tail = ring[-window] or 0 -- slots known to lie before the window
-  if tail < n - slots then tail = n - slots end
-  while tail < n and ring[tail % slots + 4] < cutoff do tail = tail + 1 end
-  ring[-window] = tail
-  if tail == n then return 0 end
-  local c = (ring[2] - ring[tail % slots + 4]) % SLOT
+  local cap = ring[4]
+  local j = n - 1 -- the newest slot; find the first one inside the window
+  if ring[j % cap + 5] < cutoff then return 0 end
+  local lo = n - cap -- the oldest slot held
+  if lo < 0 then lo = 0 end
+  if cap <= 8 then
+    while j > lo and ring[(j - 1) % cap + 5] >= cutoff do j = j - 1 end
+  else
+    local a = lo
+    while a < j do
+      local m = a + math_floor((j - a) / 2)
+      if ring[m % cap + 5] >= cutoff then j = m else a = m + 1 end
+    end
+  end
+  local c = (ring[2] - ring[j % cap + 5]) % SLOT
   return c == 0 and SLOT - 1 or c
 end
 
@@ -181,17 +218,12 @@ local function distinct_count(ring, field, window, now)
   return c
 end
 
--- Counts an event in a record's counter for its type, and its fields for ctx:distinct.
-local function add_event(rec, ev, typ, ts, slots, fields, dmax)
-  local ring = rec[typ]
-  if not ring then ring = ring_new(); rec[typ] = ring end
-  local sec, total = ts - ts % 1, ring[2]
-  if sec > ring[3] then
-    local n = ring[1] + 1
-    ring[(n - 1) % slots + 4] = sec * SLOT + total % SLOT
-    ring[1], ring[3] = n, sec
-  end
-  ring[2] = total + 1
+-- Counts an event in a record's counter at `slot`, and its fields for ctx:distinct. `keep` is the
+-- longest window counted for the event's type.
+local function add_event(rec, slot, ev, ts, keep, slots, fields, dmax)
+  local ring = rec[slot]
+  if not ring then ring = ring_new(); rec[slot] = ring end
+  ring_add(ring, ts - ts % 1, keep, slots)
   if fields then
     for i = 1, #fields do
       local f = fields[i]
@@ -456,30 +488,37 @@ function policy.new(opts)
     limits = opts.limits or sandbox.DEFAULTS,
     rules = {}, by_type = {}, files = {}, warnings = {},
     allow_roles = {}, allow_users = {}, allow_patterns = {},
-    track = {},        -- event type -> true (per (room, user) counter) ; see ctx:count
-    track_room = {},   -- event type -> true (per room counter)
+    track = {},        -- event type -> its counter's slot in (room, user) records; see ctx:count
+    track_room = {},   -- event type -> its counter's slot in room records
+    keep = {},         -- event type -> the longest count window on its (room, user) counters
+    keep_room = {},    -- the same, room counters
     track_fields = {}, -- event type -> list of fields counted by ctx:distinct (per (room, user))
     track_room_fields = {}, -- the same, per room
     max_window = 0,
+    nslots = REC_FIXED, tmpl = { 0, 0 }, -- record slots in use, and a record's empty values
+    allow_ver = 0,     -- bumped when the allow-list changes (records cache their user's verdict)
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
               succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0,
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
-  E.seen = gen_new(cfg.dedupe, nil)
+  -- Dedupe: the last `dedupe` event ids, a set and the ring that retires them in arrival order.
+  E.seen, E.seen_ids, E.seen_pos = {}, {}, 0
   E.offenders = {} -- app_id -> generations of user_id -> {n, last}
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
   E.cur = {} -- the event being evaluated, for the ctx methods
   E.fired = {} -- (rule, ok, evidence or error) triples of the event being evaluated
   E.ctx = E:_make_ctx()
+  E._conditions = E:_make_conditions()
   return E
 end
 
 -- Adds allow-list entries {roles=, users=, patterns=} (engine-wide, checked before every rule).
 function Engine:allow(spec)
   if spec == nil then return end
+  self.allow_ver = self.allow_ver + 1
   for _, r in ipairs(spec.roles or {}) do self.allow_roles[r] = true end
   for _, u in ipairs(spec.users or {}) do self.allow_users[u] = true end
   for _, p in ipairs(spec.patterns or {}) do
@@ -498,6 +537,7 @@ local function add_file(self, file)
   end
   for _, r in ipairs(file.rules) do
     r.index = #self.rules + 1
+    r.slot = self:_slot(-math.huge)
     r.cooldown = r.cooldown or self.cfg.cooldown
     self.rules[r.index] = r
     self.st.by_rule[r.name] = 0
@@ -528,10 +568,9 @@ function Engine:load_source(source, name)
   return add_file(self, file)
 end
 
-function Engine:_allowed(ev, user)
+-- Whether the allow-list covers this user id (by id or pattern; roles are per event).
+function Engine:_allowed_user(user)
   if self.allow_users[user] then return true end
-  local role = ev.role
-  if role ~= nil and self.allow_roles[role] then return true end
   local pats = self.allow_patterns
   for i = 1, #pats do
     if string_find(user, pats[i]) then return true end
@@ -585,40 +624,38 @@ function Engine:_make_ctx()
     end
   end
 
-  -- The record a query reads, registering the counter (and counting the current event) on first use.
-  local function record_for(t, scope)
+  -- The record a query reads and its counter's slot, registering the counter (and counting the
+  -- current event) on first use. `window` is a count window (nil for distinct): counters keep the
+  -- seconds of the longest one.
+  local function record_for(t, scope, window)
     local cur = E.cur
-    if scope == "room" then
-      if not E.track_room[t] then
-        E.track_room[t] = true
-        if cur.type == t then
-          add_event(E:_room_rec(cur.app, cur.room, cur.ts), cur.ev, t, cur.ts, slots)
-        end
-      end
-      return E:_room_rec(cur.app, cur.room, cur.ts)
+    local room = scope == "room"
+    local track, keep = room and E.track_room or E.track, room and E.keep_room or E.keep
+    if window and window > (keep[t] or 0) then keep[t] = window end
+    local slot = track[t]
+    local rec = room and E:_room_rec(cur.app, cur.room, cur.ts) or cur.rec
+    if not slot then
+      slot = E:_slot(false)
+      track[t] = slot
+      if cur.type == t then add_event(rec, slot, cur.ev, cur.ts, keep[t] or 0, slots) end
     end
-    if not E.track[t] then
-      E.track[t] = true
-      if cur.type == t then
-        add_event(cur.rec, cur.ev, t, cur.ts, slots)
-      end
-    end
-    return cur.rec
+    return rec, slot
   end
 
-  local track, known_window = E.track, {}
+  local track, keep, known_window = E.track, E.keep, {}
   function methods.count(_, t, window, scope)
     local cur = E.cur
     local rec
-    if scope == nil and track[t] and known_window[window] then
-      rec = cur.rec -- the hot path: a counter and window seen (and checked) before
+    local slot = track[t]
+    if scope == nil and slot and known_window[window] and keep[t] >= window then
+      rec = cur.rec -- the hot path: a counter and a window checked before, and kept by the counter
     else
       window_arg("count", t, window, scope)
       known_window[window] = true
-      rec = record_for(t, scope)
+      rec, slot = record_for(t, scope, window)
     end
-    local ring = rec[t]
-    local v = ring and ring_count(ring, window, cur.ts, slots) or 0
+    local ring = rec[slot]
+    local v = ring and ring_count(ring, window, cur.ts) or 0
     nq = nq + 1
     if nq <= 8 then
       local e = q[nq]
@@ -632,7 +669,7 @@ function Engine:_make_ctx()
     if type(field) ~= "string" then error("ctx:distinct: expected a field name (string)", 2) end
     window_arg("distinct", t, window, scope)
     local cur = E.cur
-    local rec = record_for(t, scope)
+    local rec, slot = record_for(t, scope, nil)
     local registry = scope == "room" and E.track_room_fields or E.track_fields
     local fields = registry[t]
     if not fields then fields = {}; registry[t] = fields end
@@ -641,12 +678,12 @@ function Engine:_make_ctx()
       fields[#fields + 1] = field
       local v = cur.ev[field]
       if cur.type == t and (type(v) == "string" or type(v) == "number") then
-        local ring = rec[t] or ring_new()
-        rec[t] = ring
+        local ring = rec[slot] or ring_new()
+        rec[slot] = ring
         distinct_add(ring, field, v, cur.ts, dmax)
       end
     end
-    local ring = rec[t]
+    local ring = rec[slot]
     local v = ring and distinct_count(ring, field, window, cur.ts) or 0
     evidence("distinct", t, field, window, scope or "user", v)
     return v
@@ -664,7 +701,7 @@ function Engine:_make_ctx()
   -- Seconds since the engine started tracking this (room, user).
   function methods.age()
     local cur = E.cur
-    return cur.ts - (cur.rec[0] or cur.ts)
+    return cur.ts - cur.rec[REC_SEEN]
   end
 
   local ctx = setmetatable({}, {
@@ -684,10 +721,24 @@ function Engine:_make_ctx()
   return ctx
 end
 
+-- A new record: every slot filled (so all of them are in the array part).
+function Engine:_new_rec(ts)
+  local rec = { table_unpack(self.tmpl, 1, self.nslots) }
+  rec[REC_SEEN], rec[REC_ALLOW] = ts, self.allow_ver
+  return rec
+end
+
+-- A slot in every record from now on (records made before read nil there); `filler` is its empty value.
+function Engine:_slot(filler)
+  local i = self.nslots + 1
+  self.nslots, self.tmpl[i] = i, filler
+  return i
+end
+
 function Engine:_room_rec(app, room, ts)
   local rec = self.keys:get(app, room, ROOM, ts)
   if not rec then
-    rec = { [0] = ts }
+    rec = self:_new_rec(ts)
     self.keys:put(app, room, ROOM, rec, ts)
   end
   return rec
@@ -744,7 +795,7 @@ function Engine:_decide(r, ev, cur, evidence)
     outcome = dry and "dry_run" or "queued",
   }
   -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
-  cur.rec[r.index] = ts + r.cooldown
+  cur.rec[r.slot] = ts + r.cooldown
   if o then
     o.n, o.last = prior + 1, ts
   else
@@ -758,6 +809,36 @@ function Engine:_decide(r, ev, cur, evidence)
   self:_emit(d)
   if self.on_decision then self.on_decision(d) end
   return d
+end
+
+-- The function that runs an event's conditions back to back in one protected call of the sandbox
+-- (rules[start..]). Before each condition it gives rule code a fresh instruction budget and notes
+-- the rule, so an error is put down to it and the run resumes after it.
+function Engine:_make_conditions()
+  local E, cur, runner, st = self, self.cur, self.runner, self.st
+  local ctx, reset = self.ctx, self._reset_evidence
+  return function(rules, start)
+    local ev, rec, ts, fired, nf = cur.ev, cur.rec, cur.ts, E.fired, cur.nf
+    for i = start, #rules do
+      local r = rules[i]
+      local until_ts = rec[r.slot]
+      if until_ts and ts < until_ts then
+        st.cooldown = st.cooldown + 1
+      else
+        local when, hit = r.when, true
+        reset()
+        if when ~= nil then
+          cur.at, cur.nf, runner.ticks = i, nf, 0
+          hit = when(ev, ctx)
+        end
+        if hit then
+          fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, true, E._evidence()
+          nf = nf + 3
+        end
+      end
+    end
+    cur.nf = nf
+  end
 end
 
 -- Processes one event. Returns the number of decisions it caused, or nil, reason for an invalid event.
@@ -775,72 +856,79 @@ function Engine:process(ev)
   elseif type(ts) ~= "number" or ts ~= ts then st.invalid = st.invalid + 1; return nil, "event ts must be a number" end
   local id = ev.id
   if id ~= nil then
-    local seen = self.seen -- a repeated id is dropped, so no need to promote it: plain lookups
-    if seen.young[id] or seen.old[id] then st.duplicates = st.duplicates + 1; return 0 end
-    seen:put(id, true, ts)
+    local seen = self.seen
+    if seen[id] then st.duplicates = st.duplicates + 1; return 0 end
+    if (type(id) ~= "string" and type(id) ~= "number") or id ~= id then
+      st.invalid = st.invalid + 1
+      return nil, "event id must be a string or a number"
+    end
+    local ids, pos = self.seen_ids, self.seen_pos % self.cfg.dedupe + 1
+    local retired = ids[pos]
+    if retired ~= nil then seen[retired] = nil end
+    ids[pos], seen[id], self.seen_pos = id, true, pos
   end
-  local rules, tracked, rtracked = self.by_type[typ], self.track[typ], self.track_room[typ]
-  if not rules and not tracked and not rtracked then st.ignored = st.ignored + 1; return 0 end
-  if self.allow_users[user] or self.allow_roles[ev.role or false]
-    or (self.allow_patterns[1] and self:_allowed(ev, user)) then
-    st.allowed = st.allowed + 1
-    return 0
-  end
+  local rules, slot, rslot = self.by_type[typ], self.track[typ], self.track_room[typ]
+  if not rules and not slot and not rslot then st.ignored = st.ignored + 1; return 0 end
+  local role = ev.role
+  if role ~= nil and self.allow_roles[role] then st.allowed = st.allowed + 1; return 0 end
 
   local keys = self.keys
-  local rec = keys:get(app, room, user, ts)
-  if not rec then
-    -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
-    if not (valid_app(app) and valid_id(room) and valid_id(user)) then
-      st.invalid = st.invalid + 1
-      return nil, "event has an invalid app_id, room_id or user_id"
+  local a = keys.young[app]
+  local r = a and a[room]
+  local rec = r and r[user]
+  if rec == nil then rec = keys:get(app, room, user, ts) end -- from the old generation
+  if rec == nil or rec[REC_ALLOW] ~= self.allow_ver then
+    -- The allow-list verdict for the user id is kept in its record until the list changes.
+    if self:_allowed_user(user) then st.allowed = st.allowed + 1; return 0 end
+    if rec == nil then
+      -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
+      if not (valid_app(app) and valid_id(room) and valid_id(user)) then
+        st.invalid = st.invalid + 1
+        return nil, "event has an invalid app_id, room_id or user_id"
+      end
+      rec = self:_new_rec(ts)
+      keys:put(app, room, user, rec, ts)
+    else
+      rec[REC_ALLOW] = self.allow_ver
     end
-    rec = { [0] = ts }
-    keys:put(app, room, user, rec, ts)
   end
-  local slots = self.cfg.slots
-  if tracked then add_event(rec, ev, typ, ts, slots, self.track_fields[typ], self.cfg.distinct_max) end
+  local cfg = self.cfg
+  if slot then
+    add_event(rec, slot, ev, ts, self.keep[typ] or 0, cfg.slots, self.track_fields[typ], cfg.distinct_max)
+  end
   local cur = self.cur
   cur.ev, cur.type, cur.ts, cur.app, cur.room, cur.user, cur.rec = ev, typ, ts, app, room, user, rec
-  if rtracked then
-    add_event(self:_room_rec(app, room, ts), ev, typ, ts, slots, self.track_room_fields[typ], self.cfg.distinct_max)
+  if rslot then
+    add_event(self:_room_rec(app, room, ts), rslot, ev, ts, self.keep_room[typ] or 0, cfg.slots,
+      self.track_room_fields[typ], cfg.distinct_max)
   end
   if not rules then return 0 end
 
   -- Conditions run back to back under the sandbox; decisions and rule errors are acted on after
   -- it is left, so callbacks and the audit writer never run with the sandbox's budgets.
-  local runner, ctx, reset = self.runner, self.ctx, self._reset_evidence
-  local fired, nf = self.fired, 0
+  local runner, conditions, fired = self.runner, self._conditions, self.fired
+  cur.nf = 0
   runner.enter()
-  for i = 1, #rules do
-    local r = rules[i]
-    local until_ts = rec[r.index]
-    if until_ts and ts < until_ts then
-      st.cooldown = st.cooldown + 1
-    else
-      reset()
-      local ok, res = true, true
-      if r.when then ok, res = runner.eval(r.when, ev, ctx) end
-      if not ok then
-        fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, false, res
-        nf = nf + 3
-      elseif res then
-        fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, true, self._evidence()
-        nf = nf + 3
-      end
-    end
+  local start = 1
+  while true do
+    local ok, err = runner.eval(conditions, rules, start)
+    if ok then break end
+    local at, nf = cur.at, cur.nf
+    fired[nf + 1], fired[nf + 2], fired[nf + 3] = rules[at], false, err
+    cur.nf, start = nf + 3, at + 1
   end
   runner.leave()
+  local nf = cur.nf
   if nf == 0 then return 0 end
   self.fired = {} -- a callback below may process another event
   local made = 0
   for k = 1, nf, 3 do
-    local r, ok, x = fired[k], fired[k + 1], fired[k + 2]
+    local fr, ok, x = fired[k], fired[k + 1], fired[k + 2]
     if ok then
       made = made + 1
-      self:_decide(r, ev, cur, x)
+      self:_decide(fr, ev, cur, x)
     else
-      self:_rule_error(r, x, ev)
+      self:_rule_error(fr, x, ev)
     end
   end
   return made

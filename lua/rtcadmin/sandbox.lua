@@ -130,15 +130,17 @@ function sandbox.runner(limits)
   local host_index = string_meta.__index
   local safe_string = safe_libs(limits)
 
-  local ticks, mem_ceiling, active = 0, 0, false
+  local mem_ceiling, active = 0, false
   local saved_hook, saved_mask, saved_count
 
   -- The count hook is installed only while rule code may run (runner.enter .. runner.leave, one
   -- event's conditions): with any count hook set, Lua 5.4 sends every instruction through its hook
   -- check, which would halve the engine's own speed. Between conditions it counts nothing.
+  local runner = {}
   local function hook()
     if not active then return end
-    ticks = ticks + 1
+    local ticks = runner.ticks + 1
+    runner.ticks = ticks
     if ticks > max_ticks then
       active = false
       BUDGET.what = string_format("instruction budget exceeded (%d instructions)", max_ticks * every)
@@ -170,10 +172,15 @@ function sandbox.runner(limits)
       end
       return BUDGET.what
     end
+    -- An error raised for rule code at a level that lands in the engine (a tail call from the
+    -- condition left no frame of its own) carries no position rather than the engine's.
+    if type(e) == "string" then
+      local src = e:match("^([^\n:]*):%d+: ")
+      if src and src:find("rtcadmin[/\\][%w_]+%.lua$") then e = e:sub(#e:match("^[^\n:]*:%d+: ") + 1) end
+    end
     return e
   end
 
-  local runner = {}
 
   -- Installs the hook and the sandbox's string methods for a run of runner.eval calls.
   function runner.enter()
@@ -201,10 +208,13 @@ function sandbox.runner(limits)
   end
 
   -- runner.eval(fn, a, b) -> true, result | false, "file:line: message". Between enter and leave;
-  -- each call has the whole instruction and memory budget. Nothing else may run between enter and
+  -- each call has the whole instruction and memory budget. `fn` may be engine code that calls
+  -- several rule functions in turn: setting `runner.ticks = 0` before each gives it the whole
+  -- instruction budget (the memory budget is the call's). Nothing else may run between enter and
   -- leave but engine code (no callbacks): the string metatable is the sandbox's meanwhile.
+  runner.ticks = 0
   function runner.eval(fn, a, b)
-    ticks = 0
+    runner.ticks = 0
     if heap_budget then heap_budget(memory) else mem_ceiling = collectgarbage("count") + memory / 1024 end
     active = true
     return finish(call_with(fn, handler, a, b))

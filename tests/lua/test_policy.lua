@@ -53,6 +53,37 @@ T.case("a threshold over a window, on event time: the fourth chat within 10 s fi
   T.eq(e:process(other), 0, "same user, other room")
 end)
 
+T.case("counters are exact for every window up to 61 s as they grow from sparse to flooding", function()
+  local e = engine([[rule "probe" { on = "chat", when = function(ev, ctx)
+                       return ctx:count("chat", 60) < 0 or ctx:count("chat", 7) < 0 end, action = kick }]])
+  local seed = 7
+  local function rand(n) seed = (seed * 16807) % 2147483647; return seed % n + 1 end
+  local steps = { 0, 0.3, 1, 2, 5, 13, 0.9, 0 }
+  local users = { "a", "b", "c" }
+  local history = { a = {}, b = {}, c = {} }
+  local t, checked = 500.5, 0
+  for i = 1, 3000 do
+    -- Phases: sparse for a while, then a flood of several events a second, then sparse again.
+    local phase = math.floor(i / 500) % 2
+    t = t + (phase == 0 and steps[rand(#steps)] or steps[rand(3)] / 3)
+    local user = users[rand(#users)]
+    T.eq(e:process(ev(t, "chat", user)), 0, "event " .. i)
+    local h = history[user]
+    h[#h + 1] = t
+    for _, w in ipairs({ 1, 3, 7, 15, 30, 60, 61 }) do
+      local want, edge = 0, math.floor(t) - w
+      for k = #h, 1, -1 do
+        if math.floor(h[k]) <= edge then break end
+        want = want + 1
+      end
+      local got = e.ctx:count("chat", w)
+      if got ~= want then T.eq(got, want, string.format("user %s, window %d at t=%.1f (event %d)", user, w, t, i)) end
+      checked = checked + 1
+    end
+  end
+  T.eq(checked, 21000, "every window checked after every event")
+end)
+
 T.case("events without ts are stamped by the clock; windows follow it", function()
   local e, clock = engine([[rule "r" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 60) >= 3 end,
                                        action = kick }]])
