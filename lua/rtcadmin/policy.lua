@@ -26,8 +26,8 @@ policy.MUTE_MIN, policy.MUTE_MAX = 60, 259200
 
 policy.DEFAULTS = {
   max_keys = 100000,        -- (room, user) and room records per generation (at most twice this are held)
-  dedupe = 100000,          -- event ids remembered per generation
-  max_offenders = 100000,   -- users with offences per generation, per app
+  dedupe = 100000,          -- event ids remembered (the most recent)
+  max_offenders = 100000,   -- users with offences remembered per app (the most recently actioned)
   offence_window = 86400,   -- offences older than this no longer escalate
   cooldown = 60,            -- default seconds a rule leaves a (room, user) alone after acting on it
   slots = 61,               -- seconds kept per counter (61 + a 3-entry header fill a 64-entry array)
@@ -46,55 +46,50 @@ local function valid_app(s)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Generations: a bounded map with approximate LRU eviction and no per-access bookkeeping.
--- New keys go into the young generation; when it holds `cap` keys, or is older than `ttl` seconds,
--- it becomes the old one and the previous old generation is dropped. A hit in the old generation
--- moves the key to the young one. So at most 2*cap keys are held, and a key survives as long as it
--- is seen at least once per generation.
-local Gen = {}
-Gen.__index = Gen
+-- The most recent `cap` keys: a map and the ring that retires them, oldest first, with no
+-- generations to look through (one lookup for a key that is not there, which is the usual case).
+-- Putting a key again (an entry table that records its ring position) moves it to the front.
+local Recent = {}
+Recent.__index = Recent
 
-local function gen_new(cap, ttl)
-  return setmetatable({ young = {}, old = {}, n = 0, cap = cap, ttl = ttl, born = nil, dropped = 0, old_n = 0 }, Gen)
+local function recent_new(cap)
+  return setmetatable({ map = {}, ring = {}, pos = 0, cap = cap, dropped = 0 }, Recent)
 end
 
-function Gen:rotate(now)
+-- Puts `k` with value `v` (true, or a table: its field `at` is set to its ring position).
+function Recent:put(k, v)
+  local ring, map = self.ring, self.map
+  local pos = self.pos % self.cap + 1
+  local retired = ring[pos]
+  if retired ~= nil then
+    local e = map[retired]
+    if e == true or (e and e.at == pos) then map[retired] = nil; self.dropped = self.dropped + 1 end
+  end
+  if v ~= true then v.at = pos end
+  ring[pos], map[k], self.pos = k, v, pos
+end
+
+-- Records: a bounded map of (app, room, user) keys with approximate LRU eviction and no per-access
+-- bookkeeping, in two generations. New keys go into the young generation; when it holds `cap`
+-- keys, or is older than `ttl` seconds, it becomes the old one and the previous old generation is
+-- dropped. A hit in the old generation moves the key to the young one. So at most 2*cap keys are
+-- held, and a key survives as long as it is seen at least once per generation. Keys are nested maps
+-- app -> room -> user -> value, so a lookup builds no string (the event's strings are looked up as
+-- they are). A room's own record sits under the key ROOM, which no user id (a string) can equal.
+local ROOM = 0
+local Gen3 = {}
+Gen3.__index = Gen3
+
+local function gen3_new(cap, ttl)
+  return setmetatable({ young = {}, old = {}, n = 0, cap = cap, ttl = ttl, born = nil, dropped = 0, old_n = 0 }, Gen3)
+end
+
+function Gen3:rotate(now)
   self.dropped = self.dropped + self.old_n
   self.old, self.young, self.old_n, self.n, self.born = self.young, {}, self.n, 0, now
 end
 
-function Gen:get(k, now)
-  local v = self.young[k]
-  if v ~= nil then return v end
-  v = self.old[k]
-  if v ~= nil then
-    self.old[k] = nil
-    self.old_n = self.old_n - 1
-    self:put(k, v, now)
-  end
-  return v
-end
-
-function Gen:put(k, v, now)
-  local born = self.born
-  if born == nil then self.born = now
-  elseif self.n >= self.cap or (self.ttl and now - born > self.ttl) then self:rotate(now) end
-  self.young[k] = v
-  self.n = self.n + 1
-end
-
-function Gen:count() return self.n + self.old_n end
-
--- The same for (app, room, user) keys, held as nested maps app -> room -> user -> value, so a lookup
--- builds no string (the event's strings are looked up as they are). A room's own record sits under
--- the key ROOM, which no user id (a string) can equal.
-local ROOM = 0
-local Gen3 = setmetatable({}, { __index = Gen })
-Gen3.__index = Gen3
-
-local function gen3_new(cap, ttl)
-  return setmetatable(gen_new(cap, ttl), Gen3)
-end
+function Gen3:count() return self.n + self.old_n end
 
 function Gen3:get(app, room, user, now)
   local a = self.young[app]
@@ -503,9 +498,8 @@ function policy.new(opts)
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
-  -- Dedupe: the last `dedupe` event ids, a set and the ring that retires them in arrival order.
-  E.seen, E.seen_ids, E.seen_pos = {}, {}, 0
-  E.offenders = {} -- app_id -> generations of user_id -> {n, last}
+  E.seen = recent_new(cfg.dedupe) -- the last `dedupe` event ids
+  E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
   E.cur = {} -- the event being evaluated, for the ctx methods
@@ -582,14 +576,14 @@ end
 function Engine:_offenders(app)
   local g = self.offenders[app]
   if not g then
-    g = gen_new(self.cfg.max_offenders, self.cfg.offence_window)
+    g = recent_new(self.cfg.max_offenders)
     self.offenders[app] = g
   end
   return g
 end
 
 function Engine:_offences(app, user, now)
-  local o = self:_offenders(app):get(user, now)
+  local o = self:_offenders(app).map[user]
   if not o or now - o.last > self.cfg.offence_window then return 0, o end
   return o.n, o
 end
@@ -796,11 +790,8 @@ function Engine:_decide(r, ev, cur, evidence)
   }
   -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
   cur.rec[r.slot] = ts + r.cooldown
-  if o then
-    o.n, o.last = prior + 1, ts
-  else
-    self:_offenders(app):put(user, { n = 1, last = ts }, ts)
-  end
+  if o then o.n, o.last = prior + 1, ts else o = { n = 1, last = ts } end
+  self:_offenders(app):put(user, o) -- to the front of the recent offenders
   local st = self.st
   st.decisions = st.decisions + 1
   st.by_rule[r.name] = st.by_rule[r.name] + 1
@@ -815,7 +806,7 @@ end
 -- (rules[start..]). Before each condition it gives rule code a fresh instruction budget and notes
 -- the rule, so an error is put down to it and the run resumes after it.
 function Engine:_make_conditions()
-  local E, cur, runner, st = self, self.cur, self.runner, self.st
+  local E, cur, budget, st = self, self.cur, self.runner.budget, self.st
   local ctx, reset = self.ctx, self._reset_evidence
   return function(rules, start)
     local ev, rec, ts, fired, nf = cur.ev, cur.rec, cur.ts, E.fired, cur.nf
@@ -828,7 +819,7 @@ function Engine:_make_conditions()
         local when, hit = r.when, true
         reset()
         if when ~= nil then
-          cur.at, cur.nf, runner.ticks = i, nf, 0
+          cur.at, cur.nf, budget.ticks = i, nf, 0
           hit = when(ev, ctx)
         end
         if hit then
@@ -857,15 +848,12 @@ function Engine:process(ev)
   local id = ev.id
   if id ~= nil then
     local seen = self.seen
-    if seen[id] then st.duplicates = st.duplicates + 1; return 0 end
+    if seen.map[id] then st.duplicates = st.duplicates + 1; return 0 end
     if (type(id) ~= "string" and type(id) ~= "number") or id ~= id then
       st.invalid = st.invalid + 1
       return nil, "event id must be a string or a number"
     end
-    local ids, pos = self.seen_ids, self.seen_pos % self.cfg.dedupe + 1
-    local retired = ids[pos]
-    if retired ~= nil then seen[retired] = nil end
-    ids[pos], seen[id], self.seen_pos = id, true, pos
+    seen:put(id, true)
   end
   local rules, slot, rslot = self.by_type[typ], self.track[typ], self.track_room[typ]
   if not rules and not slot and not rslot then st.ignored = st.ignored + 1; return 0 end
@@ -934,9 +922,35 @@ function Engine:process(ev)
   return made
 end
 
+-- On LuaJIT the engine is compiled and, with many users, its time goes to cache misses on large
+-- maps. A first pass over a batch looks up each event's id, record and counter and so has those
+-- misses overlap rather than wait one after another; the second pass finds them in cache. (On
+-- the PUC interpreters the extra pass costs more than it saves.)
+local PREFETCH = rawget(_G, "jit") ~= nil
+
+local function prefetch(self, events)
+  local seen, young, track, ver, n = self.seen.map, self.keys.young, self.track, self.allow_ver, 0
+  for i = 1, #events do
+    local ev = events[i]
+    if type(ev) == "table" then
+      local id = ev.id
+      if id ~= nil and id == id and seen[id] then n = n + 1 end
+      local a = young[ev.app_id]
+      local r = a and a[ev.room_id]
+      local rec = r and r[ev.user_id]
+      if rec and rec[REC_ALLOW] == ver then
+        local ring = rec[track[ev.type] or REC_SEEN]
+        if type(ring) == "table" and ring[1] == 0 then n = n + 1 end
+      end
+    end
+  end
+  return n -- used, so the compiler keeps the loads
+end
+
 -- Processes a list of events. Returns decisions, invalid count.
 function Engine:process_batch(events)
   local made, invalid = 0, 0
+  if PREFETCH then prefetch(self, events) end
   for i = 1, #events do
     local n = self:process(events[i])
     if n then made = made + n else invalid = invalid + 1 end

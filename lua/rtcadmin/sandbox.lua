@@ -3,10 +3,12 @@
 -- A rules file is compiled as text only ("t": no bytecode) into a fresh environment holding the
 -- DSL, safe copies of string/table/math/utf8 and a few base functions. Nothing in it reaches the
 -- file system, processes, the network, the debug library, load/require, metatables or the host's
--- globals. Every call into rule code goes through a runner that stops it after an instruction
--- budget (a count hook) and refuses heap growth beyond a memory budget (rtcadmin.heap_budget,
--- enforced in the allocator, because a single `s .. s` or string.rep can allocate gigabytes
--- between two hook calls). See docs/policy.md.
+-- globals. Rule code is stopped after an instruction budget and refused heap growth beyond a memory
+-- budget (rtcadmin.heap_budget, enforced in the allocator, because a single `s .. s` or string.rep
+-- can allocate gigabytes between two checks). The instruction budget is counted by checks that
+-- compile() weaves into the source (every function body, loop body and goto) rather than by a debug
+-- hook: a hook slows every instruction on Lua 5.4 and keeps LuaJIT from compiling rule code. See
+-- docs/policy.md.
 local sandbox = {}
 
 local heap_budget
@@ -15,7 +17,7 @@ do
   if ok and type(core) == "table" then heap_budget = core.heap_budget end
 end
 
-local debug_sethook, debug_gethook, debug_getinfo = debug.sethook, debug.gethook, debug.getinfo
+local debug_getinfo = debug.getinfo
 local string_format, string_rep, string_find, table_concat = string.format, string.rep, string.find, table.concat
 local collectgarbage, type, tostring, error, xpcall, select = collectgarbage, type, tostring, error, xpcall, select
 
@@ -33,18 +35,154 @@ local function load_text(source, chunkname, env)
   end
   return load(source, chunkname, "t", env)
 end
--- LuaJIT runs no hooks in compiled code: rule code stays in the interpreter, where they run.
-local jit_off = rawget(_G, "jit") and jit.off or function() end -- luacheck: ignore 113 (LuaJIT global)
-
 sandbox.DEFAULTS = {
-  instructions = 1000000,       -- VM instructions per call into rule code (checked every `hook_every`)
+  instructions = 1000000,       -- steps (function calls, loop iterations, gotos) per call into rule code
   memory = 16 * 1024 * 1024,    -- bytes the Lua heap may grow during one call into rule code
-  hook_every = 1000,            -- instructions between two budget checks
   string_max = 1024 * 1024,     -- longest string string.rep / table.concat may build in a rule
 }
 
 -- Budget errors are tables, so rule code cannot forge or mistake them for its own errors.
 local BUDGET = {}
+
+-- The budget of the call into rule code under way: one for the process, since a rules file's
+-- functions are compiled once and called by whichever runner evaluates them, and calls into rule
+-- code never nest. `armed` is false outside runner.eval: rule code called by anything else is not
+-- counted.
+local budget = { ticks = 0, max = 0, armed = false, memory = 0, ceiling = 0 }
+
+-- The check woven into rule code.
+local function step()
+  if not budget.armed then return end
+  local n = budget.ticks + 1
+  budget.ticks = n
+  if n > budget.max then
+    budget.armed = false
+    BUDGET.what = string_format("instruction budget exceeded (%d steps: calls, loop iterations, gotos)", budget.max)
+    error(BUDGET, 2)
+  end
+  -- Without rtcadmin.heap_budget (the Lua files alone), the heap is checked every 1024 steps.
+  if not heap_budget and n % 1024 == 0 and collectgarbage("count") > budget.ceiling then
+    collectgarbage()
+    if collectgarbage("count") > budget.ceiling then
+      budget.armed = false
+      BUDGET.what = string_format("memory budget exceeded (%d bytes)", budget.memory)
+      error(BUDGET, 2)
+    end
+  end
+end
+
+-- The name of the check in rule code; refused in rule source, so rule code cannot shadow, replace
+-- or reach it.
+local STEP = "__rtc_step"
+local HAS_GOTO = _VERSION ~= "Lua 5.1" or rawget(_G, "jit") ~= nil
+
+-- Returns `source` with a budget check at the start of every function body (after the parameter
+-- list), loop body (after `do` and `repeat`; a plain `do` block gets one too) and before every
+-- `goto`, or nil, "line N: message". Between two checks rule code runs only straight-line code of
+-- its own source, so the checks bound the instructions it can execute. Nothing is inserted across
+-- a line break, so line numbers stay as they are. The scan follows Lua's lexical rules for
+-- comments, strings and long brackets, so no keyword inside them is taken for code.
+local function weave(source)
+  local out, n, i, len, line = {}, 0, 1, #source, 1
+  local function emit(a, b) n = n + 1; out[n] = source:sub(a, b) end
+  local function ins(text) n = n + 1; out[n] = text end
+  local function lines(a, b)
+    local _, k = source:sub(a, b):gsub("\n", "")
+    line = line + k
+  end
+  -- A long bracket opening at i ("[", "=" * level, "["): returns the index past its closing one.
+  local function long_bracket(at)
+    local eq = source:match("^%[(=*)%[", at)
+    if not eq then return nil end
+    local close = "]" .. eq .. "]"
+    local _, e = source:find(close, at + #eq + 2, true)
+    if not e then return false end
+    return e + 1
+  end
+  local after_function = false -- inside `function ... (` up to the parameter list's `)`
+  ins("local " .. STEP .. " = ...; ")
+  while i <= len do
+    local c = source:sub(i, i)
+    if c == "\n" then
+      emit(i, i); line = line + 1; i = i + 1
+    elseif c:find("^%s") then
+      local _, e = source:find("^[ \t\r\f\v]+", i)
+      emit(i, e or i); i = (e or i) + 1
+    elseif c == "-" and source:sub(i + 1, i + 1) == "-" then
+      local stop = nil
+      if source:sub(i + 2, i + 2) == "[" then stop = long_bracket(i + 2) end
+      if stop == false then return nil, "line " .. line .. ": unfinished long comment" end
+      if not stop then
+        local e = source:find("\n", i, true)
+        stop = e or len + 1
+      end
+      emit(i, stop - 1); lines(i, stop - 1); i = stop
+    elseif c == "[" and source:find("^%[=*%[", i) then
+      local stop = long_bracket(i)
+      if not stop then return nil, "line " .. line .. ": unfinished long string" end
+      emit(i, stop - 1); lines(i, stop - 1); i = stop
+    elseif c == "'" or c == '"' then
+      local j = i + 1
+      while true do
+        local d = source:sub(j, j)
+        if d == "" or d == "\n" then return nil, "line " .. line .. ": unfinished string" end
+        if d == "\\" then
+          local nx = source:sub(j + 1, j + 1)
+          if nx == "z" then -- \z skips the white space that follows, line breaks included
+            j = j + 2
+            while source:find("^%s", j) do j = j + 1 end
+          elseif (nx == "\r" or nx == "\n") and source:sub(j + 2, j + 2):find("^[\r\n]")
+            and source:sub(j + 2, j + 2) ~= nx then
+            j = j + 3 -- an escaped \r\n or \n\r
+          else
+            j = j + 2
+          end
+        elseif d == c then
+          break
+        else
+          j = j + 1
+        end
+      end
+      emit(i, j); lines(i, j); i = j + 1
+    elseif c:find("^[%a_]") then
+      local _, e = source:find("^[%w_]+", i)
+      local word = source:sub(i, e)
+      if word:sub(1, 6) == "__rtc_" then
+        return nil, "line " .. line .. ": the name '" .. word .. "' is reserved"
+      end
+      if word == "goto" and HAS_GOTO then ins(STEP .. "(); ") end
+      emit(i, e)
+      if word == "do" or word == "repeat" then ins(" " .. STEP .. "();")
+      elseif word == "function" then after_function = true end
+      i = e + 1
+    elseif c:find("^%d") or (c == "." and source:find("^%.%d", i)) then
+      -- A numeral: digits, letters, dots, and a sign right after an exponent mark.
+      local j = i
+      while true do
+        local _, e = source:find("^[%w_.]+", j)
+        if not e then break end
+        j = e + 1
+        local mark = source:sub(e, e):lower()
+        local hex = source:sub(i, i + 1):lower() == "0x"
+        if ((mark == "e" and not hex) or (mark == "p" and hex)) and source:find("^[+-]", j) then
+          j = j + 1
+        else
+          break
+        end
+      end
+      emit(i, j - 1); i = j
+    else
+      emit(i, i)
+      if c == ")" and after_function then
+        after_function = false
+        ins(" " .. STEP .. "();")
+      end
+      i = i + 1
+    end
+  end
+  return table_concat(out)
+end
+sandbox.weave = weave
 
 -- Limits with the defaults filled in.
 local function limits_of(limits)
@@ -119,46 +257,19 @@ function sandbox.freeze(env)
   })
 end
 
--- A runner: runner.call(fn, where, ...) calls rule code under the budgets and returns
--- true, results... or false, message (the message names file:line).
+-- A runner: runner.call(fn, a, b) calls rule code under the budgets and returns true, result or
+-- false, message (the message names file:line).
 function sandbox.runner(limits)
   limits = limits_of(limits)
-  local every = limits.hook_every
-  local max_ticks = math.max(1, math.ceil(limits.instructions / every))
+  local max_steps = math.max(1, math.floor(limits.instructions))
   local memory = limits.memory
   local string_meta = getmetatable("")
   local host_index = string_meta.__index
   local safe_string = safe_libs(limits)
 
-  local mem_ceiling, active = 0, false
-  local saved_hook, saved_mask, saved_count
-
-  -- The count hook is installed only while rule code may run (runner.enter .. runner.leave, one
-  -- event's conditions): with any count hook set, Lua 5.4 sends every instruction through its hook
-  -- check, which would halve the engine's own speed. Between conditions it counts nothing.
-  local runner = {}
-  local function hook()
-    if not active then return end
-    local ticks = runner.ticks + 1
-    runner.ticks = ticks
-    if ticks > max_ticks then
-      active = false
-      BUDGET.what = string_format("instruction budget exceeded (%d instructions)", max_ticks * every)
-      error(BUDGET, 2)
-    end
-    if not heap_budget and collectgarbage("count") > mem_ceiling then
-      collectgarbage()
-      if collectgarbage("count") > mem_ceiling then
-        active = false
-        BUDGET.what = string_format("memory budget exceeded (%d bytes)", memory)
-        error(BUDGET, 2)
-      end
-    end
-  end
-
   -- Where rule code was when it failed: the innermost frame from a rules file.
   local function handler(e)
-    active = false
+    budget.armed = false
     if e == BUDGET then
       local level = 2
       while true do
@@ -181,26 +292,27 @@ function sandbox.runner(limits)
     return e
   end
 
+  local runner = { budget = budget }
 
-  -- Installs the hook and the sandbox's string methods for a run of runner.eval calls.
+  -- Gives rule code the sandbox's string methods for a run of runner.eval calls.
   function runner.enter()
-    saved_hook, saved_mask, saved_count = debug_gethook()
     string_meta.__index = safe_string
-    debug_sethook(hook, "", every)
   end
 
   function runner.leave()
-    active = false
-    if saved_hook then debug_sethook(saved_hook, saved_mask, saved_count) else debug_sethook() end
+    budget.armed = false
     string_meta.__index = host_index
   end
 
   local function finish(ok, res)
-    active = false
+    budget.armed = false
     if heap_budget then heap_budget(0) end
     if not ok then
       if type(res) == "string" and string_find(res, "^not enough memory") then -- 5.3 adds words
         return false, string_format("memory budget exceeded (%d bytes)", memory)
+      end
+      if res == "error in error handling" then -- LuaJIT: the handler had no stack left to run in
+        return false, "stack overflow (recursion too deep)"
       end
       return false, type(res) == "string" and res or tostring(res)
     end
@@ -209,14 +321,13 @@ function sandbox.runner(limits)
 
   -- runner.eval(fn, a, b) -> true, result | false, "file:line: message". Between enter and leave;
   -- each call has the whole instruction and memory budget. `fn` may be engine code that calls
-  -- several rule functions in turn: setting `runner.ticks = 0` before each gives it the whole
-  -- instruction budget (the memory budget is the call's). Nothing else may run between enter and
-  -- leave but engine code (no callbacks): the string metatable is the sandbox's meanwhile.
-  runner.ticks = 0
+  -- several rule functions in turn: setting `runner.budget.ticks = 0` before each gives it the
+  -- whole instruction budget (the memory budget is the call's). Nothing else may run between enter
+  -- and leave but engine code (no callbacks): the string metatable is the sandbox's meanwhile.
   function runner.eval(fn, a, b)
-    runner.ticks = 0
-    if heap_budget then heap_budget(memory) else mem_ceiling = collectgarbage("count") + memory / 1024 end
-    active = true
+    budget.ticks, budget.max, budget.memory = 0, max_steps, memory
+    if heap_budget then heap_budget(memory) else budget.ceiling = collectgarbage("count") + memory / 1024 end
+    budget.armed = true
     return finish(call_with(fn, handler, a, b))
   end
 
@@ -231,14 +342,21 @@ function sandbox.runner(limits)
   return runner
 end
 
--- Compiles `source` (text only) as `chunkname` into `env`. Returns the function or nil, "file:line: msg".
+-- Compiles `source` (text only) as `chunkname` into `env`, with the budget checks woven in.
+-- Returns the function (to be called once, through a runner, to run the file's main chunk) or
+-- nil, "file:line: msg".
 function sandbox.compile(source, chunkname, env)
   if type(source) ~= "string" then return nil, chunkname .. ": not a text file" end
   if source:sub(1, 1) == "\27" then return nil, chunkname .. ": precompiled chunks are refused" end
-  local fn, err = load_text(source, "@" .. chunkname, env)
+  local woven, werr = weave(source)
+  if not woven then
+    -- Lua's own message for a lexical error, when it has one.
+    local _, err = load_text(source, "@" .. chunkname, env)
+    return nil, err or (chunkname .. ":" .. werr:gsub("^line ", ""))
+  end
+  local fn, err = load_text(woven, "@" .. chunkname, env)
   if not fn then return nil, err end
-  jit_off(fn, true) -- and every function defined in it
-  return fn
+  return function() return fn(step) end
 end
 
 -- "file:line" where a Lua function was defined.

@@ -53,7 +53,7 @@ local ESCAPES = {
   { "rawget/rawset", "rawset(_ENV, 'pwned', 1)", "global 'rawset'" },
   { "setmetatable __gc", "setmetatable({}, { __gc = function() while true do end end })", "global 'setmetatable'" },
   { "collectgarbage", "collectgarbage('stop')", "global 'collectgarbage'" },
-  { "coroutine (runs without the hook)", "coroutine.wrap(function() while true do end end)()", "global 'coroutine'" },
+  { "coroutine", "coroutine.wrap(function() while true do end end)()", "global 'coroutine'" },
   { "pcall to swallow the budget", "pcall(function() while true do end end)", "global 'pcall'" },
   { "package", "package.loaded.os.execute('touch " .. sentinel .. "')", "global 'package'" },
   { "ctx internals", "return ctx.engine.client", "field 'engine'" },
@@ -87,7 +87,17 @@ local RUNAWAY = {
   { "table growth", "local t = {} while true do t[#t + 1] = { 1, 2, 3 } end", "budget exceeded" },
   { "string growth by method calls", "local s = 'xxxxxxxx' while true do s = s:rep(2) end",
     "exceeds the sandbox's|memory budget exceeded" },
+  { "repeat loop", "repeat local x = 1 until false", "instruction budget exceeded" },
+  { "loop written after look-alikes in strings and comments",
+    "local a, b = 'do', \"repeat \\\" function()\" --[==[ ]] do ]==] local c = [[ do ]] .. 1e+5\n"
+      .. "local d = '--[[' while a do end", "instruction budget exceeded" },
+  { "tail-call loop", "local function f(n) return f(n + 1) end return f(1)", "instruction budget exceeded" },
 }
+if _VERSION ~= "Lua 5.1" or rawget(_G, "jit") then
+  RUNAWAY[#RUNAWAY + 1] = { "goto loop", "::top:: local x = 1 goto top", "instruction budget exceeded" }
+  RUNAWAY[#RUNAWAY + 1] = { "loop after a \\z string and a hex float",
+    "local d = 'x\\z\n  do' .. 0x1p-2 .. \"--\" while d do end", "instruction budget exceeded" }
+end
 
 for _, c in ipairs(RUNAWAY) do
   T.case("runaway: " .. c[1] .. " is stopped and reported with file:line", function()
@@ -119,6 +129,19 @@ T.case("a rules file that loops or allocates at load time is refused with file:l
   T.match(errs[1], "attempt%d+%.lua: memory budget exceeded %(4194304 bytes%) while the file loaded", "file")
   T.eq(#e.rules, 0, "nothing applied")
   host_intact("load")
+end)
+
+T.case("rule code cannot name the budget check; line numbers are the file's own", function()
+  local e = policy.new { dry_run = true }
+  local ok, errs = e:load(rules_file("local x = 1\nlocal __rtc_step = function() end\n"))
+  T.eq(ok, nil, "refused")
+  T.match(errs[1], "attempt%d+%.lua:2: the name '__rtc_step' is reserved", "file:line")
+  ok, errs = e:load(rules_file("local s = [[\n\n]] -- three lines\nfunction f()\n  error('boom')\nend f()\n"))
+  T.eq(ok, nil, "refused")
+  T.match(errs[1], "attempt%d+%.lua:5: boom", "the error's own line")
+  ok, errs = e:load(rules_file("local s = 'unfinished\n"))
+  T.eq(ok, nil, "refused")
+  T.match(errs[1], "attempt%d+%.lua:1: unfinished string", "Lua's own message")
 end)
 
 T.case("precompiled chunks are refused", function()
