@@ -139,25 +139,6 @@ local SLOT = 65536
 local REC_SEEN, REC_ALLOW, REC_FIXED = 1, 2, 2
 local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
 
-local function ring_add(ring, sec, keep, slots)
-  local n, total = ring[1], ring[2]
-  if sec > ring[3] then
-    local cap = ring[4]
-    if n >= cap and cap < slots and ring[(n - cap) % cap + 5] >= (sec - keep) * SLOT then
-      -- The oldest slot is still needed: grow. Fill the new entries first so they stay in the
-      -- array part, then renumber the live slots 0 .. cap-1, oldest first.
-      local ncap, live = math_min(cap * 2, slots), {}
-      for j = n - cap, n - 1 do live[#live + 1] = ring[j % cap + 5] end
-      for i = cap + 5, ncap + 4 do ring[i] = 0 end
-      for k = 1, cap do ring[k + 4] = live[k] end
-      n, ring[4], cap = cap, ncap, ncap
-    end
-    ring[n % cap + 5] = sec * SLOT + total % SLOT
-    ring[1], ring[3] = n + 1, sec
-  end
-  ring[2] = total + 1
-end
-
 local function ring_count(ring, window, now)
   local n = ring[1]
   if n == 0 then return 0 end
@@ -168,7 +149,9 @@ local function ring_count(ring, window, now)
   if ring[j % cap + 5] < cutoff then return 0 end
   local lo = n - cap -- the oldest slot held
   if lo < 0 then lo = 0 end
-  if cap <= 8 then
+  if ring[lo % cap + 5] >= cutoff then
+    j = lo -- all of them (usual for long windows)
+  elseif cap <= 8 then
     while j > lo and ring[(j - 1) % cap + 5] >= cutoff do j = j - 1 end
   else
     local a = lo
@@ -218,7 +201,22 @@ end
 local function add_event(rec, slot, ev, ts, keep, slots, fields, dmax)
   local ring = rec[slot]
   if not ring then ring = ring_new(); rec[slot] = ring end
-  ring_add(ring, ts - ts % 1, keep, slots)
+  local sec, n, total = ts - ts % 1, ring[1], ring[2]
+  if sec > ring[3] then
+    local cap = ring[4]
+    if n >= cap and cap < slots and ring[(n - cap) % cap + 5] >= (sec - keep) * SLOT then
+      -- The oldest slot is still needed: grow. Fill the new entries first so they stay in the
+      -- array part, then renumber the live slots 0 .. cap-1, oldest first.
+      local ncap, live = math_min(cap * 2, slots), {}
+      for j = n - cap, n - 1 do live[#live + 1] = ring[j % cap + 5] end
+      for i = cap + 5, ncap + 4 do ring[i] = 0 end
+      for k = 1, cap do ring[k + 4] = live[k] end
+      n, ring[4], cap = cap, ncap, ncap
+    end
+    ring[n % cap + 5] = sec * SLOT + total % SLOT
+    ring[1], ring[3] = n + 1, sec
+  end
+  ring[2] = total + 1
   if fields then
     for i = 1, #fields do
       local f = fields[i]
@@ -502,7 +500,7 @@ function policy.new(opts)
   E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
-  E.cur = {} -- the event being evaluated, for the ctx methods
+  E.cur = { nq = 0 } -- the event being evaluated, for the ctx methods
   E.fired = {} -- (rule, ok, evidence or error) triples of the event being evaluated
   E.ctx = E:_make_ctx()
   E._conditions = E:_make_conditions()
@@ -593,11 +591,12 @@ end
 function Engine:_make_ctx()
   local E = self
   local slots, dmax = self.cfg.slots, self.cfg.distinct_max
-  local q, nq = {}, 0
+  local q, C = {}, E.cur -- C.nq: the queries the current condition made (up to 8 are kept)
   local methods = {}
 
   local function evidence(kind, t, field, window, scope, value)
-    nq = nq + 1
+    local nq = C.nq + 1
+    C.nq = nq
     if nq > 8 then return end
     local e = q[nq]
     if not e then e = {}; q[nq] = e end
@@ -650,7 +649,8 @@ function Engine:_make_ctx()
     end
     local ring = rec[slot]
     local v = ring and ring_count(ring, window, cur.ts) or 0
-    nq = nq + 1
+    local nq = cur.nq + 1
+    cur.nq = nq
     if nq <= 8 then
       local e = q[nq]
       if not e then e = {}; q[nq] = e end
@@ -705,13 +705,12 @@ function Engine:_make_ctx()
   })
   self._evidence = function()
     local list = {}
-    for i = 1, math_min(nq, 8) do
+    for i = 1, math_min(C.nq, 8) do
       local e = q[i]
       list[i] = { query = e.query, type = e.type, field = e.field, window = e.window, scope = e.scope, value = e.value }
     end
     return list
   end
-  self._reset_evidence = function() nq = 0 end
   return ctx
 end
 
@@ -807,7 +806,7 @@ end
 -- the rule, so an error is put down to it and the run resumes after it.
 function Engine:_make_conditions()
   local E, cur, budget, st = self, self.cur, self.runner.budget, self.st
-  local ctx, reset = self.ctx, self._reset_evidence
+  local ctx = self.ctx
   return function(rules, start)
     local ev, rec, ts, fired, nf = cur.ev, cur.rec, cur.ts, E.fired, cur.nf
     for i = start, #rules do
@@ -817,7 +816,7 @@ function Engine:_make_conditions()
         st.cooldown = st.cooldown + 1
       else
         local when, hit = r.when, true
-        reset()
+        cur.nq = 0
         if when ~= nil then
           cur.at, cur.nf, budget.ticks = i, nf, 0
           hit = when(ev, ctx)
@@ -832,26 +831,30 @@ function Engine:_make_conditions()
   end
 end
 
+function Engine:_invalid(reason)
+  self.st.invalid = self.st.invalid + 1
+  return nil, reason
+end
+
 -- Processes one event. Returns the number of decisions it caused, or nil, reason for an invalid event.
 function Engine:process(ev)
   local st = self.st
   st.events = st.events + 1
-  if type(ev) ~= "table" then st.invalid = st.invalid + 1; return nil, "event is not a table" end
+  if type(ev) ~= "table" then return self:_invalid("event is not a table") end
   local typ, app, room, user = ev.type, ev.app_id, ev.room_id, ev.user_id
-  if type(typ) ~= "string" or type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
-    st.invalid = st.invalid + 1
-    return nil, "event needs string fields type, app_id, room_id, user_id"
-  end
+  -- app_id, room_id and user_id are checked where a record is made: a record is only ever found
+  -- by the strings it was made for.
+  if type(typ) ~= "string" then return self:_invalid("event needs a string field type") end
   local ts = ev.ts
   if ts == nil then ts = self.now()
-  elseif type(ts) ~= "number" or ts ~= ts then st.invalid = st.invalid + 1; return nil, "event ts must be a number" end
+  elseif type(ts) ~= "number" or ts ~= ts then return self:_invalid("event ts must be a number") end
   local id = ev.id
   if id ~= nil then
     local seen = self.seen
     if seen.map[id] then st.duplicates = st.duplicates + 1; return 0 end
-    if (type(id) ~= "string" and type(id) ~= "number") or id ~= id then
-      st.invalid = st.invalid + 1
-      return nil, "event id must be a string or a number"
+    local tid = type(id)
+    if (tid ~= "string" and tid ~= "number") or id ~= id then
+      return self:_invalid("event id must be a string or a number")
     end
     seen:put(id, true)
   end
@@ -866,14 +869,18 @@ function Engine:process(ev)
   local rec = r and r[user]
   if rec == nil then rec = keys:get(app, room, user, ts) end -- from the old generation
   if rec == nil or rec[REC_ALLOW] ~= self.allow_ver then
+    if rec == nil then
+      -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
+      if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
+        return self:_invalid("event needs string fields type, app_id, room_id, user_id")
+      end
+      if not (valid_app(app) and valid_id(room) and valid_id(user)) then
+        return self:_invalid("event has an invalid app_id, room_id or user_id")
+      end
+    end
     -- The allow-list verdict for the user id is kept in its record until the list changes.
     if self:_allowed_user(user) then st.allowed = st.allowed + 1; return 0 end
     if rec == nil then
-      -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
-      if not (valid_app(app) and valid_id(room) and valid_id(user)) then
-        st.invalid = st.invalid + 1
-        return nil, "event has an invalid app_id, room_id or user_id"
-      end
       rec = self:_new_rec(ts)
       keys:put(app, room, user, rec, ts)
     else

@@ -46,29 +46,34 @@ local BUDGET = {}
 
 -- The budget of the call into rule code under way: one for the process, since a rules file's
 -- functions are compiled once and called by whichever runner evaluates them, and calls into rule
--- code never nest. `armed` is false outside runner.eval: rule code called by anything else is not
+-- code never nest. Outside runner.eval `max` is infinite: rule code called by anything else is not
 -- counted.
-local budget = { ticks = 0, max = 0, armed = false, memory = 0, ceiling = 0 }
+local budget = { ticks = 0, max = math.huge, memory = 0, ceiling = 0 }
 
--- The check woven into rule code.
+local function exceeded(what)
+  budget.max = math.huge
+  BUDGET.what = what
+  error(BUDGET, 3)
+end
+
+-- Without rtcadmin.heap_budget (the Lua files alone), the heap is checked every 1024 steps.
+local function check_heap()
+  if collectgarbage("count") > budget.ceiling then
+    collectgarbage()
+    if collectgarbage("count") > budget.ceiling then
+      exceeded(string_format("memory budget exceeded (%d bytes)", budget.memory))
+    end
+  end
+end
+
+-- The check woven into rule code (it runs at every call and loop iteration: kept short).
 local function step()
-  if not budget.armed then return end
   local n = budget.ticks + 1
   budget.ticks = n
   if n > budget.max then
-    budget.armed = false
-    BUDGET.what = string_format("instruction budget exceeded (%d steps: calls, loop iterations, gotos)", budget.max)
-    error(BUDGET, 2)
+    exceeded(string_format("instruction budget exceeded (%d steps: calls, loop iterations, gotos)", budget.max))
   end
-  -- Without rtcadmin.heap_budget (the Lua files alone), the heap is checked every 1024 steps.
-  if not heap_budget and n % 1024 == 0 and collectgarbage("count") > budget.ceiling then
-    collectgarbage()
-    if collectgarbage("count") > budget.ceiling then
-      budget.armed = false
-      BUDGET.what = string_format("memory budget exceeded (%d bytes)", budget.memory)
-      error(BUDGET, 2)
-    end
-  end
+  if n % 1024 == 0 and not heap_budget then check_heap() end
 end
 
 -- The name of the check in rule code; refused in rule source, so rule code cannot shadow, replace
@@ -269,7 +274,7 @@ function sandbox.runner(limits)
 
   -- Where rule code was when it failed: the innermost frame from a rules file.
   local function handler(e)
-    budget.armed = false
+    budget.max = math.huge
     if e == BUDGET then
       local level = 2
       while true do
@@ -300,12 +305,12 @@ function sandbox.runner(limits)
   end
 
   function runner.leave()
-    budget.armed = false
+    budget.max = math.huge
     string_meta.__index = host_index
   end
 
   local function finish(ok, res)
-    budget.armed = false
+    budget.max = math.huge
     if heap_budget then heap_budget(0) end
     if not ok then
       if type(res) == "string" and string_find(res, "^not enough memory") then -- 5.3 adds words
@@ -325,9 +330,8 @@ function sandbox.runner(limits)
   -- whole instruction budget (the memory budget is the call's). Nothing else may run between enter
   -- and leave but engine code (no callbacks): the string metatable is the sandbox's meanwhile.
   function runner.eval(fn, a, b)
-    budget.ticks, budget.max, budget.memory = 0, max_steps, memory
     if heap_budget then heap_budget(memory) else budget.ceiling = collectgarbage("count") + memory / 1024 end
-    budget.armed = true
+    budget.ticks, budget.max, budget.memory = 0, max_steps, memory
     return finish(call_with(fn, handler, a, b))
   end
 
