@@ -386,7 +386,16 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   T.match(why, "invalid", "reason")
   n = e:process(ev("soon", "chat", "u"))
   T.eq(n, nil, "ts not a number")
-  T.eq(e:stats().invalid, 3, "counted")
+  for _, id in ipairs({ {}, 0 / 0, true }) do
+    n, why = e:process(ev(1, "chat", "u", { id = id }))
+    T.eq(n, nil, "id " .. tostring(id))
+    T.match(why, "event id must be a string or a number", "reason")
+  end
+  n, why = e:process({ type = "chat", app_id = APP, room_id = 7, user_id = "u" })
+  T.eq(n, nil, "room_id not a string")
+  T.match(why, "string fields", "reason")
+  T.eq(e:stats().invalid, 7, "counted")
+  T.eq(e:process(ev(1, "chat", "u", { id = 5 })), 1, "a valid event still acts")
   T.raises("a 'client' is required unless dry_run = true", policy.new, {})
   T.raises("unknown option 'colour'", policy.new, { dry_run = true, colour = 1 })
   T.raises("'max_keys' must be a positive number", policy.new, { dry_run = true, max_keys = -1 })
