@@ -471,6 +471,17 @@ function policy.new(opts)
     error("rtcadmin.policy.new: a 'client' is required unless dry_run = true", 2)
   end
   if opts.now ~= nil and type(opts.now) ~= "function" then error("rtcadmin.policy.new: 'now' must be a function", 2) end
+  if opts.limits ~= nil then
+    if type(opts.limits) ~= "table" then error("rtcadmin.policy.new: 'limits' must be a table", 2) end
+    for k, v in pairs(opts.limits) do
+      if sandbox.DEFAULTS[k] == nil then
+        error("rtcadmin.policy.new: unknown limit '" .. tostring(k) .. "' (instructions, memory, string_max)", 2)
+      end
+      if type(v) ~= "number" or v ~= v or v <= 0 then
+        error(string_format("rtcadmin.policy.new: limit '%s' must be a positive number", k), 2)
+      end
+    end
+  end
   local cfg = {}
   for k, v in pairs(policy.DEFAULTS) do cfg[k] = opts[k] or v end
 

@@ -399,6 +399,8 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   T.raises("a 'client' is required unless dry_run = true", policy.new, {})
   T.raises("unknown option 'colour'", policy.new, { dry_run = true, colour = 1 })
   T.raises("'max_keys' must be a positive number", policy.new, { dry_run = true, max_keys = -1 })
+  T.raises("unknown limit 'hook_every'", policy.new, { dry_run = true, limits = { hook_every = 10 } })
+  T.raises("limit 'memory' must be a positive number", policy.new, { dry_run = true, limits = { memory = 0 } })
   local e2 = engine([[rule "r" { on = "chat", action = kick, when = function(ev, ctx) return ctx:count(1, 10) end }]])
   local errs = {}
   e2.on_error = function(r) errs[#errs + 1] = r.error end
