@@ -96,9 +96,14 @@ function Gen3:get(app, room, user, now)
   local r = a and a[room]
   local v = r and r[user]
   if v ~= nil then return v end
-  a = self.old[app]
-  r = a and a[room]
-  v = r and r[user]
+  return self:promote(app, room, user, now)
+end
+
+-- A key from the old generation, moved to the young one (nil if it is not there).
+function Gen3:promote(app, room, user, now)
+  local a = self.old[app]
+  local r = a and a[room]
+  local v = r and r[user]
   if v ~= nil then
     r[user] = nil
     self.old_n = self.old_n - 1
@@ -878,7 +883,7 @@ function Engine:process(ev)
   local a = keys.young[app]
   local r = a and a[room]
   local rec = r and r[user]
-  if rec == nil then rec = keys:get(app, room, user, ts) end -- from the old generation
+  if rec == nil then rec = keys:promote(app, room, user, ts) end
   if rec == nil or rec[REC_ALLOW] ~= self.allow_ver then
     if rec == nil then
       -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.

@@ -291,8 +291,8 @@ function sandbox.runner(limits)
     -- An error raised for rule code at a level that lands in the engine (a tail call from the
     -- condition left no frame of its own) carries no position rather than the engine's.
     if type(e) == "string" then
-      local src = e:match("^([^\n:]*):%d+: ")
-      if src and src:find("rtcadmin[/\\][%w_]+%.lua$") then e = e:sub(#e:match("^[^\n:]*:%d+: ") + 1) end
+      local at, src = e:match("^(([^\n:]*):%d+: )")
+      if at and src:find("rtcadmin[/\\][%w_]+%.lua$") then e = e:sub(#at + 1) end
     end
     return e
   end

@@ -11,7 +11,7 @@ local A, R, U = T.APP, "room1", "alice"
 local SECRETS = { T.SK, T.SK2, T.STS_SK, T.STS_TOKEN, "Tm90QVNlY3JldFRvU2hvdw==" }
 
 -- A plain message fragment as a Lua pattern.
-local function P(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+local P = T.literal
 local function bad(fname, arg, rule) return P("rtcadmin." .. fname .. ": bad argument '" .. arg .. "': " .. rule) end
 
 local ID_RULE = "expected 1-128 characters of A-Z a-z 0-9 @ . _ -, got "

@@ -69,7 +69,7 @@ for _, c in ipairs(ESCAPES) do
   T.case("escape: " .. c[1] .. " is contained and reported with file:line", function()
     local errors, decisions, path = attempt(c[2])
     T.eq(#errors, 1, "one error reported")
-    T.match(errors[1], "^" .. path:gsub("%p", "%%%0") .. ":[12]: ", "file:line") -- 1 after a tail call
+    T.match(errors[1], "^" .. T.literal(path) .. ":[12]: ", "file:line") -- 1 after a tail call
     T.match(errors[1], c[3], "message")
     T.same(decisions, { "after" }, "the attempt decided nothing; the engine carried on")
     host_intact(c[1])
@@ -104,7 +104,7 @@ for _, c in ipairs(RUNAWAY) do
     local before = collectgarbage("count")
     local errors, decisions, path = attempt(c[2], { instructions = 2000000, memory = 8 * 1024 * 1024 })
     T.eq(#errors, 1, "one error reported")
-    T.match(errors[1], "^" .. path:gsub("%p", "%%%0") .. ":%d+: ", "file:line")
+    T.match(errors[1], "^" .. T.literal(path) .. ":%d+: ", "file:line")
     local alternatives = {}
     for alt in c[3]:gmatch("[^|]+") do alternatives[#alternatives + 1] = alt end
     local found = false
@@ -140,7 +140,7 @@ T.case("rule code cannot name the budget check; line numbers are the file's own"
   }) do
     local ok, errs = e:load(rules_file(c[1]))
     T.eq(ok, nil, "refused: " .. c[2])
-    T.match(errs[1], "attempt%d+%.lua" .. c[2]:gsub("%p", "%%%0"), "file:line")
+    T.match(errs[1], "attempt%d+%.lua" .. T.literal(c[2]), "file:line")
   end
 end)
 

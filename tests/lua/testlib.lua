@@ -44,6 +44,9 @@ function T.ok(v, what)
   return v
 end
 
+-- `s` as a Lua pattern that matches it literally.
+function T.literal(s) return (s:gsub("%p", "%%%0")) end
+
 function T.match(s, pattern, what)
   if type(s) ~= "string" or not s:find(pattern) then
     fail(string.format("%s: %s does not match %q", what or "string", show(s), pattern), 2)
