@@ -144,10 +144,12 @@ local SLOT = 65536
 local REC_SEEN, REC_ALLOW, REC_FIXED = 1, 2, 2
 local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
 
-local function ring_count(ring, window, now)
+-- The events in the last `window` seconds up to second `sec` (a whole number: math.floor of the
+-- time, taken once per event; an integer on 5.3+, where `%` on floats is a slow fmod call).
+local function ring_count(ring, window, sec)
   local n = ring[1]
   if n == 0 then return 0 end
-  local last_out = now - now % 1 - window -- slots of this second or earlier are outside the window
+  local last_out = sec - window -- slots of this second or earlier are outside the window
   local cutoff = (last_out - last_out % 1 + 1) * SLOT
   local cap = ring[4]
   local j = n - 1 -- the newest slot; find the first one inside the window
@@ -170,12 +172,12 @@ local function ring_count(ring, window, now)
 end
 
 -- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
-local function distinct_add(ring, field, value, ts, cap)
+local function distinct_add(ring, field, value, sec, cap)
   local d = ring.d
   if not d then d = {}; ring.d = d end
   local m = d[field]
   if not m then m = { n = 0, seen = {} }; d[field] = m end
-  local seen, sec = m.seen, ts - ts % 1
+  local seen = m.seen
   local old = seen[value]
   if old == nil then
     if m.n >= cap then -- forget the value seen longest ago
@@ -191,22 +193,22 @@ local function distinct_add(ring, field, value, ts, cap)
   end
 end
 
-local function distinct_count(ring, field, window, now)
+local function distinct_count(ring, field, window, sec)
   local m = ring.d and ring.d[field]
   if not m then return 0 end
-  local cutoff, c = now - now % 1 - window, 0
+  local cutoff, c = sec - window, 0
   for _, s in pairs(m.seen) do
     if s > cutoff then c = c + 1 end
   end
   return c
 end
 
--- Counts an event in a record's counter at `slot`, and its fields for ctx:distinct. `keep` is the
--- longest window counted for the event's type.
-local function add_event(rec, slot, ev, ts, keep, slots, fields, dmax)
+-- Counts an event of second `sec` in a record's counter at `slot`, and its fields for
+-- ctx:distinct. `keep` is the longest window counted for the event's type.
+local function add_event(rec, slot, ev, sec, keep, slots, fields, dmax)
   local ring = rec[slot]
   if not ring then ring = ring_new(); rec[slot] = ring end
-  local sec, n, total = ts - ts % 1, ring[1], ring[2]
+  local n, total = ring[1], ring[2]
   if sec > ring[3] then
     local cap = ring[4]
     if n >= cap and cap < slots and ring[(n - cap) % cap + 5] >= (sec - keep) * SLOT then
@@ -226,7 +228,7 @@ local function add_event(rec, slot, ev, ts, keep, slots, fields, dmax)
     for i = 1, #fields do
       local f = fields[i]
       local v = ev[f]
-      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, ts, dmax) end
+      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, sec, dmax) end
     end
   end
 end
@@ -516,10 +518,8 @@ function policy.new(opts)
   E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
-  E.cur = { nq = 0 } -- the event being evaluated, for the ctx methods
-  E.fired = {} -- (rule, ok, evidence or error) triples of the event being evaluated
-  E.ctx = E:_make_ctx()
-  E._conditions = E:_make_conditions()
+  E.ctx, E._batch, E._take = E:_make_hot()
+  E._one = {} -- process(ev) runs a batch of one
   return E
 end
 
@@ -602,21 +602,51 @@ function Engine:_offences(app, user, now)
   return o.n, o
 end
 
--- The context passed to conditions. Its methods close over the engine; the table itself holds
--- nothing, so rule code cannot reach the engine, the client or other users' data through it.
-function Engine:_make_ctx()
+-- The per-event path: ingest (dedupe, checks, the event's record and counters), the conditions of
+-- the rules watching its type, the ctx methods they call, and the state half of a decision
+-- (cooldown, offences), made at once so the next events see it. These are closures over shared
+-- locals rather than methods reading table fields: on the PUC interpreters an upvalue costs a
+-- fraction of a field lookup. A batch runs in one protected call of the sandbox; a rule error
+-- unwinds it, is noted, and the run resumes after that rule. What outcomes cause (audit records,
+-- callbacks, the send queue) happens after the batch, out of the sandbox (Engine:_act).
+--
+-- The ctx table passed to conditions holds nothing itself: its methods close over the engine, so
+-- rule code cannot reach the engine, the client or other users' data through it.
+function Engine:_make_hot()
   local E = self
-  local slots, dmax = self.cfg.slots, self.cfg.distinct_max
-  local q, C = {}, E.cur -- C.nq: the queries the current condition made (up to 8 are kept)
-  local methods = {}
+  local cfg, st, runner = self.cfg, self.st, self.runner
+  local budget, arm, disarm = runner.budget, runner.arm, runner.disarm
+  local first_steps, rest_steps = runner.fresh_steps()
+  local slots, dmax = cfg.slots, cfg.distinct_max
+  local by_type, track, track_room = self.by_type, self.track, self.track_room
+  local keep, keep_room = self.keep, self.keep_room
+  local track_fields, track_room_fields = self.track_fields, self.track_room_fields
+  local allow_roles, keys, seen = self.allow_roles, self.keys, self.seen
+  local seen_map = seen.map
 
-  local function evidence(kind, t, field, window, scope, value)
-    local nq = C.nq + 1
-    C.nq = nq
-    if nq > 8 then return end
-    local e = q[nq]
-    if not e then e = {}; q[nq] = e end
-    e.query, e.type, e.field, e.window, e.scope, e.value = kind, t, field, window, scope, value
+  -- The event being evaluated.
+  local c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec -- c_sec: math.floor(c_ts)
+  -- The queries a condition made, noted only while `recording` (when it runs again for the
+  -- evidence of a decision): six values each (the first 8 are kept), query, type, field, window,
+  -- scope, value, with false for "none" so the array keeps its slots.
+  local q, nq, recording = {}, 0, false
+  for i = 1, 48 do q[i] = false end
+  -- Where a run is: the event, and the rule whose condition is running (0: engine code). After a
+  -- rule error the driver sets at_rule to the rule to resume at.
+  local at_event, at_rule = 1, 0
+  local made, invalid, reason = 0, 0, nil -- of the current batch
+  local now_ts -- the time of events without ts: when the batch was given to the engine
+  -- Decisions and rule errors, in order: {true, rule, event, evidence, prior offences, type, ts,
+  -- app, room, user} or {false, rule, event, error}.
+  local outcomes = {}
+
+  local function note(kind, t, field, window, scope, value)
+    local n = nq + 1
+    nq = n
+    if n <= 8 then
+      local b = n * 6
+      q[b - 5], q[b - 4], q[b - 3], q[b - 2], q[b - 1], q[b] = kind, t or false, field or false, window, scope, value
+    end
   end
 
   local function window_arg(fname, t, window, scope)
@@ -629,7 +659,7 @@ function Engine:_make_ctx()
     end
     if window > E.max_window then
       E.max_window = window
-      E.keys.ttl = math_max(window, E.max_cooldown or 0)
+      keys.ttl = math_max(window, E.max_cooldown or 0)
     end
   end
 
@@ -637,97 +667,256 @@ function Engine:_make_ctx()
   -- current event) on first use. `window` is a count window (nil for distinct): counters keep the
   -- seconds of the longest one.
   local function record_for(t, scope, window)
-    local cur = E.cur
     local room = scope == "room"
-    local track, keep = room and E.track_room or E.track, room and E.keep_room or E.keep
-    if window and window > (keep[t] or 0) then keep[t] = window end
-    local slot = track[t]
-    local rec = room and E:_room_rec(cur.app, cur.room, cur.ts) or cur.rec
+    local tr, kp = room and track_room or track, room and keep_room or keep
+    if window and window > (kp[t] or 0) then kp[t] = window end
+    local slot = tr[t]
+    local rec = room and E:_room_rec(c_app, c_room, c_ts) or c_rec
     if not slot then
       slot = E:_slot(false)
-      track[t] = slot
-      if cur.type == t then add_event(rec, slot, cur.ev, cur.ts, keep[t] or 0, slots) end
+      tr[t] = slot
+      if c_type == t then add_event(rec, slot, c_ev, c_sec, kp[t] or 0, slots) end
     end
     return rec, slot
   end
 
-  local track, keep, known_window = E.track, E.keep, {}
+  local methods, known_window = {}, {}
   function methods.count(_, t, window, scope)
-    local cur = E.cur
-    local rec
-    local slot = track[t]
-    if scope == nil and slot and known_window[window] and keep[t] >= window then
-      rec = cur.rec -- the hot path: a counter and a window checked before, and kept by the counter
-    else
+    local rec, slot = c_rec, track[t]
+    if scope ~= nil or not slot or not known_window[window] or (keep[t] or 0) < window then
       window_arg("count", t, window, scope)
       known_window[window] = true
       rec, slot = record_for(t, scope, window)
     end
     local ring = rec[slot]
-    local v = ring and ring_count(ring, window, cur.ts) or 0
-    local nq = cur.nq + 1
-    cur.nq = nq
-    if nq <= 8 then
-      local e = q[nq]
-      if not e then e = {}; q[nq] = e end
-      e.query, e.type, e.field, e.window, e.scope, e.value = "count", t, nil, window, scope or "user", v
-    end
+    local v = ring and ring_count(ring, window, c_sec) or 0
+    if recording then note("count", t, nil, window, scope or "user", v) end
     return v
   end
 
   function methods.distinct(_, t, field, window, scope)
     if type(field) ~= "string" then error("ctx:distinct: expected a field name (string)", 2) end
     window_arg("distinct", t, window, scope)
-    local cur = E.cur
     local rec, slot = record_for(t, scope, nil)
-    local registry = scope == "room" and E.track_room_fields or E.track_fields
+    local registry = scope == "room" and track_room_fields or track_fields
     local fields = registry[t]
     if not fields then fields = {}; registry[t] = fields end
     if not fields[field] then
       fields[field] = true
       fields[#fields + 1] = field
-      local v = cur.ev[field]
-      if cur.type == t and (type(v) == "string" or type(v) == "number") then
+      local v = c_ev[field]
+      if c_type == t and (type(v) == "string" or type(v) == "number") then
         local ring = rec[slot] or ring_new()
         rec[slot] = ring
-        distinct_add(ring, field, v, cur.ts, dmax)
+        distinct_add(ring, field, v, c_sec, dmax)
       end
     end
     local ring = rec[slot]
-    local v = ring and distinct_count(ring, field, window, cur.ts) or 0
-    evidence("distinct", t, field, window, scope or "user", v)
+    local v = ring and distinct_count(ring, field, window, c_sec) or 0
+    if recording then note("distinct", t, field, window, scope or "user", v) end
     return v
   end
 
   function methods.offences()
-    local cur = E.cur
-    local n = E:_offences(cur.app, cur.user, cur.ts)
-    evidence("offences", nil, nil, E.cfg.offence_window, "app_user", n)
+    local n = E:_offences(c_app, c_user, c_ts)
+    if recording then note("offences", nil, nil, cfg.offence_window, "app_user", n) end
     return n
   end
 
-  function methods.now() return E.cur.ts end
+  function methods.now() return c_ts end
 
   -- Seconds since the engine started tracking this (room, user).
-  function methods.age()
-    local cur = E.cur
-    return cur.ts - cur.rec[REC_SEEN]
-  end
+  function methods.age() return c_ts - c_rec[REC_SEEN] end
 
   local ctx = setmetatable({}, {
     __index = methods,
     __newindex = function() error("ctx is read-only", 2) end,
     __metatable = false,
   })
-  self._evidence = function()
-    local list = {}
-    for i = 1, math_min(C.nq, 8) do
-      local e = q[i]
-      list[i] = { query = e.query, type = e.type, field = e.field, window = e.window, scope = e.scope, value = e.value }
+
+  local function invalid_event(why)
+    st.invalid = st.invalid + 1
+    invalid, reason = invalid + 1, why
+  end
+
+  -- Ingests one event; returns the rules watching it, or nothing when it stops here (invalid,
+  -- duplicate, ignored, allowed, or watched by counters only).
+  local function ingest(ev)
+    st.events = st.events + 1
+    if type(ev) ~= "table" then return invalid_event("event is not a table") end
+    local typ, app, room, user = ev.type, ev.app_id, ev.room_id, ev.user_id
+    local rules, slot, rslot = by_type[typ], track[typ], track_room[typ]
+    local watched = rules or slot or rslot -- then typ is a string: only strings are registered
+    if not watched and type(typ) ~= "string" then return invalid_event("event needs a string field type") end
+    local ts = ev.ts
+    if ts == nil then ts = now_ts
+    elseif type(ts) ~= "number" or ts ~= ts then return invalid_event("event ts must be a number") end
+    local id = ev.id
+    if id ~= nil then
+      if seen_map[id] then st.duplicates = st.duplicates + 1; return end
+      local tid = type(id)
+      if (tid ~= "string" and tid ~= "number") or id ~= id then
+        return invalid_event("event id must be a string or a number")
+      end
+      seen:put(id, true)
     end
+    if not watched then st.ignored = st.ignored + 1; return end
+    local role = ev.role
+    if role ~= nil and allow_roles[role] then st.allowed = st.allowed + 1; return end
+
+    -- app_id, room_id and user_id are checked where a record is made: a record is only ever
+    -- found by the strings it was made for.
+    local a = keys.young[app]
+    local r = a and a[room]
+    local rec = r and r[user]
+    if rec == nil then rec = keys:promote(app, room, user, ts) end
+    local ver = E.allow_ver
+    if rec == nil or rec[REC_ALLOW] ~= ver then
+      if rec == nil then
+        if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
+          return invalid_event("event needs string fields type, app_id, room_id, user_id")
+        end
+        if not (valid_app(app) and valid_id(room) and valid_id(user)) then
+          return invalid_event("event has an invalid app_id, room_id or user_id")
+        end
+      end
+      -- The allow-list verdict for the user id is kept in its record until the list changes.
+      if E:_allowed_user(user) then st.allowed = st.allowed + 1; return end
+      if rec == nil then
+        rec = E:_new_rec(ts)
+        keys:put(app, room, user, rec, ts)
+      else
+        rec[REC_ALLOW] = ver
+      end
+    end
+    local sec = math_floor(ts)
+    if slot then add_event(rec, slot, ev, sec, keep[typ] or 0, slots, track_fields[typ], dmax) end
+    if rslot then
+      add_event(E:_room_rec(app, room, ts), rslot, ev, sec, keep_room[typ] or 0, slots, track_room_fields[typ], dmax)
+    end
+    c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec = ev, typ, ts, sec, app, room, user, rec
+    return rules
+  end
+
+  -- The queries noted, as the evidence list of a decision.
+  local function evidence()
+    local list = {}
+    for i = 1, math_min(nq, 8) do
+      local b = i * 6
+      list[i] = { query = q[b - 5], type = q[b - 4] or nil, field = q[b - 3] or nil, window = q[b - 2],
+                  scope = q[b - 1], value = q[b] }
+    end
+    nq = 0
     return list
   end
-  return ctx
+
+  -- What the current event's rules did, in rule order: (rule, true, evidence) or (rule, false,
+  -- error) triples. Acted on after all its conditions ran, so no condition sees offences added by
+  -- the same event.
+  local fired, nfired = {}, 0
+
+  -- The state half of the current event's decisions, made at once so the next events see it; the
+  -- rest is for Engine:_act.
+  local function decide()
+    for k = 1, nfired, 3 do
+      local r, ok, x = fired[k], fired[k + 1], fired[k + 2]
+      if ok then
+        local prior, o = E:_offences(c_app, c_user, c_ts)
+        -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
+        c_rec[r.slot] = c_ts + r.cooldown
+        if o then o.n, o.last = prior + 1, c_ts else o = { n = 1, last = c_ts } end
+        E:_offenders(c_app):put(c_user, o) -- to the front of the recent offenders
+        made = made + 1
+        outcomes[#outcomes + 1] = { true, r, c_ev, x, prior, c_type, c_ts, c_app, c_room, c_user }
+      else
+        outcomes[#outcomes + 1] = { false, r, c_ev, x }
+      end
+      fired[k], fired[k + 2] = false, false
+    end
+    nfired = 0
+  end
+
+  -- Runs events[at_event..] (resuming at rule at_rule of the first one when it is not 0).
+  local function run(events)
+    local resume = at_rule
+    at_rule = 0
+    for i = at_event, #events do
+      at_event = i
+      local rules, first
+      if resume > 0 then
+        rules, first, resume = by_type[c_type], resume, 0
+      else
+        rules, first = ingest(events[i]), 1
+      end
+      if rules then
+        local ev, rec, ts = c_ev, c_rec, c_ts
+        arm() -- the memory budget covers the conditions of one event; engine allocations are outside it
+        for k = first, #rules do
+          local r = rules[k]
+          local until_ts = rec[r.slot]
+          if until_ts and ts < until_ts then
+            st.cooldown = st.cooldown + 1
+          else
+            local when, hit = r.when, true
+            if when ~= nil then
+              at_rule, budget[1], budget.left = k, first_steps, rest_steps
+              hit = when(ev, ctx)
+              if hit then
+                -- Once more, noting the queries it makes: the decision's evidence. (Conditions
+                -- see the same state both times; only reads happen in between.)
+                recording, budget[1], budget.left = true, first_steps, rest_steps
+                when(ev, ctx)
+                recording = false
+              end
+              at_rule = 0
+            end
+            if hit then
+              disarm()
+              fired[nfired + 1], fired[nfired + 2], fired[nfired + 3] = r, true, evidence()
+              nfired = nfired + 3
+              arm()
+            end
+          end
+        end
+        disarm()
+        if nfired > 0 then decide() end
+      end
+    end
+  end
+
+  -- Runs a batch: returns decisions made, invalid events, the last invalid event's reason, and an
+  -- error raised by the engine itself (not by rule code), if any.
+  local function batch(events)
+    made, invalid, reason = 0, 0, nil
+    at_event, at_rule = 1, 0
+    now_ts = E.now()
+    runner.enter()
+    local failure
+    while true do
+      local ok, err = runner.protect(run, events)
+      if ok then break end
+      local k = at_rule
+      nq, recording = 0, false
+      if k == 0 then
+        failure = err
+        if nfired > 0 then decide() end
+        break
+      end
+      fired[nfired + 1], fired[nfired + 2], fired[nfired + 3] = by_type[c_type][k], false, err
+      nfired, at_rule = nfired + 3, k + 1
+    end
+    runner.leave()
+    return made, invalid, reason, failure
+  end
+
+  -- The outcomes so far, handed over (callbacks acting on them may run another batch).
+  local function take()
+    local list = outcomes
+    if #list > 0 then outcomes = {} end
+    return list
+  end
+
+  return ctx, batch, take
 end
 
 -- A new record: every slot filled (so all of them are in the array part).
@@ -784,9 +973,19 @@ local function decision_call(d)
 end
 policy.decision_call = decision_call
 
-function Engine:_decide(r, ev, cur, evidence)
-  local ts, app, user = cur.ts, cur.app, cur.user
-  local prior, o = self:_offences(app, user, ts)
+-- Acts on a batch's outcomes, in order: decisions (audit, callbacks, the send queue) and rule errors.
+function Engine:_act(list)
+  for i = 1, #list do
+    local o = list[i]
+    if o[1] then
+      self:_decision(o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10])
+    else
+      self:_rule_error(o[2], o[4], o[3])
+    end
+  end
+end
+
+function Engine:_decision(r, ev, evidence, prior, typ, ts, app, room, user)
   local act, step = r.action, nil
   if act.kind == "escalate" then
     step = math_min(prior + 1, #act.steps)
@@ -796,17 +995,13 @@ function Engine:_decide(r, ev, cur, evidence)
   local dry = self.dry_run or r.dry_run
   local d = {
     kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = ts,
-    event_type = cur.type, rule = r.name, rule_at = r.at, evidence = evidence,
+    event_type = typ, rule = r.name, rule_at = r.at, evidence = evidence,
     action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
-    app_id = app, room_id = cur.room, user_id = user, duration = act.duration,
+    app_id = app, room_id = room, user_id = user, duration = act.duration,
     audio = act.kind == "mute" and act.audio or nil, video = act.kind == "mute" and act.video or nil,
     step = step, offences = prior, dry_run = dry, attempts = 0,
     outcome = dry and "dry_run" or "queued",
   }
-  -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
-  cur.rec[r.slot] = ts + r.cooldown
-  if o then o.n, o.last = prior + 1, ts else o = { n = 1, last = ts } end
-  self:_offenders(app):put(user, o) -- to the front of the recent offenders
   local st = self.st
   st.decisions = st.decisions + 1
   st.by_rule[r.name] = st.by_rule[r.name] + 1
@@ -817,131 +1012,15 @@ function Engine:_decide(r, ev, cur, evidence)
   return d
 end
 
--- The function that runs an event's conditions back to back in one protected call of the sandbox
--- (rules[start..]). Before each condition it gives rule code a fresh instruction budget and notes
--- the rule, so an error is put down to it and the run resumes after it.
-function Engine:_make_conditions()
-  local E, cur, budget, st = self, self.cur, self.runner.budget, self.st
-  local ctx = self.ctx
-  return function(rules, start)
-    local ev, rec, ts, fired, nf = cur.ev, cur.rec, cur.ts, E.fired, cur.nf
-    for i = start, #rules do
-      local r = rules[i]
-      local until_ts = rec[r.slot]
-      if until_ts and ts < until_ts then
-        st.cooldown = st.cooldown + 1
-      else
-        local when, hit = r.when, true
-        cur.nq = 0
-        if when ~= nil then
-          cur.at, cur.nf, budget.ticks = i, nf, 0
-          hit = when(ev, ctx)
-        end
-        if hit then
-          fired[nf + 1], fired[nf + 2], fired[nf + 3] = r, true, E._evidence()
-          nf = nf + 3
-        end
-      end
-    end
-    cur.nf = nf
-  end
-end
-
-function Engine:_invalid(reason)
-  self.st.invalid = self.st.invalid + 1
-  return nil, reason
-end
-
 -- Processes one event. Returns the number of decisions it caused, or nil, reason for an invalid event.
 function Engine:process(ev)
-  local st = self.st
-  st.events = st.events + 1
-  if type(ev) ~= "table" then return self:_invalid("event is not a table") end
-  local typ, app, room, user = ev.type, ev.app_id, ev.room_id, ev.user_id
-  -- app_id, room_id and user_id are checked where a record is made: a record is only ever found
-  -- by the strings it was made for.
-  if type(typ) ~= "string" then return self:_invalid("event needs a string field type") end
-  local ts = ev.ts
-  if ts == nil then ts = self.now()
-  elseif type(ts) ~= "number" or ts ~= ts then return self:_invalid("event ts must be a number") end
-  local id = ev.id
-  if id ~= nil then
-    local seen = self.seen
-    if seen.map[id] then st.duplicates = st.duplicates + 1; return 0 end
-    local tid = type(id)
-    if (tid ~= "string" and tid ~= "number") or id ~= id then
-      return self:_invalid("event id must be a string or a number")
-    end
-    seen:put(id, true)
-  end
-  local rules, slot, rslot = self.by_type[typ], self.track[typ], self.track_room[typ]
-  if not rules and not slot and not rslot then st.ignored = st.ignored + 1; return 0 end
-  local role = ev.role
-  if role ~= nil and self.allow_roles[role] then st.allowed = st.allowed + 1; return 0 end
-
-  local keys = self.keys
-  local a = keys.young[app]
-  local r = a and a[room]
-  local rec = r and r[user]
-  if rec == nil then rec = keys:promote(app, room, user, ts) end
-  if rec == nil or rec[REC_ALLOW] ~= self.allow_ver then
-    if rec == nil then
-      -- IDs are checked once, when a (room, user) is first tracked: a found record was checked.
-      if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
-        return self:_invalid("event needs string fields type, app_id, room_id, user_id")
-      end
-      if not (valid_app(app) and valid_id(room) and valid_id(user)) then
-        return self:_invalid("event has an invalid app_id, room_id or user_id")
-      end
-    end
-    -- The allow-list verdict for the user id is kept in its record until the list changes.
-    if self:_allowed_user(user) then st.allowed = st.allowed + 1; return 0 end
-    if rec == nil then
-      rec = self:_new_rec(ts)
-      keys:put(app, room, user, rec, ts)
-    else
-      rec[REC_ALLOW] = self.allow_ver
-    end
-  end
-  local cfg = self.cfg
-  if slot then
-    add_event(rec, slot, ev, ts, self.keep[typ] or 0, cfg.slots, self.track_fields[typ], cfg.distinct_max)
-  end
-  local cur = self.cur
-  cur.ev, cur.type, cur.ts, cur.app, cur.room, cur.user, cur.rec = ev, typ, ts, app, room, user, rec
-  if rslot then
-    add_event(self:_room_rec(app, room, ts), rslot, ev, ts, self.keep_room[typ] or 0, cfg.slots,
-      self.track_room_fields[typ], cfg.distinct_max)
-  end
-  if not rules then return 0 end
-
-  -- Conditions run back to back under the sandbox; decisions and rule errors are acted on after
-  -- it is left, so callbacks and the audit writer never run with the sandbox's budgets.
-  local runner, conditions, fired = self.runner, self._conditions, self.fired
-  cur.nf = 0
-  runner.enter()
-  local start = 1
-  while true do
-    local ok, err = runner.eval(conditions, rules, start)
-    if ok then break end
-    local at, nf = cur.at, cur.nf
-    fired[nf + 1], fired[nf + 2], fired[nf + 3] = rules[at], false, err
-    cur.nf, start = nf + 3, at + 1
-  end
-  runner.leave()
-  local nf = cur.nf
-  if nf == 0 then return 0 end
-  self.fired = {} -- a callback below may process another event
-  local made = 0
-  for k = 1, nf, 3 do
-    local fr, ok, x = fired[k], fired[k + 1], fired[k + 2]
-    if ok then
-      made = made + 1
-      self:_decide(fr, ev, cur, x)
-    else
-      self:_rule_error(fr, x, ev)
-    end
-  end
+  local one = self._one
+  one[1] = ev
+  local made, invalid, reason, failure = self._batch(one)
+  one[1] = nil
+  self:_act(self._take())
+  if failure then error(failure, 0) end
+  if invalid > 0 then return nil, reason end
   return made
 end
 
@@ -970,14 +1049,13 @@ local function prefetch(self, events)
   return n -- used, so the compiler keeps the loads
 end
 
--- Processes a list of events. Returns decisions, invalid count.
+-- Processes a list of events. Returns decisions, invalid count. Decisions and rule errors are acted
+-- on (audit, callbacks, the send queue) after the whole list has been evaluated, in order.
 function Engine:process_batch(events)
-  local made, invalid = 0, 0
   if PREFETCH then prefetch(self, events) end
-  for i = 1, #events do
-    local n = self:process(events[i])
-    if n then made = made + n else invalid = invalid + 1 end
-  end
+  local made, invalid, _, failure = self._batch(events)
+  self:_act(self._take())
+  if failure then error(failure, 0) end
   return made, invalid
 end
 

@@ -46,17 +46,20 @@ local BUDGET = {}
 
 -- The budget of the call into rule code under way: one for the process, since a rules file's
 -- functions are compiled once and called by whichever runner evaluates them, and calls into rule
--- code never nest. Outside runner.eval `max` is infinite: rule code called by anything else is not
--- counted.
-local budget = { ticks = 0, max = math.huge, memory = 0, ceiling = 0 }
+-- code never nest. [1] counts the steps down to the next slow check (woven into rule code: kept
+-- to one decrement and one comparison); `left` is what remains after that. Outside a runner's
+-- protected call [1] is infinite: rule code called by anything else is not counted.
+local budget = { math.huge, left = 0, max = math.huge, memory = 0, ceiling = math.huge }
+-- Without rtcadmin.heap_budget (the Lua files alone), the slow check also looks at the heap, every
+-- CHUNK steps.
+local CHUNK = heap_budget and math.huge or 1024
 
 local function exceeded(what)
-  budget.max = math.huge
+  budget[1] = math.huge
   BUDGET.what = what
   error(BUDGET, 3)
 end
 
--- Without rtcadmin.heap_budget (the Lua files alone), the heap is checked every 1024 steps.
 local function check_heap()
   if collectgarbage("count") > budget.ceiling then
     collectgarbage()
@@ -66,19 +69,22 @@ local function check_heap()
   end
 end
 
--- The check woven into rule code (it runs at every call and loop iteration: kept short).
+-- The slow check, when the countdown has run out: the budget is spent, or (without
+-- rtcadmin.heap_budget) it is time to look at the heap and count down the next chunk.
 local function step()
-  local n = budget.ticks + 1
-  budget.ticks = n
-  if n > budget.max then
+  local left = budget.left
+  if left <= 0 then
     exceeded(string_format("instruction budget exceeded (%d steps: calls, loop iterations, gotos)", budget.max))
   end
-  if n % 1024 == 0 and not heap_budget then check_heap() end
+  if not heap_budget then check_heap() end
+  local n = math.min(CHUNK, left)
+  budget[1], budget.left = n - 1, left - n
 end
 
--- The name of the check in rule code; refused in rule source, so rule code cannot shadow, replace
--- or reach it.
-local STEP = "__rtc_step"
+-- The names of the check's parts in rule code; refused in rule source, so rule code cannot
+-- shadow, replace or reach them. CHECK is what is woven in: one statement, no line break.
+local STEP, COUNT = "__rtc_step", "__rtc_b"
+local CHECK = COUNT .. "[1]=" .. COUNT .. "[1]-1 if " .. COUNT .. "[1]<0 then " .. STEP .. "() end"
 local HAS_GOTO = _VERSION ~= "Lua 5.1" or rawget(_G, "jit") ~= nil
 
 -- Returns `source` with a budget check at the start of every function body (after the parameter
@@ -105,7 +111,7 @@ local function weave(source)
     return e + 1
   end
   local after_function = false -- inside `function ... (` up to the parameter list's `)`
-  ins("local " .. STEP .. " = ...; ")
+  ins("local " .. STEP .. ", " .. COUNT .. " = ...; ")
   while i <= len do
     local c = source:sub(i, i)
     if c == "\n" then
@@ -155,9 +161,9 @@ local function weave(source)
       if word:sub(1, 6) == "__rtc_" then
         return nil, "line " .. line .. ": the name '" .. word .. "' is reserved"
       end
-      if word == "goto" and HAS_GOTO then ins(STEP .. "(); ") end
+      if word == "goto" and HAS_GOTO then ins(CHECK .. " ") end
       emit(i, e)
-      if word == "do" or word == "repeat" then ins(" " .. STEP .. "();")
+      if word == "do" or word == "repeat" then ins(" " .. CHECK)
       elseif word == "function" then after_function = true end
       i = e + 1
     elseif c:find("^%d") or (c == "." and source:find("^%.%d", i)) then
@@ -180,7 +186,7 @@ local function weave(source)
       emit(i, i)
       if c == ")" and after_function then
         after_function = false
-        ins(" " .. STEP .. "();")
+        ins(" " .. CHECK)
       end
       i = i + 1
     end
@@ -274,7 +280,7 @@ function sandbox.runner(limits)
 
   -- Where rule code was when it failed: the innermost frame from a rules file.
   local function handler(e)
-    budget.max = math.huge
+    budget[1] = math.huge
     if e == BUDGET then
       local level = 2
       while true do
@@ -305,13 +311,22 @@ function sandbox.runner(limits)
   end
 
   function runner.leave()
-    budget.max = math.huge
+    budget[1] = math.huge
     string_meta.__index = host_index
   end
 
+  -- The memory budget: from arm() until disarm() the heap may grow by at most `memory` bytes.
+  function runner.arm()
+    if heap_budget then heap_budget(memory) else budget.ceiling = collectgarbage("count") + memory / 1024 end
+  end
+
+  function runner.disarm()
+    if heap_budget then heap_budget(0) else budget.ceiling = math.huge end
+  end
+
   local function finish(ok, res)
-    budget.max = math.huge
-    if heap_budget then heap_budget(0) end
+    budget[1] = math.huge
+    runner.disarm()
     if not ok then
       if type(res) == "string" and string_find(res, "^not enough memory") then -- 5.3 adds words
         return false, string_format("memory budget exceeded (%d bytes)", memory)
@@ -324,15 +339,27 @@ function sandbox.runner(limits)
     return true, res
   end
 
-  -- runner.eval(fn, a, b) -> true, result | false, "file:line: message". Between enter and leave;
-  -- each call has the whole instruction and memory budget. `fn` may be engine code that calls
-  -- several rule functions in turn: setting `runner.budget.ticks = 0` before each gives it the
-  -- whole instruction budget (the memory budget is the call's). Nothing else may run between enter
-  -- and leave but engine code (no callbacks): the string metatable is the sandbox's meanwhile.
-  function runner.eval(fn, a, b)
-    if heap_budget then heap_budget(memory) else budget.ceiling = collectgarbage("count") + memory / 1024 end
-    budget.ticks, budget.max, budget.memory = 0, max_steps, memory
+  -- A fresh instruction budget: the values of budget[1] and budget.left that give the rule code
+  -- about to run all `instructions` steps.
+  local first_steps = math.min(CHUNK, max_steps)
+  local rest_steps = max_steps - first_steps
+  function runner.fresh_steps() return first_steps, rest_steps end
+
+  -- runner.protect(fn, a, b) -> true, result | false, "file:line: message". Between enter and
+  -- leave; the call has the whole instruction budget and no memory budget. `fn` may be engine code
+  -- that calls several rule functions in turn: setting `budget[1], budget.left =
+  -- runner.fresh_steps()` before each gives it the whole instruction budget, and arm() / disarm()
+  -- around them a memory budget. Nothing else may run between enter and leave but engine code (no
+  -- callbacks): the string metatable is the sandbox's meanwhile.
+  function runner.protect(fn, a, b)
+    budget[1], budget.left, budget.max, budget.memory = first_steps, rest_steps, max_steps, memory
     return finish(call_with(fn, handler, a, b))
+  end
+
+  -- runner.eval(fn, a, b): runner.protect with the memory budget armed for the whole call.
+  function runner.eval(fn, a, b)
+    runner.arm()
+    return runner.protect(fn, a, b)
   end
 
   -- One call: enter, eval, leave.
@@ -360,7 +387,7 @@ function sandbox.compile(source, chunkname, env)
   end
   local fn, err = load_text(woven, "@" .. chunkname, env)
   if not fn then return nil, err end
-  return function() return fn(step) end
+  return function() return fn(step, budget) end
 end
 
 -- "file:line" where a Lua function was defined.

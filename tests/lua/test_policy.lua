@@ -150,6 +150,57 @@ T.case("escalation climbs the ladder by prior offences, capped at the API maximu
   T.eq(got[6].action, "ban", "second offence, other room")
 end)
 
+T.case("the rules of one event all see the state before it: its own offences count from the next event", function()
+  local got, on = collector()
+  local e = engine([[
+rule "first" { on = "chat", cooldown = 0, action = kick }
+rule "repeat" { on = "chat", cooldown = 0, action = ban(60), when = function(ev, ctx) return ctx:offences() >= 1 end }
+]], { on_decision = on })
+  T.eq(e:process(ev(1, "chat", "x")), 1, "only the first rule: the offence it adds is not seen by the second")
+  T.eq(e:process(ev(2, "chat", "x")), 2, "the next event sees it")
+  T.same({ got[2].rule, got[3].rule }, { "first", "repeat" }, "decisions in rule order")
+  T.eq(got[3].offences, 2, "escalation and evidence count the offences before the decision")
+  T.same(got[3].evidence, { { query = "offences", window = 86400, scope = "app_user", value = 1 } }, "evidence")
+end)
+
+T.case("a batch: later events see the cooldowns and offences of earlier ones; outcomes follow in order", function()
+  local got, errors = {}, {}
+  local e = engine([[
+rule "flood" { on = "chat", cooldown = 30, action = kick,
+  when = function(ev, ctx) return ctx:count("chat", 10) > 2 end }
+rule "odd" { on = "chat", cooldown = 0, action = kick, when = function(ev, ctx) return ev.boom and error("boom") end }
+rule "again" { on = "chat", cooldown = 100, action = ban(60), when = function(ev, ctx) return ctx:offences() >= 1 end }
+]], { on_decision = function(d) got[#got + 1] = d.rule .. string.format("@%g", d.event_ts) end,
+      on_error = function(r) errors[#errors + 1] = r.rule .. "@" .. r.event_id; got[#got + 1] = "error" end })
+  local batch = {}
+  for i = 1, 10 do batch[i] = ev(i * 0.5, "chat", "spammer", { id = "c" .. i, boom = i == 4 or nil }) end
+  for i, t in ipairs({ 31, 31.5, 32 }) do batch[10 + i] = ev(t, "chat", "spammer", { id = "d" .. i }) end
+  batch[#batch + 1] = "not an event"
+  local made, invalid = e:process_batch(batch)
+  T.eq(invalid, 1, "the invalid entry counted")
+  -- At 2.0 flood is cooling down, odd fails and again sees the offence flood added at 1.5.
+  T.same(got, { "flood@1.5", "error", "again@2", "flood@32" }, "decisions and the error, in order")
+  T.eq(made, 3, "decisions")
+  T.same(errors, { "odd@c4" }, "the failing rule's error, for its event")
+  -- flood: 2.0 .. 5.0 and 31, 31.5 (until 31.5: 31.5 evaluates); again: 2.5 .. 5.0 and 31, 31.5, 32.
+  T.eq(e:stats().cooldown, 7 + 1 + 6 + 3, "cooldowns held inside the batch")
+end)
+
+T.case("a counter first asked for by ctx:distinct can be counted with a window seen before", function()
+  local got, on = collector()
+  local e = engine([[
+rule "spam" { on = "chat", cooldown = 0, action = kick,
+  when = function(ev, ctx) return ctx:count("chat", 10) > 100 end }
+rule "reported" { on = "report", cooldown = 0, action = ban(60), when = function(ev, ctx)
+  return ctx:distinct("report", "reporter", 300) >= 2 and ctx:count("report", 10) >= 3 end }
+]], { on_decision = on })
+  e:process(ev(1, "chat", "x"))
+  for i = 1, 3 do e:process(ev(1 + i, "report", "x", { reporter = "r" .. i })) end
+  T.eq(#got, 1, "the third report fired")
+  T.eq(e:stats().rule_errors, 0, "no rule errors")
+  T.same(got[1].evidence[2], { query = "count", type = "report", window = 10, scope = "user", value = 3 }, "count")
+end)
+
 T.case("a cooldown stops the same user being actioned twice for one burst", function()
   local got, on = collector()
   local e = engine([[rule "flood" { on = "chat", cooldown = 30, action = kick,

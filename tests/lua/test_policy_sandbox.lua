@@ -201,4 +201,30 @@ T.case("the heap ceiling is per call and is lifted afterwards", function()
   T.raises("expected bytes >= 0", rtcadmin.heap_budget, -1)
 end)
 
+T.case("without rtcadmin.heap_budget (the Lua files alone) the budgets still stop loops and heap growth", function()
+  local names, saved = { "rtcadmin", "rtcadmin.sandbox", "rtcadmin.policy" }, {}
+  for _, m in ipairs(names) do saved[m] = package.loaded[m]; package.loaded[m] = nil end
+  package.preload.rtcadmin = function() error("the C module is not installed here") end
+  local ok, lua_only = pcall(require, "rtcadmin.policy")
+  package.preload.rtcadmin = nil
+  for _, m in ipairs(names) do package.loaded[m] = saved[m] end
+  assert(ok, lua_only)
+  T.ok(lua_only ~= policy, "a second copy of the engine, loaded without the C module")
+  local errors, decisions = {}, {}
+  local e = lua_only.new { dry_run = true, limits = { instructions = 1000000, memory = 4 * 1024 * 1024 },
+    on_error = function(r) errors[#errors + 1] = r.error end,
+    on_decision = function(d) decisions[#decisions + 1] = d.rule end }
+  assert(e:load(rules_file(table.concat({
+    'rule "loop" { on = "x", action = kick, when = function() while true do end end }',
+    'rule "grow" { on = "x", action = kick, when = function()',
+    '  local t = {} for i = 1, 1e9 do t[i] = string.rep("g", 1000) .. i end end }',
+    'rule "after" { on = "x", action = kick }' }, "\n"))))
+  T.eq(e:process({ type = "x", app_id = T.APP, room_id = "room1", user_id = "u1", ts = 1 }), 1, "the last rule decided")
+  T.eq(#errors, 2, "two rule errors")
+  T.match(errors[1], "attempt%d+%.lua:1: instruction budget exceeded", "the loop, with file:line")
+  T.match(errors[2], "attempt%d+%.lua:3: memory budget exceeded %(4194304 bytes%)", "the heap growth, with file:line")
+  T.same(decisions, { "after" }, "the engine carried on")
+  host_intact("Lua files alone")
+end)
+
 T.run(function() os.execute("rm -rf " .. T.shell_quote(dir)) end)
