@@ -597,7 +597,8 @@ function Engine:_offenders(app)
 end
 
 function Engine:_offences(app, user, now)
-  local o = self:_offenders(app).map[user]
+  local g = self.offenders[app]
+  local o = g and g.map[user]
   if not o or now - o.last > self.cfg.offence_window then return 0, o end
   return o.n, o
 end
@@ -616,6 +617,8 @@ function Engine:_make_hot()
   local E = self
   local cfg, st, runner = self.cfg, self.st, self.runner
   local budget, arm, disarm = runner.budget, runner.arm, runner.disarm
+  -- With rtcadmin.heap_budget, arming is one C call: made directly.
+  local heap_budget, memory = runner.heap_budget, runner.memory
   local first_steps, rest_steps = runner.fresh_steps()
   local slots, dmax = cfg.slots, cfg.distinct_max
   local by_type, track, track_room = self.by_type, self.track, self.track_room
@@ -626,6 +629,7 @@ function Engine:_make_hot()
 
   -- The event being evaluated.
   local c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec -- c_sec: math.floor(c_ts)
+  local c_room_rec -- the room's record, once looked up for this event (else nil)
   -- The queries a condition made, noted only while `recording` (when it runs again for the
   -- evidence of a decision): six values each (the first 8 are kept), query, type, field, window,
   -- scope, value, with false for "none" so the array keeps its slots.
@@ -671,7 +675,11 @@ function Engine:_make_hot()
     local tr, kp = room and track_room or track, room and keep_room or keep
     if window and window > (kp[t] or 0) then kp[t] = window end
     local slot = tr[t]
-    local rec = room and E:_room_rec(c_app, c_room, c_ts) or c_rec
+    local rec = c_rec
+    if room then
+      rec = c_room_rec or E:_room_rec(c_app, c_room, c_ts)
+      c_room_rec = rec
+    end
     if not slot then
       slot = E:_slot(false)
       tr[t] = slot
@@ -682,8 +690,11 @@ function Engine:_make_hot()
 
   local methods, known_window = {}, {}
   function methods.count(_, t, window, scope)
-    local rec, slot = c_rec, track[t]
-    if scope ~= nil or not slot or not known_window[window] or (keep[t] or 0) < window then
+    local rec, slot, kp = c_rec, track[t], keep
+    if scope ~= nil then
+      if scope == "room" then rec, slot, kp = c_room_rec, track_room[t], keep_room else slot = nil end
+    end
+    if not (slot and rec and known_window[window]) or (kp[t] or 0) < window then
       window_arg("count", t, window, scope)
       known_window[window] = true
       rec, slot = record_for(t, scope, window)
@@ -761,18 +772,17 @@ function Engine:_make_hot()
       seen:put(id, true)
     end
     if not watched then st.ignored = st.ignored + 1; return end
-    local role = ev.role
-    if role ~= nil and allow_roles[role] then st.allowed = st.allowed + 1; return end
+    if allow_roles[ev.role] then st.allowed = st.allowed + 1; return end
 
     -- app_id, room_id and user_id are checked where a record is made: a record is only ever
     -- found by the strings it was made for.
     local a = keys.young[app]
     local r = a and a[room]
     local rec = r and r[user]
-    if rec == nil then rec = keys:promote(app, room, user, ts) end
+    if not rec then rec = keys:promote(app, room, user, ts) end
     local ver = E.allow_ver
-    if rec == nil or rec[REC_ALLOW] ~= ver then
-      if rec == nil then
+    if not rec or rec[REC_ALLOW] ~= ver then
+      if not rec then
         if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
           return invalid_event("event needs string fields type, app_id, room_id, user_id")
         end
@@ -782,19 +792,21 @@ function Engine:_make_hot()
       end
       -- The allow-list verdict for the user id is kept in its record until the list changes.
       if E:_allowed_user(user) then st.allowed = st.allowed + 1; return end
-      if rec == nil then
+      if not rec then
         rec = E:_new_rec(ts)
         keys:put(app, room, user, rec, ts)
       else
         rec[REC_ALLOW] = ver
       end
     end
-    local sec = math_floor(ts)
+    local sec, room_rec = math_floor(ts), nil
     if slot then add_event(rec, slot, ev, sec, keep[typ] or 0, slots, track_fields[typ], dmax) end
     if rslot then
-      add_event(E:_room_rec(app, room, ts), rslot, ev, sec, keep_room[typ] or 0, slots, track_room_fields[typ], dmax)
+      room_rec = E:_room_rec(app, room, ts)
+      add_event(room_rec, rslot, ev, sec, keep_room[typ] or 0, slots, track_room_fields[typ], dmax)
     end
     c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec = ev, typ, ts, sec, app, room, user, rec
+    c_room_rec = room_rec
     return rules
   end
 
@@ -850,7 +862,8 @@ function Engine:_make_hot()
       end
       if rules then
         local ev, rec, ts = c_ev, c_rec, c_ts
-        arm() -- the memory budget covers the conditions of one event; engine allocations are outside it
+        -- The memory budget covers the conditions of one event; engine allocations are outside it.
+        if heap_budget then heap_budget(memory) else arm() end
         for k = first, #rules do
           local r = rules[k]
           local until_ts = rec[r.slot]
@@ -858,7 +871,7 @@ function Engine:_make_hot()
             st.cooldown = st.cooldown + 1
           else
             local when, hit = r.when, true
-            if when ~= nil then
+            if when then
               at_rule, budget[1], budget.left = k, first_steps, rest_steps
               hit = when(ev, ctx)
               if hit then
@@ -878,7 +891,7 @@ function Engine:_make_hot()
             end
           end
         end
-        disarm()
+        if heap_budget then heap_budget(0) else disarm() end
         if nfired > 0 then decide() end
       end
     end

@@ -303,7 +303,9 @@ function sandbox.runner(limits)
     return e
   end
 
-  local runner = { budget = budget }
+  -- heap_budget and memory are there for callers that arm and disarm on a hot path: arm() is
+  -- heap_budget(memory), disarm() heap_budget(0), when heap_budget is not nil.
+  local runner = { budget = budget, heap_budget = heap_budget, memory = memory }
 
   -- Gives rule code the sandbox's string methods for a run of runner.eval calls.
   function runner.enter()
