@@ -500,6 +500,7 @@ function policy.new(opts)
     rules = {}, by_type = {}, files = {}, warnings = {},
     allow_roles = {}, allow_users = {}, allow_patterns = {},
     track = {},        -- event type -> its counter's slot in (room, user) records; see ctx:count
+    counter_slot = {}, -- event type -> the slot kept for its (room, user) counter, next to its rules' cooldowns
     track_room = {},   -- event type -> its counter's slot in room records
     keep = {},         -- event type -> the longest count window on its (room, user) counters
     keep_room = {},    -- the same, room counters
@@ -543,9 +544,21 @@ local function add_file(self, file)
       return nil, { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
     end
   end
+  -- Record slots by event type: the one its (room, user) counter will take if a rule counts it,
+  -- then the cooldowns of the rules watching it (first type named). An event then reads adjacent
+  -- slots of its record: fewer cache lines, which is what an event costs with many users.
+  local types, by_first = {}, {}
+  for _, r in ipairs(file.rules) do
+    local t = r.on[1]
+    if not by_first[t] then by_first[t] = {}; types[#types + 1] = t end
+    table.insert(by_first[t], r)
+  end
+  for _, t in ipairs(types) do
+    if not self.counter_slot[t] then self.counter_slot[t] = self:_slot(false) end
+    for _, r in ipairs(by_first[t]) do r.slot = self:_slot(-math.huge) end
+  end
   for _, r in ipairs(file.rules) do
     r.index = #self.rules + 1
-    r.slot = self:_slot(-math.huge)
     r.cooldown = r.cooldown or self.cfg.cooldown
     self.rules[r.index] = r
     self.st.by_rule[r.name] = 0
@@ -681,7 +694,7 @@ function Engine:_make_hot()
       c_room_rec = rec
     end
     if not slot then
-      slot = E:_slot(false)
+      slot = not room and E.counter_slot[t] or E:_slot(false)
       tr[t] = slot
       if c_type == t then add_event(rec, slot, c_ev, c_sec, kp[t] or 0, slots) end
     end
