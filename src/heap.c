@@ -1,11 +1,11 @@
 /* rtcadmin.heap_budget: accounting of the Lua heap and an optional ceiling on its growth.
  *
- * The policy engine runs moderators' rule code in a sandbox. An instruction budget (a count hook)
- * stops loops, but one instruction can allocate gigabytes (`s = s .. s`, string.rep), so memory
- * has to be refused where it is allocated: this wraps the state's allocator, counts the bytes in
- * use, and while a budget is armed refuses any growth beyond it. Lua turns the refusal into a
- * catchable "not enough memory" error after an emergency collection. Shrinks and frees are never
- * refused (Lua assumes they cannot fail). */
+ * The policy engine runs moderators' rule code in a sandbox. An instruction budget (checks woven
+ * into rule code) stops loops, but one instruction can allocate gigabytes (`s = s .. s`,
+ * string.rep), so memory has to be refused where it is allocated: this wraps the state's
+ * allocator, counts the bytes in use, and while a budget is armed refuses any growth beyond it.
+ * Lua turns the refusal into a catchable "not enough memory" error after an emergency collection.
+ * Shrinks and frees are never refused (Lua assumes they cannot fail). */
 #include "compat.h"
 #include "rtcadmin.h"
 

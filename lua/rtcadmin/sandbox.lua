@@ -212,7 +212,7 @@ end
 -- Safe library copies. `string.dump` is left out (bytecode), `math.randomseed` too (host state);
 -- pcall/xpcall are left out because they could catch a budget error and carry on; setmetatable and
 -- getmetatable because __gc/__close code would run outside the budget and the string metatable is
--- the host's; coroutine because the count hook is per coroutine.
+-- the host's; coroutine because suspended rule code would outlive the call that budgets it.
 local function safe_libs(limits)
   local max = limits.string_max
   local s = copy(string, { "byte", "char", "find", "format", "gmatch", "gsub", "len", "lower", "match",
