@@ -89,7 +89,8 @@ end
 
 collectgarbage()
 local base_kb = collectgarbage("count")
-print(string.format("events %d, users %d, pool %d, batch %d, %s", EVENTS, USERS, POOL, BATCH, _VERSION))
+print(string.format("events %d, users %d, pool %d, batch %d, %s", EVENTS, USERS, POOL, BATCH,
+  rawget(_G, "jit") and jit.version or _VERSION))
 
 local e = engine(true)
 local decisions = 0

@@ -1,12 +1,14 @@
 #!/bin/sh
-# Runs the signing and per-call overhead benchmarks and prints a summary. From the repository root:
+# Runs the signing, per-call overhead and policy engine benchmarks (RESULTS.md sections 1, 2 and 6)
+# and prints a summary. From the repository root:
 #
 #   bench/run.sh
 #
 # Builds the module (build/) and the C signing benchmark (bench/out/), installs the Node SDK into
 # bench/node_modules when it is missing, starts bench/instant_server.js for each client, and leaves
 # the raw output of every step in bench/out/. Needs cmake, a C compiler, OpenSSL and libcurl
-# headers, lua5.4 with lua-cjson, node and npm (the first run fetches the SDK from the npm registry).
+# headers, lua5.4 with lua-cjson, node and npm (the first run fetches the SDK from the npm registry);
+# with luajit installed, the policy engine is measured on LuaJIT too (its build: build/lua-luajit).
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -28,6 +30,10 @@ echo "== build"
 cmake -S . -B build >/dev/null
 cmake --build build -j2 >/dev/null
 make -s -C bench >/dev/null
+if command -v luajit >/dev/null 2>&1; then
+    cmake -S . -B build/lua-luajit -DRTCADMIN_LUA=luajit -DBUILD_TESTING=OFF >/dev/null
+    cmake --build build/lua-luajit -j2 >/dev/null
+fi
 if [ ! -f bench/node_modules/@volcengine/openapi/lib/base/sign.js ]; then
     echo "== installing @volcengine/openapi into bench/node_modules"
     npm ci --prefix bench --no-audit --no-fund --loglevel=error >/dev/null
@@ -63,6 +69,12 @@ stop_server
 start_server server_node
 node bench/call_overhead.js "$URL" >"$OUT/calls_node.txt"
 stop_server
+
+echo "== 6. policy engine, 10 rules over 100k users, 2M events"
+lua5.4 bench/policy_bench.lua 2000000 100000 >"$OUT/policy_lua54.txt"
+if command -v luajit >/dev/null 2>&1; then
+    LUA_CPATH='build/lua-luajit/?.so;;' luajit bench/policy_bench.lua 2000000 100000 >"$OUT/policy_luajit.txt"
+fi
 
 val() { awk -v k="$1" '$1 == k { print $2; exit }' "$OUT/$2"; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
@@ -124,4 +136,14 @@ echo
 echo "Node CPU / rtcadmin CPU = $(div "$node_cpu" "$lua_cpu") (paced), $(div "$node_cpu" "$lua_nl_cpu") (no limiter) (target >= 5)"
 echo "Node wall / rtcadmin wall = $(div "$node_wall" "$lua_wall") (paced)"
 echo
-echo "raw output: $OUT/{sign_c,sign_lua,sign_node,calls_lua,calls_node}.txt, $OUT/server_*.err"
+echo "== 6. policy engine, 10 rules over 100k users (events per second, one core)"
+printf '%-12s %12s %14s %14s %12s\n' "" "10 rules" "no rules" "bare loop" "heap (KiB)"
+for f in policy_lua54 policy_luajit; do
+    [ -f "$OUT/$f.txt" ] || continue
+    printf '%-12s %12s %14s %14s %12s\n' "$(sed -n '1s/.*batch [0-9]*, //p' "$OUT/$f.txt")" \
+        "$(val ten_rules_events_per_s "$f.txt")" "$(val no_rules_events_per_s "$f.txt")" \
+        "$(val bare_loop_events_per_s "$f.txt")" "$(val heap_after_full_gc_kib "$f.txt")"
+done
+echo "(target >= 500000 events/s; the machine's run-to-run spread is in RESULTS.md section 6)"
+echo
+echo "raw output: $OUT/{sign_c,sign_lua,sign_node,calls_lua,calls_node,policy_lua54,policy_luajit}.txt, $OUT/server_*.err"
