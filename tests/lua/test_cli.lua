@@ -9,7 +9,16 @@ local dir = T.tmpdir()
 local q = T.shell_quote
 local LUA = arg and arg[-1] or "lua5.4"
 local BIN = T.source_dir .. "/bin/rtcadmin"
-local BUILD = package.searchpath("rtcadmin", package.cpath):match("^(.*)/[^/]+$")
+-- The directory the module was loaded from (package.searchpath is 5.2+).
+local BUILD
+for pattern in package.cpath:gmatch("[^;]+") do
+  local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
+  if f then
+    f:close()
+    BUILD = pattern:match("^(.*)/[^/]+$")
+    break
+  end
+end
 
 -- Runs bin/rtcadmin with `args` (a string); returns exit status, stdout, stderr.
 local function rtcadmin(args, stdin)
