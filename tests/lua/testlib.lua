@@ -96,6 +96,18 @@ T.shell_quote = shell_quote
 -- (Python servers, curl, openssl) are started without it: their reports would not be about us.
 T.plain_env = os.getenv("LD_PRELOAD") and "env -u LD_PRELOAD " or ""
 
+-- A value whose finalizer calls fn when it is collected or the state closes: a userdata on Lua 5.1
+-- and LuaJIT, where a table's __gc never runs.
+local newproxy = rawget(_G, "newproxy")
+local function gc_guard(fn)
+  if newproxy then
+    local u = newproxy(true)
+    getmetatable(u).__gc = fn
+    return u
+  end
+  return setmetatable({}, { __gc = fn })
+end
+
 -- Starts a Python server script that prints "... listening on URL" and serves unsigned JSON control
 -- endpoints; it exits with this process even if a test dies. Returns {url, proc, control}.
 local function start_python_server(script, args, what, shutdown_path)
@@ -131,7 +143,7 @@ local function start_python_server(script, args, what, shutdown_path)
   end
   -- If the test dies before its teardown, closing the state stops the server first (finalizers run
   -- newest first): closing the popen handle alone would wait for it for ever.
-  srv.guard = setmetatable({}, { __gc = function() srv.stop() end })
+  srv.guard = gc_guard(function() srv.stop() end)
   return srv
 end
 T.start_server = start_python_server
