@@ -129,8 +129,8 @@ end
 -- Records and counters. A record (per (room, user), or per room) is one array: [1] the second it
 -- was first seen, [2] the allow-list version it was last checked against, then a slot per rule (its
 -- cooldown end) and per counted event type (its counter), numbered by the engine as rules and
--- counters appear. Arrays only, so an event touches few cache lines: with many users the engine's
--- speed is bound by memory accesses, not by instructions.
+-- counters appear. Arrays only, so an event touches few cache lines: with many users much of an
+-- event's time is waiting for memory.
 --
 -- A counter: the seconds that had events (a burst within one second takes one slot) and a running
 -- total; count(window) = total minus the events before the first slot inside the window. A slot is
@@ -139,37 +139,12 @@ end
 -- slots. The ring starts with 4 slots and doubles, up to `slots`, only when the slot it would
 -- overwrite is still inside the longest window counted for that type: a user with a few events a
 -- minute keeps 8 numbers. Windows have one-second resolution; an event older than the newest one in
--- its counter counts at the newest one's second.
+-- its counter counts at the newest one's second. Seconds are whole numbers, math.floor of the time
+-- taken once per event (an integer on 5.3+, where `%` on a float is a slow call to fmod). ctx:count
+-- reads a counter.
 local SLOT = 65536
 local REC_SEEN, REC_ALLOW, REC_FIXED = 1, 2, 2
 local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
-
--- The events in the last `window` seconds up to second `sec` (a whole number: math.floor of the
--- time, taken once per event; an integer on 5.3+, where `%` on floats is a slow fmod call).
-local function ring_count(ring, window, sec)
-  local n = ring[1]
-  if n == 0 then return 0 end
-  local last_out = sec - window -- slots of this second or earlier are outside the window
-  local cutoff = (last_out - last_out % 1 + 1) * SLOT
-  local cap = ring[4]
-  local j = n - 1 -- the newest slot; find the first one inside the window
-  if ring[j % cap + 5] < cutoff then return 0 end
-  local lo = n - cap -- the oldest slot held
-  if lo < 0 then lo = 0 end
-  if ring[lo % cap + 5] >= cutoff then
-    j = lo -- all of them (usual for long windows)
-  elseif cap <= 8 then
-    while j > lo and ring[(j - 1) % cap + 5] >= cutoff do j = j - 1 end
-  else
-    local a = lo
-    while a < j do
-      local m = a + math_floor((j - a) / 2)
-      if ring[m % cap + 5] >= cutoff then j = m else a = m + 1 end
-    end
-  end
-  local c = (ring[2] - ring[j % cap + 5]) % SLOT
-  return c == 0 and SLOT - 1 or c
-end
 
 -- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
 local function distinct_add(ring, field, value, sec, cap)
@@ -712,8 +687,33 @@ function Engine:_make_hot()
       known_window[window] = true
       rec, slot = record_for(t, scope, window)
     end
-    local ring = rec[slot]
-    local v = ring and ring_count(ring, window, c_sec) or 0
+    -- The events in the last `window` seconds up to second c_sec (the counter layout is above
+    -- ring_new): the total minus the events before the first slot inside the window.
+    local ring, v = rec[slot], 0
+    local n = ring and ring[1] or 0
+    if n > 0 then
+      local last_out = c_sec - window -- slots of this second or earlier are outside the window
+      local cutoff = (last_out - last_out % 1 + 1) * SLOT
+      local cap = ring[4]
+      local j = n - 1 -- the newest slot; find the first one inside the window
+      if ring[j % cap + 5] >= cutoff then
+        local lo = n - cap -- the oldest slot held
+        if lo < 0 then lo = 0 end
+        if ring[lo % cap + 5] >= cutoff then
+          j = lo -- all of them (usual for long windows)
+        elseif cap <= 8 then
+          while j > lo and ring[(j - 1) % cap + 5] >= cutoff do j = j - 1 end
+        else
+          local a = lo
+          while a < j do
+            local m = a + math_floor((j - a) / 2)
+            if ring[m % cap + 5] >= cutoff then j = m else a = m + 1 end
+          end
+        end
+        v = (ring[2] - ring[j % cap + 5]) % SLOT
+        if v == 0 then v = SLOT - 1 end
+      end
+    end
     if recording then note("count", t, nil, window, scope or "user", v) end
     return v
   end
