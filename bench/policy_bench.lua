@@ -2,13 +2,18 @@
 -- distinct users on one core, and the heap (peak and after warm-up). From the repository root:
 --
 --   LUA_CPATH='build/?.so;;' LUA_PATH='lua/?.lua;;' lua5.4 bench/policy_bench.lua [events=3000000] [users=100000]
+--     [warmup=0] [baselines=1]
 --
 -- Baselines in the same run: the same events through an engine with no rules (ingest only: dedupe,
--- allow-list, key lookup), and through a bare Lua loop that touches each event once.
+-- allow-list, key lookup), and through a bare Lua loop that touches each event once. `warmup`
+-- events go through the engine untimed first; `baselines` 0 skips the baselines (for
+-- bench/policy_instructions.sh, which counts the instructions of the engine alone).
 local policy = require "rtcadmin.policy"
 
 local EVENTS = tonumber(arg[1]) or 3000000
 local USERS = tonumber(arg[2]) or 100000
+local WARMUP = tonumber(arg[3]) or 0
+local BASELINES = arg[4] ~= "0"
 local BATCH = 1000
 
 local RULES = [[
@@ -52,13 +57,16 @@ end
 
 local function clock() return os.clock() end
 
--- Runs EVENTS events (ts rising 10 000 events per second of event time) through fn(batch).
-local function drive(fn, sample)
+-- Runs `count` events (ts rising 10 000 events per second of event time) through fn(batch),
+-- going on from `at` ({n, ts}: the events and the time so far) when given.
+local function drive(fn, count, sample, at)
+  at = at or { n = 0, ts = 1700000000 }
   local batch = {}
   local peak = 0
   local t0 = clock()
-  local n, ts = 0, 1700000000
-  while n < EVENTS do
+  local n, ts = at.n, at.ts
+  local stop = n + count
+  while n < stop do
     for i = 1, BATCH do
       local ev = pool[(n + i - 1) % POOL + 1]
       ts = ts + 0.0001
@@ -78,7 +86,8 @@ local function drive(fn, sample)
       end
     end
   end
-  return n / (clock() - t0), peak
+  at.n, at.ts = n, ts
+  return count / (clock() - t0), peak
 end
 
 local function engine(with_rules)
@@ -89,14 +98,17 @@ end
 
 collectgarbage()
 local base_kb = collectgarbage("count")
-print(string.format("events %d, users %d, pool %d, batch %d, %s", EVENTS, USERS, POOL, BATCH,
+print(string.format("events %d, users %d, pool %d, batch %d, warm-up %d, %s", EVENTS, USERS, POOL, BATCH, WARMUP,
   rawget(_G, "jit") and jit.version or _VERSION))
 
 local e = engine(true)
 local decisions = 0
 e.on_decision = function() decisions = decisions + 1 end
 local samples = {}
-local rate, peak = drive(function(b) e:process_batch(b) end, function(n, kb) samples[#samples + 1] = { n, kb } end)
+local at = { n = 0, ts = 1700000000 }
+local function through_engine(b) e:process_batch(b) end
+if WARMUP > 0 then drive(through_engine, WARMUP, nil, at) end
+local rate, peak = drive(through_engine, EVENTS, function(n, kb) samples[#samples + 1] = { n, kb } end, at)
 local st = e:stats()
 print(string.format("ten_rules_events_per_s %.0f", rate))
 print(string.format("decisions %d, rule_errors %d, tracked_keys %d", decisions, st.rule_errors, st.keys))
@@ -107,14 +119,15 @@ for _, s in ipairs(samples) do print(string.format("heap_live_at %d %.0f", s[1],
 collectgarbage()
 print(string.format("heap_after_full_gc_kib %.0f", collectgarbage("count")))
 
+if not BASELINES then return end
 -- The baselines run after the engine, so the JIT compiles the engine in a fresh process as a
 -- deployment would (LuaJIT specialises traces to the paths seen first).
 e = nil -- luacheck: ignore
 collectgarbage()
 local touched = 0
-local bare = drive(function(b) for i = 1, #b do if b[i].type == "chat" then touched = touched + 1 end end end)
+local bare = drive(function(b) for i = 1, #b do if b[i].type == "chat" then touched = touched + 1 end end end, EVENTS)
 print(string.format("bare_loop_events_per_s %.0f", bare))
 
 local e0 = engine(false)
-local ingest = drive(function(b) e0:process_batch(b) end)
+local ingest = drive(function(b) e0:process_batch(b) end, EVENTS)
 print(string.format("no_rules_events_per_s %.0f", ingest))

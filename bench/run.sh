@@ -140,7 +140,7 @@ echo "== 6. policy engine, 10 rules over 100k users (events per second, one core
 printf '%-12s %12s %14s %14s %12s\n' "" "10 rules" "no rules" "bare loop" "heap (KiB)"
 for f in policy_lua54 policy_luajit; do
     [ -f "$OUT/$f.txt" ] || continue
-    printf '%-12s %12s %14s %14s %12s\n' "$(sed -n '1s/.*batch [0-9]*, //p' "$OUT/$f.txt")" \
+    printf '%-12s %12s %14s %14s %12s\n' "$(sed -n '1s/.*warm-up [0-9]*, //p' "$OUT/$f.txt")" \
         "$(val ten_rules_events_per_s "$f.txt")" "$(val no_rules_events_per_s "$f.txt")" \
         "$(val bare_loop_events_per_s "$f.txt")" "$(val heap_after_full_gc_kib "$f.txt")"
 done
