@@ -865,6 +865,7 @@ function Engine:_make_hot()
   local function run(events)
     local resume = at_rule
     at_rule = 0
+    local steps, steps_first, steps_rest, cx = budget, first_steps, rest_steps, ctx -- in registers
     for i = at_event, #events do
       at_event = i
       local rules, first
@@ -885,18 +886,20 @@ function Engine:_make_hot()
           else
             local when, hit = r.when, true
             if when then
-              at_rule, budget[1], budget.left = k, first_steps, rest_steps
-              hit = when(ev, ctx)
+              -- at_rule names the rule an error comes from; it stays set until engine code that
+              -- could fail runs (below and after the loop).
+              at_rule, steps[1], steps.left = k, steps_first, steps_rest
+              hit = when(ev, cx)
               if hit then
                 -- Once more, noting the queries it makes: the decision's evidence. (Conditions
                 -- see the same state both times; only reads happen in between.)
-                recording, budget[1], budget.left = true, first_steps, rest_steps
-                when(ev, ctx)
+                recording, steps[1], steps.left = true, steps_first, steps_rest
+                when(ev, cx)
                 recording = false
               end
-              at_rule = 0
             end
             if hit then
+              at_rule = 0
               disarm()
               fired[nfired + 1], fired[nfired + 2], fired[nfired + 3] = r, true, evidence()
               nfired = nfired + 3
@@ -904,6 +907,7 @@ function Engine:_make_hot()
             end
           end
         end
+        at_rule = 0
         if heap_budget then heap_budget(0) else disarm() end
         if nfired > 0 then decide() end
       end
