@@ -618,26 +618,23 @@ function Engine:_make_hot()
   -- The event being evaluated.
   local c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec -- c_sec: math.floor(c_ts)
   local c_room_rec -- the room's record, once looked up for this event (else nil)
-  -- The queries a condition made, noted only while `recording` (when it runs again for the
-  -- evidence of a decision): six values each (the first 8 are kept), query, type, field, window,
-  -- scope, value, with false for "none" so the array keeps its slots.
-  local q, nq, recording = {}, 0, false
-  for i = 1, 48 do q[i] = false end
+  -- The queries a condition made (the first 8), noted only while `recording`: when it runs again
+  -- for the evidence of a decision.
+  local noted, recording = {}, false
   -- Where a run is: the event, and the rule whose condition is running (0: engine code). After a
   -- rule error the driver sets at_rule to the rule to resume at.
   local at_event, at_rule = 1, 0
   local made, invalid, reason = 0, 0, nil -- of the current batch
   local now_ts -- the time of events without ts: when the batch was given to the engine
-  -- Decisions and rule errors, in order: {true, rule, event, evidence, prior offences, type, ts,
-  -- app, room, user} or {false, rule, event, error}.
-  local outcomes = {}
+  -- Decisions and rule errors, in order: {rule =, ev =, evidence =, and once decide() ran prior =,
+  -- type =, ts =, app =, room =, user =} or {rule =, ev =, error =}. The last `pending` are the
+  -- event's being evaluated.
+  local outcomes, pending = {}, 0
 
   local function note(kind, t, field, window, scope, value)
-    local n = nq + 1
-    nq = n
+    local n = #noted + 1
     if n <= 8 then
-      local b = n * 6
-      q[b - 5], q[b - 4], q[b - 3], q[b - 2], q[b - 1], q[b] = kind, t or false, field or false, window, scope, value
+      noted[n] = { query = kind, type = t, field = field, window = window, scope = scope, value = value }
     end
   end
 
@@ -823,42 +820,24 @@ function Engine:_make_hot()
     return rules
   end
 
-  -- The queries noted, as the evidence list of a decision.
-  local function evidence()
-    local list = {}
-    for i = 1, math_min(nq, 8) do
-      local b = i * 6
-      list[i] = { query = q[b - 5], type = q[b - 4] or nil, field = q[b - 3] or nil, window = q[b - 2],
-                  scope = q[b - 1], value = q[b] }
-    end
-    nq = 0
-    return list
-  end
-
-  -- What the current event's rules did, in rule order: (rule, true, evidence) or (rule, false,
-  -- error) triples. Acted on after all its conditions ran, so no condition sees offences added by
-  -- the same event.
-  local fired, nfired = {}, 0
-
-  -- The state half of the current event's decisions, made at once so the next events see it; the
-  -- rest is for Engine:_act.
+  -- The state half of the current event's decisions, made after all its conditions ran (so none
+  -- of them sees offences added by the same event) and before the next event (which sees them);
+  -- the rest is for Engine:_act.
   local function decide()
-    for k = 1, nfired, 3 do
-      local r, ok, x = fired[k], fired[k + 1], fired[k + 2]
-      if ok then
-        local prior, o = E:_offences(c_app, c_user, c_ts)
+    local n = #outcomes
+    for k = n - pending + 1, n do
+      local o = outcomes[k]
+      if not o.error then
+        local prior, off = E:_offences(c_app, c_user, c_ts)
         -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
-        c_rec[r.slot] = c_ts + r.cooldown
-        if o then o.n, o.last = prior + 1, c_ts else o = { n = 1, last = c_ts } end
-        E:_offenders(c_app):put(c_user, o) -- to the front of the recent offenders
+        c_rec[o.rule.slot] = c_ts + o.rule.cooldown
+        if off then off.n, off.last = prior + 1, c_ts else off = { n = 1, last = c_ts } end
+        E:_offenders(c_app):put(c_user, off) -- to the front of the recent offenders
+        o.prior, o.type, o.ts, o.app, o.room, o.user = prior, c_type, c_ts, c_app, c_room, c_user
         made = made + 1
-        outcomes[#outcomes + 1] = { true, r, c_ev, x, prior, c_type, c_ts, c_app, c_room, c_user }
-      else
-        outcomes[#outcomes + 1] = { false, r, c_ev, x }
       end
-      fired[k], fired[k + 2] = false, false
     end
-    nfired = 0
+    pending = 0
   end
 
   -- Runs events[at_event..] (resuming at rule at_rule of the first one when it is not 0).
@@ -901,15 +880,15 @@ function Engine:_make_hot()
             if hit then
               at_rule = 0
               disarm()
-              fired[nfired + 1], fired[nfired + 2], fired[nfired + 3] = r, true, evidence()
-              nfired = nfired + 3
+              outcomes[#outcomes + 1] = { rule = r, ev = ev, evidence = noted }
+              noted, pending = {}, pending + 1
               arm()
             end
           end
         end
         at_rule = 0
         if heap_budget then heap_budget(0) else disarm() end
-        if nfired > 0 then decide() end
+        if pending > 0 then decide() end
       end
     end
   end
@@ -926,14 +905,14 @@ function Engine:_make_hot()
       local ok, err = runner.protect(run, events)
       if ok then break end
       local k = at_rule
-      nq, recording = 0, false
+      noted, recording = {}, false
       if k == 0 then
         failure = err
-        if nfired > 0 then decide() end
+        decide()
         break
       end
-      fired[nfired + 1], fired[nfired + 2], fired[nfired + 3] = by_type[c_type][k], false, err
-      nfired, at_rule = nfired + 3, k + 1
+      outcomes[#outcomes + 1] = { rule = by_type[c_type][k], ev = c_ev, error = err }
+      pending, at_rule = pending + 1, k + 1
     end
     runner.leave()
     return made, invalid, reason, failure
@@ -1007,15 +986,13 @@ policy.decision_call = decision_call
 function Engine:_act(list)
   for i = 1, #list do
     local o = list[i]
-    if o[1] then
-      self:_decision(o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10])
-    else
-      self:_rule_error(o[2], o[4], o[3])
-    end
+    if o.error then self:_rule_error(o.rule, o.error, o.ev) else self:_decision(o) end
   end
 end
 
-function Engine:_decision(r, ev, evidence, prior, typ, ts, app, room, user)
+-- A decision from an outcome of the run (Engine:_make_hot): recorded, counted, queued unless dry.
+function Engine:_decision(o)
+  local r, ev, prior = o.rule, o.ev, o.prior
   local act, step = r.action, nil
   if act.kind == "escalate" then
     step = math_min(prior + 1, #act.steps)
@@ -1024,10 +1001,10 @@ function Engine:_decision(r, ev, evidence, prior, typ, ts, app, room, user)
   self.next_decision = self.next_decision + 1
   local dry = self.dry_run or r.dry_run
   local d = {
-    kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = ts,
-    event_type = typ, rule = r.name, rule_at = r.at, evidence = evidence,
+    kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = o.ts,
+    event_type = o.type, rule = r.name, rule_at = r.at, evidence = o.evidence,
     action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
-    app_id = app, room_id = room, user_id = user, duration = act.duration,
+    app_id = o.app, room_id = o.room, user_id = o.user, duration = act.duration,
     audio = act.kind == "mute" and act.audio or nil, video = act.kind == "mute" and act.video or nil,
     step = step, offences = prior, dry_run = dry, attempts = 0,
     outcome = dry and "dry_run" or "queued",
