@@ -673,25 +673,38 @@ function Engine:_make_hot()
     return rec, slot
   end
 
-  local methods, known_window = {}, {}
+  -- The count windows in use, by scope and event type: {slot = the counter's slot, [window] = the
+  -- window's cutoff offset}. A window is there once its arguments were checked and its counter keeps
+  -- it; any other call of ctx:count goes the long way once.
+  local wins_user, wins_room, wins_none = {}, {}, {}
+  local function count_window(t, window, scope)
+    local rec, slot = record_for(t, scope, window)
+    local wins = scope == "room" and wins_room or wins_user
+    local w = wins[t]
+    if not w then w = { slot = slot }; wins[t] = w end
+    -- The window's first second is c_sec - ceil(window) + 1 (seconds are whole): slots from
+    -- there on, second * SLOT + ..., are at or above c_sec * SLOT - w[window].
+    w[window] = (math.ceil(window) - 1) * SLOT
+    return rec, w
+  end
+
+  local methods = {}
   function methods.count(_, t, window, scope)
-    local rec, slot, kp = c_rec, track[t], keep
+    local wins, rec = wins_user, c_rec
     if scope ~= nil then
-      if scope == "room" then rec, slot, kp = c_room_rec, track_room[t], keep_room else slot = nil end
+      if scope == "room" then wins, rec = wins_room, c_room_rec elseif scope ~= "user" then wins = wins_none end
     end
-    if not (slot and rec and known_window[window]) or (kp[t] or 0) < window then
+    local w = wins[t]
+    local woff = w and w[window]
+    if not (woff and rec) then
       window_arg("count", t, window, scope)
-      known_window[window] = true
-      rec, slot = record_for(t, scope, window)
+      rec, w = count_window(t, window, scope)
+      woff = w[window]
     end
-    -- The events in the last `window` seconds up to second c_sec (the counter layout is above
-    -- ring_new): the total minus the events before the first slot inside the window.
-    local ring, v = rec[slot], 0
+    local ring, v = rec[w.slot], 0
     local n = ring and ring[1] or 0
     if n > 0 then
-      local last_out = c_sec - window -- slots of this second or earlier are outside the window
-      local cutoff = (last_out - last_out % 1 + 1) * SLOT
-      local cap = ring[4]
+      local cutoff, cap = c_sec * SLOT - woff, ring[4]
       local j = n - 1 -- the newest slot; find the first one inside the window
       if ring[j % cap + 5] >= cutoff then
         local lo = n - cap -- the oldest slot held
