@@ -773,18 +773,41 @@ function Engine:_make_hot()
     invalid, reason = invalid + 1, why
   end
 
+  -- What makes an entry of a batch something ingest cannot take as it is (nil if nothing does):
+  -- ingest leaves these checks to the error they raise (indexing what is not a table, comparing
+  -- or counting with what is not a number), and batch() then asks here.
+  local function event_problem(ev)
+    if type(ev) ~= "table" then return "event is not a table" end
+    local ts = ev.ts
+    if ts ~= nil and (type(ts) ~= "number" or ts ~= ts) then return "event ts must be a number" end
+  end
+
+  -- The whole second of the times from sec_lo (included) to sec_hi (excluded): math.floor and the
+  -- type check once per second of event time rather than once per event.
+  local sec_lo, sec_hi, sec_of = 0, -1, 0
+
   -- Ingests one event; returns the rules watching it, or nothing when it stops here (invalid,
   -- duplicate, ignored, allowed, or watched by counters only).
   local function ingest(ev)
     st.events = st.events + 1
-    if type(ev) ~= "table" then return invalid_event("event is not a table") end
     local typ, app, room, user = ev.type, ev.app_id, ev.room_id, ev.user_id
     local rules, slot, rslot = by_type[typ], track[typ], track_room[typ]
     local watched = rules or slot or rslot -- then typ is a string: only strings are registered
-    if not watched and type(typ) ~= "string" then return invalid_event("event needs a string field type") end
-    local ts = ev.ts
-    if ts == nil then ts = now_ts
-    elseif type(ts) ~= "number" or ts ~= ts then return invalid_event("event ts must be a number") end
+    if not watched and type(typ) ~= "string" then
+      return invalid_event(event_problem(ev) or "event needs a string field type")
+    end
+    local ts, sec = ev.ts, sec_of
+    if ts == nil then ts = now_ts end
+    if ts >= sec_lo and ts < sec_hi then
+      -- Comparing what is not a number raises unless it has comparison metamethods; a numeric
+      -- `for` uses none, so this raises for anything but a number.
+      for _ = ts, 0 do end
+    else
+      local why = event_problem(ev)
+      if why then return invalid_event(why) end
+      sec = math_floor(ts)
+      sec_lo, sec_hi, sec_of = sec, sec + 1, sec
+    end
     local id = ev.id
     if id ~= nil then
       if seen_map[id] then st.duplicates = st.duplicates + 1; return end
@@ -822,7 +845,7 @@ function Engine:_make_hot()
         rec[REC_ALLOW] = ver
       end
     end
-    local sec, room_rec = math_floor(ts), nil
+    local room_rec = nil
     if slot then add_event(rec, slot, ev, sec, keep[typ] or 0, slots, track_fields[typ], dmax) end
     if rslot then
       room_rec = E:_room_rec(app, room, ts)
@@ -920,12 +943,19 @@ function Engine:_make_hot()
       local k = at_rule
       noted, recording = {}, false
       if k == 0 then
-        failure = err
-        decide()
-        break
+        -- The engine's own error, or an entry that is not an event (see event_problem).
+        local why = event_problem(events[at_event])
+        if not why then
+          failure = err
+          decide()
+          break
+        end
+        invalid_event(why)
+        at_event = at_event + 1
+      else
+        outcomes[#outcomes + 1] = { rule = by_type[c_type][k], ev = c_ev, error = err }
+        pending, at_rule = pending + 1, k + 1
       end
-      outcomes[#outcomes + 1] = { rule = by_type[c_type][k], ev = c_ev, error = err }
-      pending, at_rule = pending + 1, k + 1
     end
     runner.leave()
     return made, invalid, reason, failure

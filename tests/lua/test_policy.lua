@@ -427,6 +427,29 @@ rule "works" { on = "chat", action = ban(60), cooldown = 0 }
   T.eq(errors[1].rule, "broken", "names the rule")
 end)
 
+T.case("entries that are not events, or whose ts is not a number, are refused in any position of a batch", function()
+  local got, on = collector()
+  local e = engine([[rule "flood" { on = "chat", cooldown = 0, action = kick,
+    when = function(ev, ctx) return ctx:count("chat", 10) >= 3 end }]], { on_decision = on })
+  local bad_ts = setmetatable({}, { __lt = function() return true end, __le = function() return true end })
+  local list = { 42, ev(1, "chat", "u"), true, "chat", print, io.stdout, ev("1", "chat", "u"), ev(0 / 0, "chat", "u"),
+                 ev(true, "chat", "u"), ev(bad_ts, "chat", "u"), ev(1.5, "chat", "u"), ev(2, "chat", "u"), false }
+  local made, invalid = e:process_batch(list)
+  T.eq(invalid, 10, "ten entries refused")
+  T.eq(made, 1, "the three valid chats made one decision")
+  T.eq(got[1].event_ts, 2, "on the third valid chat")
+  local reasons = {}
+  for _, x in ipairs({ 7, "chat", io.stdout, ev("soon", "chat", "u"), ev({}, "chat", "u"), ev(0 / 0, "chat", "u") }) do
+    local n, why = e:process(x)
+    T.eq(n, nil, "refused: " .. tostring(x))
+    reasons[#reasons + 1] = why
+  end
+  T.same(reasons, { "event is not a table", "event is not a table", "event is not a table", "event ts must be a number",
+                    "event ts must be a number", "event ts must be a number" }, "reasons")
+  T.eq(e:stats().invalid, 16, "all counted")
+  T.eq(e:stats().events, 19, "and seen")
+end)
+
 T.case("invalid events are refused with a reason and counted; bad options raise", function()
   local e = engine([[rule "r" { on = "chat", action = kick }]])
   local n, why = e:process({ type = "chat", app_id = APP, room_id = "room1" })
