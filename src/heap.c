@@ -78,7 +78,44 @@ static int l_heap_budget(lua_State *L) {
     return 1;
 }
 
+/* rtcadmin.heap_budgeter(bytes) -> arm, lift: heap_budget(bytes) and heap_budget(0) as two
+ * functions of no arguments, for a caller that sets and lifts the same budget around every call
+ * into rule code (the policy engine does, twice per event): they skip the argument checks and the
+ * allocator lookup. */
+typedef struct {
+    heap_guard *g; /* lives as long as the state */
+    size_t bytes;
+} heap_switch;
+
+static int l_heap_arm(lua_State *L) {
+    heap_switch *s = lua_touserdata(L, lua_upvalueindex(1));
+    s->g->limit = s->g->used + s->bytes;
+    return 0;
+}
+
+static int l_heap_lift(lua_State *L) {
+    heap_switch *s = lua_touserdata(L, lua_upvalueindex(1));
+    s->g->limit = 0;
+    return 0;
+}
+
+static int l_heap_budgeter(lua_State *L) {
+    lua_Integer bytes = luaL_checkinteger(L, 1);
+    heap_switch *s;
+    luaL_argcheck(L, bytes > 0, 1, "rtcadmin.heap_budgeter: expected bytes > 0");
+    s = lua_newuserdatauv(L, sizeof *s, 0);
+    s->g = guard_get(L);
+    s->bytes = (size_t)bytes;
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, l_heap_arm, 1);
+    lua_insert(L, -2);
+    lua_pushcclosure(L, l_heap_lift, 1);
+    return 2;
+}
+
 void rtc_heap_register(lua_State *L) {
     lua_pushcfunction(L, l_heap_budget);
     lua_setfield(L, -2, "heap_budget");
+    lua_pushcfunction(L, l_heap_budgeter);
+    lua_setfield(L, -2, "heap_budgeter");
 }

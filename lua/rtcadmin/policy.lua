@@ -605,8 +605,6 @@ function Engine:_make_hot()
   local E = self
   local cfg, st, runner = self.cfg, self.st, self.runner
   local budget, arm, disarm = runner.budget, runner.arm, runner.disarm
-  -- With rtcadmin.heap_budget, arming is one C call: made directly.
-  local heap_budget, memory = runner.heap_budget, runner.memory
   local first_steps, rest_steps = runner.fresh_steps()
   local slots, dmax = cfg.slots, cfg.distinct_max
   local by_type, track, track_room = self.by_type, self.track, self.track_room
@@ -892,7 +890,7 @@ function Engine:_make_hot()
       if rules then
         local ev, rec, ts = c_ev, c_rec, c_ts
         -- The memory budget covers the conditions of one event; engine allocations are outside it.
-        if heap_budget then heap_budget(memory) else arm() end
+        arm()
         for k = first, #rules do
           local r = rules[k]
           local until_ts = rec[r.slot]
@@ -923,7 +921,7 @@ function Engine:_make_hot()
           end
         end
         at_rule = 0
-        if heap_budget then heap_budget(0) else disarm() end
+        disarm()
         if pending > 0 then decide() end
       end
     end

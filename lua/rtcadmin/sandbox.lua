@@ -4,17 +4,17 @@
 -- DSL, safe copies of string/table/math/utf8 and a few base functions. Nothing in it reaches the
 -- file system, processes, the network, the debug library, load/require, metatables or the host's
 -- globals. Rule code is stopped after an instruction budget and refused heap growth beyond a memory
--- budget (rtcadmin.heap_budget, enforced in the allocator, because a single `s .. s` or string.rep
+-- budget (rtcadmin.heap_budgeter, enforced in the allocator, because a single `s .. s` or string.rep
 -- can allocate gigabytes between two checks). The instruction budget is counted by checks that
 -- compile() weaves into the source (every function body, loop body and goto) rather than by a debug
 -- hook: a hook slows every instruction on Lua 5.4 and keeps LuaJIT from compiling rule code. See
 -- docs/policy.md.
 local sandbox = {}
 
-local heap_budget
+local heap_budgeter
 do
   local ok, core = pcall(require, "rtcadmin")
-  if ok and type(core) == "table" then heap_budget = core.heap_budget end
+  if ok and type(core) == "table" then heap_budgeter = core.heap_budgeter end
 end
 
 local debug_getinfo = debug.getinfo
@@ -50,9 +50,9 @@ local BUDGET = {}
 -- to one decrement and one comparison); `left` is what remains after that. Outside a runner's
 -- protected call [1] is infinite: rule code called by anything else is not counted.
 local budget = { math.huge, left = 0, max = math.huge, memory = 0, ceiling = math.huge }
--- Without rtcadmin.heap_budget (the Lua files alone), the slow check also looks at the heap, every
--- CHUNK steps.
-local CHUNK = heap_budget and math.huge or 1024
+-- Without rtcadmin.heap_budgeter (the Lua files alone), the slow check also looks at the heap,
+-- every CHUNK steps.
+local CHUNK = heap_budgeter and math.huge or 1024
 
 local function exceeded(what)
   budget[1] = math.huge
@@ -70,13 +70,13 @@ local function check_heap()
 end
 
 -- The slow check, when the countdown has run out: the budget is spent, or (without
--- rtcadmin.heap_budget) it is time to look at the heap and count down the next chunk.
+-- rtcadmin.heap_budgeter) it is time to look at the heap and count down the next chunk.
 local function step()
   local left = budget.left
   if left <= 0 then
     exceeded(string_format("instruction budget exceeded (%d steps: calls, loop iterations, gotos)", budget.max))
   end
-  if not heap_budget then check_heap() end
+  if not heap_budgeter then check_heap() end
   local n = math.min(CHUNK, left)
   budget[1], budget.left = n - 1, left - n
 end
@@ -303,9 +303,7 @@ function sandbox.runner(limits)
     return e
   end
 
-  -- heap_budget and memory are there for callers that arm and disarm on a hot path: arm() is
-  -- heap_budget(memory), disarm() heap_budget(0), when heap_budget is not nil.
-  local runner = { budget = budget, heap_budget = heap_budget, memory = memory }
+  local runner = { budget = budget }
 
   -- Gives rule code the sandbox's string methods for a run of runner.eval calls.
   function runner.enter()
@@ -318,12 +316,12 @@ function sandbox.runner(limits)
   end
 
   -- The memory budget: from arm() until disarm() the heap may grow by at most `memory` bytes.
-  function runner.arm()
-    if heap_budget then heap_budget(memory) else budget.ceiling = collectgarbage("count") + memory / 1024 end
-  end
-
-  function runner.disarm()
-    if heap_budget then heap_budget(0) else budget.ceiling = math.huge end
+  -- With the C module both are C functions of no arguments (cheap enough to call per event).
+  if heap_budgeter then
+    runner.arm, runner.disarm = heap_budgeter(math.floor(memory))
+  else
+    function runner.arm() budget.ceiling = collectgarbage("count") + memory / 1024 end
+    function runner.disarm() budget.ceiling = math.huge end
   end
 
   local function finish(ok, res)

@@ -201,6 +201,23 @@ T.case("the heap ceiling is per call and is lifted afterwards", function()
   T.raises("expected bytes >= 0", rtcadmin.heap_budget, -1)
 end)
 
+T.case("heap_budgeter(bytes) gives the same ceiling as two functions: arm and lift", function()
+  local arm, lift = rtcadmin.heap_budgeter(1024 * 1024)
+  collectgarbage()
+  arm()
+  local ok, err = pcall(string.rep, "w", 4 * 1024 * 1024 + 11)
+  lift()
+  T.eq(ok, false, "refused while armed")
+  T.match(err, "^not enough memory", "as a memory error")
+  T.eq(#string.rep("y", 4 * 1024 * 1024 + 13), 4 * 1024 * 1024 + 13, "allowed once lifted")
+  arm()
+  local small = string.rep("z", 64 * 1024 + 17)
+  lift()
+  T.eq(#small, 64 * 1024 + 17, "growth within the budget is allowed")
+  T.raises("expected bytes > 0", rtcadmin.heap_budgeter, 0)
+  T.raises("number expected", rtcadmin.heap_budgeter, "lots")
+end)
+
 T.case("without rtcadmin.heap_budget (the Lua files alone) the budgets still stop loops and heap growth", function()
   local names, saved = { "rtcadmin", "rtcadmin.sandbox", "rtcadmin.policy" }, {}
   for _, m in ipairs(names) do saved[m] = package.loaded[m]; package.loaded[m] = nil end
