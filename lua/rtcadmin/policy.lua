@@ -511,6 +511,9 @@ function Engine:allow(spec)
   end
 end
 
+-- The condition of a rule without one.
+local function always() return true end
+
 local function add_file(self, file)
   local names = {}
   for _, r in ipairs(self.rules) do names[r.name] = r.at end
@@ -533,6 +536,7 @@ local function add_file(self, file)
     for _, r in ipairs(by_first[t]) do r.slot = self:_slot(-math.huge) end
   end
   for _, r in ipairs(file.rules) do
+    r.test = r.when or always
     r.index = #self.rules + 1
     r.cooldown = r.cooldown or self.cfg.cooldown
     self.rules[r.index] = r
@@ -582,13 +586,6 @@ function Engine:_offenders(app)
     self.offenders[app] = g
   end
   return g
-end
-
-function Engine:_offences(app, user, now)
-  local g = self.offenders[app]
-  local o = g and g.map[user]
-  if not o or now - o.last > self.cfg.offence_window then return 0, o end
-  return o.n, o
 end
 
 -- The per-event path: ingest (dedupe, checks, the event's record and counters), the conditions of
@@ -686,6 +683,15 @@ function Engine:_make_hot()
     return rec, w
   end
 
+  -- A user's offences within the offence window, and their entry (kept when it is older).
+  local offenders, offence_window = E.offenders, cfg.offence_window
+  local function offences_of(app, user, now)
+    local g = offenders[app]
+    local o = g and g.map[user]
+    if not o or now - o.last > offence_window then return 0, o end
+    return o.n, o
+  end
+
   local methods = {}
   function methods.count(_, t, window, scope)
     local wins, rec = wins_user, c_rec
@@ -750,7 +756,7 @@ function Engine:_make_hot()
   end
 
   function methods.offences()
-    local n = E:_offences(c_app, c_user, c_ts)
+    local n = offences_of(c_app, c_user, c_ts)
     if recording then note("offences", nil, nil, cfg.offence_window, "app_user", n) end
     return n
   end
@@ -787,7 +793,6 @@ function Engine:_make_hot()
   -- Ingests one event; returns the rules watching it, or nothing when it stops here (invalid,
   -- duplicate, ignored, allowed, or watched by counters only).
   local function ingest(ev)
-    st.events = st.events + 1
     local typ, app, room, user = ev.type, ev.app_id, ev.room_id, ev.user_id
     local rules, slot, rslot = by_type[typ], track[typ], track_room[typ]
     local watched = rules or slot or rslot -- then typ is a string: only strings are registered
@@ -862,7 +867,7 @@ function Engine:_make_hot()
     for k = n - pending + 1, n do
       local o = outcomes[k]
       if not o.error then
-        local prior, off = E:_offences(c_app, c_user, c_ts)
+        local prior, off = offences_of(c_app, c_user, c_ts)
         -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
         c_rec[o.rule.slot] = c_ts + o.rule.cooldown
         if off then off.n, off.last = prior + 1, c_ts else off = { n = 1, last = c_ts } end
@@ -897,21 +902,16 @@ function Engine:_make_hot()
           if until_ts and ts < until_ts then
             st.cooldown = st.cooldown + 1
           else
-            local when, hit = r.when, true
-            if when then
-              -- at_rule names the rule an error comes from; it stays set until engine code that
-              -- could fail runs (below and after the loop).
-              at_rule, steps[1], steps.left = k, steps_first, steps_rest
-              hit = when(ev, cx)
-              if hit then
-                -- Once more, noting the queries it makes: the decision's evidence. (Conditions
-                -- see the same state both times; only reads happen in between.)
-                recording, steps[1], steps.left = true, steps_first, steps_rest
-                when(ev, cx)
-                recording = false
-              end
-            end
-            if hit then
+            -- at_rule names the rule an error comes from; it stays set until engine code that
+            -- could fail runs (below and after the loop).
+            at_rule, steps[1], steps[2] = k, steps_first, steps_rest
+            local test = r.test
+            if test(ev, cx) then
+              -- Once more, noting the queries it makes: the decision's evidence. (Conditions
+              -- see the same state both times; only reads happen in between.)
+              recording, steps[1], steps[2] = true, steps_first, steps_rest
+              test(ev, cx)
+              recording = false
               at_rule = 0
               disarm()
               outcomes[#outcomes + 1] = { rule = r, ev = ev, evidence = noted }
@@ -956,6 +956,7 @@ function Engine:_make_hot()
       end
     end
     runner.leave()
+    st.events = st.events + (failure and at_event or #events) -- the failing one was seen too
     return made, invalid, reason, failure
   end
 

@@ -49,7 +49,7 @@ local BUDGET = {}
 -- code never nest. [1] counts the steps down to the next slow check (woven into rule code: kept
 -- to one decrement and one comparison); `left` is what remains after that. Outside a runner's
 -- protected call [1] is infinite: rule code called by anything else is not counted.
-local budget = { math.huge, left = 0, max = math.huge, memory = 0, ceiling = math.huge }
+local budget = { math.huge, 0, max = math.huge, memory = 0, ceiling = math.huge }
 -- Without rtcadmin.heap_budgeter (the Lua files alone), the slow check also looks at the heap,
 -- every CHUNK steps.
 local CHUNK = heap_budgeter and math.huge or 1024
@@ -72,13 +72,13 @@ end
 -- The slow check, when the countdown has run out: the budget is spent, or (without
 -- rtcadmin.heap_budgeter) it is time to look at the heap and count down the next chunk.
 local function step()
-  local left = budget.left
+  local left = budget[2]
   if left <= 0 then
     exceeded(string_format("instruction budget exceeded (%d steps: calls, loop iterations, gotos)", budget.max))
   end
   if not heap_budgeter then check_heap() end
   local n = math.min(CHUNK, left)
-  budget[1], budget.left = n - 1, left - n
+  budget[1], budget[2] = n - 1, left - n
 end
 
 -- The names of the check's parts in rule code; refused in rule source, so rule code cannot
@@ -339,7 +339,7 @@ function sandbox.runner(limits)
     return true, res
   end
 
-  -- A fresh instruction budget: the values of budget[1] and budget.left that give the rule code
+  -- A fresh instruction budget: the values of budget[1] and budget[2] that give the rule code
   -- about to run all `instructions` steps.
   local first_steps = math.min(CHUNK, max_steps)
   local rest_steps = max_steps - first_steps
@@ -347,12 +347,12 @@ function sandbox.runner(limits)
 
   -- runner.protect(fn, a, b) -> true, result | false, "file:line: message". Between enter and
   -- leave; the call has the whole instruction budget and no memory budget. `fn` may be engine code
-  -- that calls several rule functions in turn: setting `budget[1], budget.left =
+  -- that calls several rule functions in turn: setting `budget[1], budget[2] =
   -- runner.fresh_steps()` before each gives it the whole instruction budget, and arm() / disarm()
   -- around them a memory budget. Nothing else may run between enter and leave but engine code (no
   -- callbacks): the string metatable is the sandbox's meanwhile.
   function runner.protect(fn, a, b)
-    budget[1], budget.left, budget.max, budget.memory = first_steps, rest_steps, max_steps, memory
+    budget[1], budget[2], budget.max, budget.memory = first_steps, rest_steps, max_steps, memory
     return finish(call_with(fn, handler, a, b))
   end
 
