@@ -705,26 +705,38 @@ function Engine:_make_hot()
       rec, w = count_window(t, window, scope)
       woff = w[window]
     end
+    -- The events in the last `window` seconds up to second c_sec (the counter layout is above
+    -- ring_new): the total minus the events before the first slot inside the window.
     local ring, v = rec[w.slot], 0
     local n = ring and ring[1] or 0
     if n > 0 then
       local cutoff, cap = c_sec * SLOT - woff, ring[4]
-      local j = n - 1 -- the newest slot; find the first one inside the window
-      if ring[j % cap + 5] >= cutoff then
-        local lo = n - cap -- the oldest slot held
-        if lo < 0 then lo = 0 end
-        if ring[lo % cap + 5] >= cutoff then
-          j = lo -- all of them (usual for long windows)
+      local i = (n - 1) % cap + 5 -- the newest slot
+      local s = ring[i]
+      if s >= cutoff then
+        local oldest = n > cap and n % cap + 5 or 5
+        local so = ring[oldest]
+        if so >= cutoff then
+          s = so -- all of them (usual for long windows)
         elseif cap <= 8 then
-          while j > lo and ring[(j - 1) % cap + 5] >= cutoff do j = j - 1 end
-        else
-          local a = lo
+          -- Back from the newest while inside the window; the oldest is not, so this stops.
+          i = i - 1
+          if i < 5 then i = i + cap end
+          local si = ring[i]
+          while si >= cutoff do
+            s, i = si, i - 1
+            if i < 5 then i = i + cap end
+            si = ring[i]
+          end
+        else -- binary search over the slots in age order (0 = the oldest held)
+          local a, j = 0, (n < cap and n or cap) - 1
           while a < j do
             local m = a + math_floor((j - a) / 2)
-            if ring[m % cap + 5] >= cutoff then j = m else a = m + 1 end
+            if ring[(oldest - 5 + m) % cap + 5] >= cutoff then j = m else a = m + 1 end
           end
+          s = ring[(oldest - 5 + j) % cap + 5]
         end
-        v = (ring[2] - ring[j % cap + 5]) % SLOT
+        v = (ring[2] - s) % SLOT
         if v == 0 then v = SLOT - 1 end
       end
     end

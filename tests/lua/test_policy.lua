@@ -36,6 +36,46 @@ local function collector()
   return list, function(d) list[#list + 1] = d end
 end
 
+T.case("ctx:count agrees with counting the event list, for any spacing of events and any window", function()
+  local windows = { 1, 2.5, 5, 10, 30, 60 }
+  local queries = {}
+  for i, w in ipairs(windows) do queries[i] = string.format("ctx:count(\"chat\", %s) >= 0", w) end
+  local got, on = collector()
+  local e = engine('rule "probe" { on = "chat", cooldown = 0, action = kick, when = function(ev, ctx) return '
+    .. table.concat(queries, " and ") .. " end }", { on_decision = on })
+  local seed = 4242
+  local function rand(n) seed = (seed * 16807) % 2147483647; return seed % n + 1 end
+  -- Gaps from none (the same second) to longer than every window, in runs: bursts over many
+  -- seconds grow a counter past 8 slots, quiet spells let it wrap and drop old seconds.
+  local gaps = { 0, 0, 0.3, 0.5, 1, 1, 1, 2, 3, 7, 20, 75 }
+  local times = { u1 = {}, u2 = {}, u3 = {} }
+  local users = { "u1", "u2", "u3" }
+  local t, checked = 100, 0
+  for _ = 1, 3000 do
+    t = t + gaps[rand(#gaps)] * (rand(10) == 1 and 3 or 1)
+    local user = users[rand(#users)]
+    local list = times[user]
+    list[#list + 1] = t
+    e:process(ev(t, "chat", user))
+    local d = got[#got]
+    T.eq(d.event_ts, t, "a decision for each event")
+    local sec = math.floor(t)
+    for i, w in ipairs(windows) do
+      local want, first = 0, sec - math.ceil(w) + 1
+      for k = #list, 1, -1 do
+        if math.floor(list[k]) < first then break end
+        want = want + 1
+      end
+      if d.evidence[i].value ~= want then
+        error(string.format("count(chat, %s) at %s for %s: %d, counting the list: %d", w, t, user,
+          d.evidence[i].value, want))
+      end
+      checked = checked + 1
+    end
+  end
+  T.eq(checked, 3000 * #windows, "every count checked")
+end)
+
 T.case("a threshold over a window, on event time: the fourth chat within 10 s fires, spaced chats do not", function()
   local got, on = collector()
   local e = engine([[rule "flood" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 10) > 3 end,
