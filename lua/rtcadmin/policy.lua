@@ -48,7 +48,9 @@ end
 ---------------------------------------------------------------------------------------------------
 -- The most recent `cap` keys: a map and the ring that retires them, oldest first, with no
 -- generations to look through (one lookup for a key that is not there, which is the usual case).
--- Putting a key again (an entry table that records its ring position) moves it to the front.
+-- Putting a key again moves it to the front: its entry (a table) records its ring position, so
+-- the older position retires nothing. (The event ids seen, a plain set, have a ring of their own
+-- in the engine's per-event path.)
 local Recent = {}
 Recent.__index = Recent
 
@@ -56,17 +58,17 @@ local function recent_new(cap)
   return setmetatable({ map = {}, ring = {}, pos = 0, cap = cap, dropped = 0 }, Recent)
 end
 
--- Puts `k` with value `v` (true, or a table: its field `at` is set to its ring position).
-function Recent:put(k, v)
+-- Puts `k` with entry `e` (a table: its field `at` is set to its ring position).
+function Recent:put(k, e)
   local ring, map = self.ring, self.map
   local pos = self.pos % self.cap + 1
   local retired = ring[pos]
   if retired ~= nil then
-    local e = map[retired]
-    if e == true or (e and e.at == pos) then map[retired] = nil; self.dropped = self.dropped + 1 end
+    local old = map[retired]
+    if old and old.at == pos then map[retired] = nil; self.dropped = self.dropped + 1 end
   end
-  if v ~= true then v.at = pos end
-  ring[pos], map[k], self.pos = k, v, pos
+  e.at = pos
+  ring[pos], map[k], self.pos = k, e, pos
 end
 
 -- Records: a bounded map of (app, room, user) keys with approximate LRU eviction and no per-access
@@ -490,7 +492,7 @@ function policy.new(opts)
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
-  E.seen = recent_new(cfg.dedupe) -- the last `dedupe` event ids
+  E.seen = { map = {}, ring = {} } -- the last `dedupe` event ids (see Engine:_make_hot)
   E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
@@ -607,8 +609,10 @@ function Engine:_make_hot()
   local by_type, track, track_room = self.by_type, self.track, self.track_room
   local keep, keep_room = self.keep, self.keep_room
   local track_fields, track_room_fields = self.track_fields, self.track_room_fields
-  local allow_roles, keys, seen = self.allow_roles, self.keys, self.seen
-  local seen_map = seen.map
+  local allow_roles, keys = self.allow_roles, self.keys
+  -- The event ids seen: a set of the last `dedupe`, and the ring that retires them in order (an id
+  -- is put only when it is not in the set, so the ring holds each id once).
+  local seen_map, seen_ring, seen_pos, dedupe = self.seen.map, self.seen.ring, 0, cfg.dedupe
 
   -- The event being evaluated.
   local c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec -- c_sec: math.floor(c_ts)
@@ -830,7 +834,11 @@ function Engine:_make_hot()
       if (tid ~= "string" and tid ~= "number") or id ~= id then
         return invalid_event("event id must be a string or a number")
       end
-      seen:put(id, true)
+      local pos = seen_pos + 1
+      if pos > dedupe then pos = 1 end
+      local retired = seen_ring[pos]
+      if retired ~= nil then seen_map[retired] = nil end
+      seen_ring[pos], seen_map[id], seen_pos = id, true, pos
     end
     if not watched then st.ignored = st.ignored + 1; return end
     if allow_roles[ev.role] then st.allowed = st.allowed + 1; return end

@@ -416,6 +416,18 @@ T.case("dedupe by event id: a redelivered event is counted once", function()
   T.eq(e:stats().duplicates, 1, "counted as duplicate")
   e:process(ev(3, "chat", "u", { id = "m2" }))
   T.eq(#got, 1, "a new id counts")
+  -- The last `dedupe` ids are remembered, oldest forgotten first.
+  local small = engine([[rule "r" { on = "chat", action = kick, when = function() return false end }]], { dedupe = 3 })
+  for i = 1, 4 do small:process(ev(i, "chat", "u", { id = "n" .. i })) end
+  for _, id in ipairs({ "n2", "n3", "n4" }) do small:process(ev(5, "chat", "u", { id = id })) end
+  T.eq(small:stats().duplicates, 3, "the last three ids are remembered")
+  small:process(ev(6, "chat", "u", { id = "n1" }))
+  T.eq(small:stats().duplicates, 3, "the fourth one back was forgotten")
+  small:process(ev(7, "chat", "u", { id = "n2" }))
+  T.eq(small:stats().duplicates, 3, "n1 taken again retired n2")
+  small:process(ev(8, "chat", "u", { id = "n4" }))
+  small:process(ev(8, "chat", "u", { id = "n1" }))
+  T.eq(small:stats().duplicates, 5, "n4 and n1 are remembered")
 end)
 
 T.case("rules files: syntax and definition errors name file:line and nothing from the file is applied", function()
