@@ -834,10 +834,11 @@ function Engine:_make_hot()
       if (tid ~= "string" and tid ~= "number") or id ~= id then
         return invalid_event("event id must be a string or a number")
       end
+      -- The oldest id out first: the delete leaves an empty node the insert may take.
       local pos = seen_pos + 1
       if pos > dedupe then pos = 1 end
       local retired = seen_ring[pos]
-      if retired ~= nil then seen_map[retired] = nil end
+      if retired then seen_map[retired] = nil end
       seen_ring[pos], seen_map[id], seen_pos = id, true, pos
     end
     if not watched then st.ignored = st.ignored + 1; return end
@@ -850,7 +851,7 @@ function Engine:_make_hot()
     local rec = r and r[user]
     if not rec then rec = keys:promote(app, room, user, ts) end
     local ver = E.allow_ver
-    if not rec or rec[REC_ALLOW] ~= ver then
+    if not rec or rec[REC_ALLOW] < ver then -- versions only grow
       if not rec then
         if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
           return invalid_event("event needs string fields type, app_id, room_id, user_id")
