@@ -47,7 +47,7 @@ local BUDGET = {}
 -- The budget of the call into rule code under way: one for the process, since a rules file's
 -- functions are compiled once and called by whichever runner evaluates them, and calls into rule
 -- code never nest. [1] counts the steps down to the next slow check (woven into rule code: kept
--- to one decrement and one comparison); `left` is what remains after that. Outside a runner's
+-- to one decrement and one comparison); [2] is what remains after that. Outside a runner's
 -- protected call [1] is infinite: rule code called by anything else is not counted.
 local budget = { math.huge, 0, max = math.huge, memory = 0, ceiling = math.huge }
 -- Without rtcadmin.heap_budgeter (the Lua files alone), the slow check also looks at the heap,
