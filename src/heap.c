@@ -1,4 +1,5 @@
-/* rtcadmin.heap_budget: accounting of the Lua heap and an optional ceiling on its growth.
+/* rtcadmin.heap_budget, heap_budgeter: accounting of the Lua heap and an optional ceiling on its
+ * growth.
  *
  * The policy engine runs moderators' rule code in a sandbox. An instruction budget (checks woven
  * into rule code) stops loops, but one instruction can allocate gigabytes (`s = s .. s`,
@@ -66,6 +67,11 @@ static heap_guard *guard_get(lua_State *L) {
     return g;
 }
 
+/* From now on the heap may grow by at most `bytes`; 0 lifts the ceiling. */
+static void guard_limit(heap_guard *g, size_t bytes) {
+    g->limit = bytes ? g->used + bytes : 0;
+}
+
 /* rtcadmin.heap_budget(bytes) -> bytes in use. From now on the heap may grow by at most `bytes`;
  * 0 or nil lifts the ceiling. */
 static int l_heap_budget(lua_State *L) {
@@ -73,7 +79,7 @@ static int l_heap_budget(lua_State *L) {
     heap_guard *g;
     luaL_argcheck(L, budget >= 0, 1, "rtcadmin.heap_budget: expected bytes >= 0");
     g = guard_get(L);
-    g->limit = budget ? g->used + (size_t)budget : 0;
+    guard_limit(g, (size_t)budget);
     lua_pushinteger(L, (lua_Integer)g->used);
     return 1;
 }
@@ -89,13 +95,13 @@ typedef struct {
 
 static int l_heap_arm(lua_State *L) {
     heap_switch *s = lua_touserdata(L, lua_upvalueindex(1));
-    s->g->limit = s->g->used + s->bytes;
+    guard_limit(s->g, s->bytes);
     return 0;
 }
 
 static int l_heap_lift(lua_State *L) {
     heap_switch *s = lua_touserdata(L, lua_upvalueindex(1));
-    s->g->limit = 0;
+    guard_limit(s->g, 0);
     return 0;
 }
 

@@ -773,7 +773,7 @@ function Engine:_make_hot()
 
   function methods.offences()
     local n = offences_of(c_app, c_user, c_ts)
-    if recording then note("offences", nil, nil, cfg.offence_window, "app_user", n) end
+    if recording then note("offences", nil, nil, offence_window, "app_user", n) end
     return n
   end
 
