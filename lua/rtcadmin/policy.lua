@@ -129,10 +129,10 @@ end
 
 ---------------------------------------------------------------------------------------------------
 -- Records and counters. A record (per (room, user), or per room) is one array: [1] the second it
--- was first seen, [2] the allow-list version it was last checked against, then a slot per rule (its
--- cooldown end) and per counted event type (its counter), numbered by the engine as rules and
--- counters appear. Arrays only, so an event touches few cache lines: with many users much of an
--- event's time is waiting for memory.
+-- was first seen, [2] the allow-list version it was last checked against, [3] its cooldowns (false,
+-- or rule index -> the time the cooldown ends: only actioned users have one), then a slot per
+-- counted event type (its counter), numbered by the engine as counters appear. Small arrays, so an
+-- event touches few cache lines: with many users much of an event's time is waiting for memory.
 --
 -- A counter: the seconds that had events (a burst within one second takes one slot) and a running
 -- total; count(window) = total minus the events before the first slot inside the window. A slot is
@@ -145,7 +145,7 @@ end
 -- taken once per event (an integer on 5.3+, where `%` on a float is a slow call to fmod). ctx:count
 -- reads a counter.
 local SLOT = 65536
-local REC_SEEN, REC_ALLOW, REC_FIXED = 1, 2, 2
+local REC_SEEN, REC_ALLOW, REC_COOL, REC_FIXED = 1, 2, 3, 3
 local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
 
 -- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
@@ -477,14 +477,13 @@ function policy.new(opts)
     rules = {}, by_type = {}, files = {}, warnings = {},
     allow_roles = {}, allow_users = {}, allow_patterns = {},
     track = {},        -- event type -> its counter's slot in (room, user) records; see ctx:count
-    counter_slot = {}, -- event type -> the slot kept for its (room, user) counter, next to its rules' cooldowns
     track_room = {},   -- event type -> its counter's slot in room records
     keep = {},         -- event type -> the longest count window on its (room, user) counters
     keep_room = {},    -- the same, room counters
     track_fields = {}, -- event type -> list of fields counted by ctx:distinct (per (room, user))
     track_room_fields = {}, -- the same, per room
     max_window = 0,
-    nslots = REC_FIXED, tmpl = { 0, 0 }, -- record slots in use, and a record's empty values
+    nslots = REC_FIXED, tmpl = { 0, 0, false }, -- record slots in use, and a record's empty values
     allow_ver = 0,     -- bumped when the allow-list changes (records cache their user's verdict)
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
@@ -523,19 +522,6 @@ local function add_file(self, file)
     if names[r.name] then
       return nil, { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
     end
-  end
-  -- Record slots by event type: the one its (room, user) counter will take if a rule counts it,
-  -- then the cooldowns of the rules watching it (first type named). An event then reads adjacent
-  -- slots of its record: fewer cache lines, which is what an event costs with many users.
-  local types, by_first = {}, {}
-  for _, r in ipairs(file.rules) do
-    local t = r.on[1]
-    if not by_first[t] then by_first[t] = {}; types[#types + 1] = t end
-    table.insert(by_first[t], r)
-  end
-  for _, t in ipairs(types) do
-    if not self.counter_slot[t] then self.counter_slot[t] = self:_slot(false) end
-    for _, r in ipairs(by_first[t]) do r.slot = self:_slot(-math.huge) end
   end
   for _, r in ipairs(file.rules) do
     r.test = r.when or always
@@ -665,7 +651,7 @@ function Engine:_make_hot()
       c_room_rec = rec
     end
     if not slot then
-      slot = not room and E.counter_slot[t] or E:_slot(false)
+      slot = E:_slot(false)
       tr[t] = slot
       if c_type == t then add_event(rec, slot, c_ev, c_sec, kp[t] or 0, slots) end
     end
@@ -890,7 +876,9 @@ function Engine:_make_hot()
       if not o.error then
         local prior, off = offences_of(c_app, c_user, c_ts)
         -- Offences and cooldowns count in dry-run too, so a replay shows the ladder a live run would climb.
-        c_rec[o.rule.slot] = c_ts + o.rule.cooldown
+        local cool = c_rec[REC_COOL]
+        if not cool then cool = {}; c_rec[REC_COOL] = cool end
+        cool[o.rule.index] = c_ts + o.rule.cooldown
         if off then off.n, off.last = prior + 1, c_ts else off = { n = 1, last = c_ts } end
         E:_offenders(c_app):put(c_user, off) -- to the front of the recent offenders
         o.prior, o.type, o.ts, o.app, o.room, o.user = prior, c_type, c_ts, c_app, c_room, c_user
@@ -914,13 +902,12 @@ function Engine:_make_hot()
         rules, first = ingest(events[i]), 1
       end
       if rules then
-        local ev, rec, ts = c_ev, c_rec, c_ts
+        local ev, ts, cool = c_ev, c_ts, c_rec[REC_COOL]
         -- The memory budget covers the conditions of one event; engine allocations are outside it.
         arm()
         for k = first, #rules do
           local r = rules[k]
-          local until_ts = rec[r.slot]
-          if until_ts and ts < until_ts then
+          if cool and ts < (cool[r.index] or ts) then
             st.cooldown = st.cooldown + 1
           else
             -- at_rule names the rule an error comes from; it stays set until engine code that

@@ -252,6 +252,28 @@ T.case("a cooldown stops the same user being actioned twice for one burst", func
   T.eq(#got, 2, "a new burst after the cooldown")
 end)
 
+T.case("a cooldown is per rule and per (room, user), across the rule's event types and later rule files", function()
+  local got, on = collector()
+  local e = engine([[rule "noisy" { on = { "chat", "join" }, cooldown = 30, action = kick }
+rule "other" { on = "join", cooldown = 0, action = kick }]], { on_decision = on })
+  e:process(ev(1, "chat", "u1"))              -- noisy acts on u1 in room1
+  e:process(ev(2, "join", "u1"))              -- noisy is cooling down for u1 (join too); other acts
+  e:process(ev(3, "chat", "u1", { room_id = "room2" })) -- another room: noisy acts
+  e:process(ev(4, "chat", "u2"))              -- another user: noisy acts
+  -- A rule loaded after u1's record was made has no cooldown there until it acts.
+  assert(e:load(rules_file([[rule "late" { on = "chat", cooldown = 30, action = kick }]])))
+  e:process(ev(5, "chat", "u1"))              -- noisy still cooling down; late acts
+  e:process(ev(6, "chat", "u1"))              -- both cooling down
+  e:process(ev(32, "join", "u1"))             -- noisy's cooldown is over (ends at 31); other acts
+  local seen = {}
+  for _, d in ipairs(got) do
+    seen[#seen + 1] = string.format("%s %s %s %g", d.rule, d.room_id, d.user_id, d.event_ts)
+  end
+  T.same(seen, { "noisy room1 u1 1", "other room1 u1 2", "noisy room2 u1 3", "noisy room1 u2 4", "late room1 u1 5",
+    "noisy room1 u1 32", "other room1 u1 32" }, "decisions")
+  T.eq(e:stats().cooldown, 1 + 1 + 2, "evaluations skipped for cooldowns")
+end)
+
 T.case("allow-lists (roles, users, patterns, engine-wide) come first and no rule can override them", function()
   local got, on = collector()
   local e = engine(nil, { on_decision = on, allow = { users = { "ops" } } })
