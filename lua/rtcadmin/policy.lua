@@ -198,7 +198,8 @@ local function add_event(rec, slot, ev, sec, keep, slots, fields, dmax)
       n, ring[4], cap = cap, ncap, ncap
     end
     ring[n % cap + 5] = sec * SLOT + total % SLOT
-    ring[1], ring[3] = n + 1, sec
+    ring[1] = n + 1
+    ring[3] = sec
   end
   ring[2] = total + 1
   if fields then
@@ -714,7 +715,8 @@ function Engine:_make_hot()
           if i < 5 then i = i + cap end
           local si = ring[i]
           while si >= cutoff do
-            s, i = si, i - 1
+            s = si
+            i = i - 1
             if i < 5 then i = i + cap end
             si = ring[i]
           end
@@ -825,7 +827,9 @@ function Engine:_make_hot()
       if pos > dedupe then pos = 1 end
       local retired = seen_ring[pos]
       if retired then seen_map[retired] = nil end
-      seen_ring[pos], seen_map[id], seen_pos = id, true, pos
+      seen_ring[pos] = id
+      seen_map[id] = true
+      seen_pos = pos
     end
     if not watched then st.ignored = st.ignored + 1; return end
     if allow_roles[ev.role] then st.allowed = st.allowed + 1; return end
@@ -861,7 +865,10 @@ function Engine:_make_hot()
       room_rec = E:_room_rec(app, room, ts)
       add_event(room_rec, rslot, ev, sec, keep_room[typ] or 0, slots, track_room_fields[typ], dmax)
     end
-    c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec = ev, typ, ts, sec, app, room, user, rec
+    -- One assignment each: a multiple assignment goes through temporaries (twice the VM
+    -- instructions; the same below, in the dedupe and the rule loop).
+    c_ev = ev; c_type = typ; c_ts = ts; c_sec = sec
+    c_app = app; c_room = room; c_user = user; c_rec = rec
     c_room_rec = room_rec
     return rules
   end
@@ -895,11 +902,12 @@ function Engine:_make_hot()
     local steps, steps_first, steps_rest, cx = budget, first_steps, rest_steps, ctx -- in registers
     for i = at_event, #events do
       at_event = i
-      local rules, first
+      local rules
+      local first = 1
       if resume > 0 then
         rules, first, resume = by_type[c_type], resume, 0
       else
-        rules, first = ingest(events[i]), 1
+        rules = ingest(events[i])
       end
       if rules then
         local ev, ts, cool = c_ev, c_ts, c_rec[REC_COOL]
@@ -912,7 +920,9 @@ function Engine:_make_hot()
           else
             -- at_rule names the rule an error comes from; it stays set until engine code that
             -- could fail runs (below and after the loop).
-            at_rule, steps[1], steps[2] = k, steps_first, steps_rest
+            at_rule = k
+            steps[1] = steps_first
+            steps[2] = steps_rest
             local test = r.test
             if test(ev, cx) then
               -- Once more, noting the queries it makes: the decision's evidence. (Conditions
