@@ -188,8 +188,8 @@ local function add_event(rec, slot, ev, sec, keep, slots, fields, dmax)
   local n, total = ring[1], ring[2]
   if sec > ring[3] then
     local cap = ring[4]
-    if n >= cap and cap < slots and ring[(n - cap) % cap + 5] >= (sec - keep) * SLOT then
-      -- The oldest slot is still needed: grow. Fill the new entries first so they stay in the
+    if n >= cap and cap < slots and ring[n % cap + 5] >= (sec - keep) * SLOT then
+      -- The oldest slot (the one to overwrite) is still needed: grow. Fill the new entries first so they stay in the
       -- array part, then renumber the live slots 0 .. cap-1, oldest first.
       local ncap, live = math_min(cap * 2, slots), {}
       for j = n - cap, n - 1 do live[#live + 1] = ring[j % cap + 5] end
@@ -860,7 +860,28 @@ function Engine:_make_hot()
       end
     end
     local room_rec = nil
-    if slot then add_event(rec, slot, ev, sec, keep[typ] or 0, slots, track_fields[typ], dmax) end
+    if slot then
+      -- What add_event does for a counter that exists, needs no growth and counts no fields,
+      -- inline (on the PUC interpreters the call costs as much as the update); add_event for
+      -- the rest.
+      local ring, fields = rec[slot], track_fields[typ]
+      local total = ring and ring[2]
+      if not total or fields then
+        add_event(rec, slot, ev, sec, keep[typ] or 0, slots, fields, dmax)
+      elseif sec <= ring[3] then
+        ring[2] = total + 1
+      else
+        local n, cap = ring[1], ring[4]
+        if n >= cap and cap < slots and ring[n % cap + 5] >= (sec - (keep[typ] or 0)) * SLOT then
+          add_event(rec, slot, ev, sec, keep[typ] or 0, slots, nil, dmax)
+        else
+          ring[n % cap + 5] = sec * SLOT + total % SLOT
+          ring[1] = n + 1
+          ring[2] = total + 1
+          ring[3] = sec
+        end
+      end
+    end
     if rslot then
       room_rec = E:_room_rec(app, room, ts)
       add_event(room_rec, rslot, ev, sec, keep_room[typ] or 0, slots, track_room_fields[typ], dmax)
