@@ -30,7 +30,7 @@ policy.DEFAULTS = {
   max_offenders = 100000,   -- users with offences remembered per app (the most recently actioned)
   offence_window = 86400,   -- offences older than this no longer escalate
   cooldown = 60,            -- default seconds a rule leaves a (room, user) alone after acting on it
-  slots = 61,               -- seconds kept per counter (61 + a 3-entry header fill a 64-entry array)
+  slots = 60,               -- seconds kept per counter (60 + the 4-entry header fill a 64-entry array)
   distinct_max = 64,        -- distinct values kept per counter
   retry_base = 1, retry_cap = 60, max_attempts = 8,
   rule_error_reports = 10,  -- rule errors reported (audit, on_error) per rule; all are counted
