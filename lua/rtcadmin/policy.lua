@@ -189,8 +189,8 @@ local function add_event(rec, slot, ev, sec, keep, slots, fields, dmax)
   if sec > ring[3] then
     local cap = ring[4]
     if n >= cap and cap < slots and ring[n % cap + 5] >= (sec - keep) * SLOT then
-      -- The oldest slot (the one to overwrite) is still needed: grow. Fill the new entries first so they stay in the
-      -- array part, then renumber the live slots 0 .. cap-1, oldest first.
+      -- The oldest slot (the one to overwrite) is still needed: grow. Fill the new entries first
+      -- so they stay in the array part, then renumber the live slots 0 .. cap-1, oldest first.
       local ncap, live = math_min(cap * 2, slots), {}
       for j = n - cap, n - 1 do live[#live + 1] = ring[j % cap + 5] end
       for i = cap + 5, ncap + 4 do ring[i] = 0 end
@@ -652,7 +652,7 @@ function Engine:_make_hot()
       c_room_rec = rec
     end
     if not slot then
-      slot = E:_slot(false)
+      slot = E:_slot()
       tr[t] = slot
       if c_type == t then add_event(rec, slot, c_ev, c_sec, kp[t] or 0, slots) end
     end
@@ -936,7 +936,7 @@ function Engine:_make_hot()
         arm()
         for k = first, #rules do
           local r = rules[k]
-          if cool and ts < (cool[r.index] or ts) then
+          if cool and ts < (cool[r.index] or ts) then -- (a rule that never acted here: no entry)
             st.cooldown = st.cooldown + 1
           else
             -- at_rule names the rule an error comes from; it stays set until engine code that
@@ -1016,10 +1016,10 @@ function Engine:_new_rec(ts)
   return rec
 end
 
--- A slot in every record from now on (records made before read nil there); `filler` is its empty value.
-function Engine:_slot(filler)
+-- A counter's slot in every record from now on (false until counted; records made before read nil).
+function Engine:_slot()
   local i = self.nslots + 1
-  self.nslots, self.tmpl[i] = i, filler
+  self.nslots, self.tmpl[i] = i, false
   return i
 end
 
