@@ -70,10 +70,10 @@ start_server server_node
 node bench/call_overhead.js "$URL" >"$OUT/calls_node.txt"
 stop_server
 
-echo "== 6. policy engine, 10 rules over 100k users, 2M events"
-lua5.4 bench/policy_bench.lua 2000000 100000 >"$OUT/policy_lua54.txt"
+echo "== 6. policy engine, 10 rules over 100k users, 2M events after 500k of warm-up"
+lua5.4 bench/policy_bench.lua 2000000 100000 500000 >"$OUT/policy_lua54.txt"
 if command -v luajit >/dev/null 2>&1; then
-    LUA_CPATH='build/lua-luajit/?.so;;' luajit bench/policy_bench.lua 2000000 100000 >"$OUT/policy_luajit.txt"
+    LUA_CPATH='build/lua-luajit/?.so;;' luajit bench/policy_bench.lua 2000000 100000 500000 >"$OUT/policy_luajit.txt"
 fi
 
 val() { awk -v k="$1" '$1 == k { print $2; exit }' "$OUT/$2"; }
@@ -137,10 +137,10 @@ echo "Node CPU / rtcadmin CPU = $(div "$node_cpu" "$lua_cpu") (paced), $(div "$n
 echo "Node wall / rtcadmin wall = $(div "$node_wall" "$lua_wall") (paced)"
 echo
 echo "== 6. policy engine, 10 rules over 100k users (events per second, one core)"
-printf '%-12s %12s %14s %14s %12s\n' "" "10 rules" "no rules" "bare loop" "heap (KiB)"
+printf '%-20s %12s %14s %14s %12s\n' "" "10 rules" "no rules" "bare loop" "heap (KiB)"
 for f in policy_lua54 policy_luajit; do
     [ -f "$OUT/$f.txt" ] || continue
-    printf '%-12s %12s %14s %14s %12s\n' "$(sed -n '1s/.*warm-up [0-9]*, //p' "$OUT/$f.txt")" \
+    printf '%-20s %12s %14s %14s %12s\n' "$(sed -n '1s/.*warm-up [0-9]*, //p' "$OUT/$f.txt")" \
         "$(val ten_rules_events_per_s "$f.txt")" "$(val no_rules_events_per_s "$f.txt")" \
         "$(val bare_loop_events_per_s "$f.txt")" "$(val heap_after_full_gc_kib "$f.txt")"
 done
