@@ -42,6 +42,7 @@ build = {
       ["rtcadmin.nginx"] = "lua/rtcadmin/nginx.lua",
       ["rtcadmin.callback"] = "lua/rtcadmin/callback.lua",
       ["rtcadmin.admin"] = "lua/rtcadmin/admin.lua",
+      ["rtcadmin.logtext"] = "lua/rtcadmin/logtext.lua",
       ["rtcadmin.redis_gcra"] = "lua/rtcadmin/redis_gcra.lua",
       ["rtcadmin.redis_limiter"] = "lua/rtcadmin/redis_limiter.lua",
       -- the policy engine, its rule sandbox and the command line

@@ -3,6 +3,7 @@
 -- variables named by `env` directives in nginx.conf), read once in init_by_lua.
 local rtcadmin = require "rtcadmin" -- loading does no I/O and makes no client
 local cjson = require "cjson"
+local quote = require("rtcadmin.logtext").quote -- request text in a log line: escaped, capped
 
 local M = {}
 local conf = {}
@@ -40,6 +41,9 @@ function M.init()
 end
 
 -- Audit records go to nginx's error log: decisions and successes at NOTICE, failures at WARN/ERR.
+-- JSON keeps each record on one line (cjson escapes control characters), and whatever the receiver
+-- logs of a request is quoted (rtcadmin.logtext) and never starts a line or a log message: a record is
+-- a message that starts with `rtcadmin audit {` (docs/nginx.md, "Logging").
 local function audit_to_log(record)
   local level = ngx.NOTICE
   if record.error then level = record.outcome == "retry" and ngx.WARN or ngx.ERR end
@@ -66,7 +70,8 @@ function M.client() return client end
 -- A verified, deduplicated event, in an ngx.timer.at callback (the callback was already answered):
 -- the rules decide, and the decisions go out through the client (cosockets, paced, retried).
 function M.on_event(ev)
-  ngx.log(ngx.INFO, "event ", ev.id, " ", ev.type, " room=", tostring(ev.room_id), " user=", tostring(ev.user_id))
+  ngx.log(ngx.INFO, "event ", quote(ev.id), " ", quote(ev.type), " room=", quote(ev.room_id), " user=",
+    quote(ev.user_id))
   ev.type = conf.event_types[ev.type] or ev.type
   engine:process(ev)
   engine:flush()

@@ -3,6 +3,7 @@
 -- each answered with JSON. Requests carry `Authorization: Bearer <token>`.
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
+local quote = require("rtcadmin.logtext").quote
 
 local M = {}
 
@@ -51,7 +52,9 @@ function M.handler(opts)
     local fields
     if route == "online" then
       if ngx.req.get_method() ~= "GET" then return reply(405, { ok = false, message = "GET only" }) end
-      fields = ngx.req.get_uri_args()
+      -- Only the arguments the call reads: the others would reach nothing but the log.
+      local args = ngx.req.get_uri_args()
+      fields = { app_id = args.app_id, room_id = args.room_id }
     else
       if ngx.req.get_method() ~= "POST" then return reply(405, { ok = false, message = "POST only" }) end
       ngx.req.read_body()
@@ -71,7 +74,9 @@ function M.handler(opts)
         request_id = err.request_id, retryable = err.retryable,
       })
     end
-    ngx.log(ngx.NOTICE, "rtcadmin.admin: ", route, " ", cjson.encode(fields), " request_id=", tostring(meta.request_id))
+    -- The fields the module accepted, as they came in: request text, so quoted.
+    ngx.log(ngx.NOTICE, "rtcadmin.admin: ", route, " ", quote(cjson.encode(fields), 512), " request_id=",
+      tostring(meta.request_id))
     return reply(200, { ok = true, result = res, request_id = meta.request_id, attempts = meta.attempts })
   end
 end

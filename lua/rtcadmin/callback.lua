@@ -3,6 +3,7 @@
 -- once and hands the event on from a timer.
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
+local quote = require("rtcadmin.logtext").quote
 
 local M = {}
 
@@ -115,6 +116,7 @@ end
 -- a duplicate EventId (seen within `ttl` seconds by any worker, through lua_shared_dict `dict`),
 -- otherwise 200 at once and on_event(ev) from a zero-delay timer (it may sleep and call the API;
 -- RTC wants its answer within 5 s). A handoff that cannot be scheduled answers 500, so RTC retries.
+-- Request text reaches the log only through quote (rtcadmin.logtext); the reasons never quote input.
 function M.handler(opts)
   if type(opts) ~= "table" then error("rtcadmin.callback.handler: expects a table {secret, on_event, dict}", 2) end
   check_secret("handler", opts.secret)
@@ -135,7 +137,9 @@ function M.handler(opts)
   local function deliver(premature, ev)
     if premature then return end
     local ok, err = pcall(on_event, ev)
-    if not ok then ngx.log(ngx.ERR, "rtcadmin.callback: on_event failed for event ", ev.id, ": ", tostring(err)) end
+    if not ok then
+      ngx.log(ngx.ERR, "rtcadmin.callback: on_event failed for event ", quote(ev.id), ": ", quote(tostring(err), 512))
+    end
   end
 
   return function()
@@ -152,20 +156,20 @@ function M.handler(opts)
     local ok
     ok, err = M.verify(fields, secret)
     if not ok then
-      ngx.log(ngx.WARN, "rtcadmin.callback: rejected event ", fields.EventId, ": ", err)
+      ngx.log(ngx.WARN, "rtcadmin.callback: rejected event ", quote(fields.EventId), ": ", err)
       return reply(401, "bad signature")
     end
     local ev
     ev, err = M.event(fields)
     if not ev then
-      ngx.log(ngx.WARN, "rtcadmin.callback: malformed event ", fields.EventId, ": ", err)
+      ngx.log(ngx.WARN, "rtcadmin.callback: malformed event ", quote(fields.EventId), ": ", err)
       return reply(400, err)
     end
     local key = "rtcadmin.callback:" .. fields.EventId
     local added, derr = dict:add(key, true, ttl)
     if not added then
       if derr == "exists" then
-        ngx.log(ngx.INFO, "rtcadmin.callback: duplicate delivery of event ", ev.id)
+        ngx.log(ngx.INFO, "rtcadmin.callback: duplicate delivery of event ", quote(ev.id))
         return reply(200, "duplicate")
       end
       ngx.log(ngx.ERR, "rtcadmin.callback: dedupe store failed: ", derr)
@@ -174,10 +178,10 @@ function M.handler(opts)
     local scheduled, terr = ngx.timer.at(0, deliver, ev)
     if not scheduled then
       dict:delete(key)
-      ngx.log(ngx.ERR, "rtcadmin.callback: cannot hand off event ", ev.id, ": ", terr)
+      ngx.log(ngx.ERR, "rtcadmin.callback: cannot hand off event ", quote(ev.id), ": ", terr)
       return reply(500, "busy")
     end
-    ngx.log(ngx.INFO, "rtcadmin.callback: accepted event ", ev.id, " ", ev.type)
+    ngx.log(ngx.INFO, "rtcadmin.callback: accepted event ", quote(ev.id), " ", quote(ev.type))
     return reply(200, "accepted")
   end
 end

@@ -1,8 +1,10 @@
 -- rtcadmin.callback outside nginx: the signature of rtc-api.md section 5.3, envelope and event
--- decoding, and the helpers behind them (rtcadmin.sha256, rtcadmin.secure_equal).
+-- decoding, and the helpers behind them (rtcadmin.sha256, rtcadmin.secure_equal); the quoting of
+-- request text for log lines (rtcadmin.logtext).
 local T = require "testlib"
 local rtcadmin = require "rtcadmin"
 local callback = require "rtcadmin.callback"
+local quote = require("rtcadmin.logtext").quote
 local cjson = require "cjson"
 
 -- The worked example of rtc-api.md section 5.3.
@@ -110,6 +112,72 @@ T.case("sha256 and secure_equal", function()
   T.eq(rtcadmin.secure_equal("abc", "ab"), false, "length")
   T.eq(rtcadmin.secure_equal("a\0b", "a\0c"), false, "after a NUL")
   T.raises("bad argument", rtcadmin.secure_equal, "a", nil)
+end)
+
+-- Reads quote's output back: the string it quoted, or nil when it is not quote's form.
+local function unquote(q)
+  local inner, suffix = q:match('^"(.*)"(.*)$')
+  if not inner or (suffix ~= "" and not suffix:match("^%.%.%.%(%d+ bytes%)$")) then return nil end
+  local out, i = {}, 1
+  while i <= #inner do
+    local c = inner:sub(i, i)
+    if c == "\\" then
+      local n = inner:sub(i + 1, i + 1)
+      if n == "x" then
+        out[#out + 1] = string.char(tonumber(inner:sub(i + 2, i + 3), 16))
+        i = i + 4
+      else
+        if n ~= "\\" and n ~= '"' then return nil end
+        out[#out + 1] = n
+        i = i + 2
+      end
+    else
+      if c == '"' then return nil end -- an unescaped quote would end the string early
+      out[#out + 1] = c
+      i = i + 1
+    end
+  end
+  return table.concat(out), suffix
+end
+
+T.case("quote: every byte outside printable ASCII escaped, the original recoverable", function()
+  local all = {}
+  for b = 0, 255 do all[#all + 1] = string.char(b) end
+  all = table.concat(all)
+  local q = quote(all, 256)
+  T.ok(not q:find("[^\32-\126]"), "only printable ASCII in " .. q)
+  T.eq(unquote(q), all, "read back")
+  T.eq(quote("evt\n1\r\t\0\127"), '"evt\\x0A1\\x0D\\x09\\x00\\x7F"', "control characters and DEL")
+  T.eq(quote('say "hi" \\x41'), '"say \\"hi\\" \\\\x41"', "quotes and backslashes")
+  T.eq(quote("\228\189\160"), '"\\xE4\\xBD\\xA0"', "UTF-8, a byte at a time")
+  T.eq(quote(""), '""', "empty")
+  T.eq(quote("evt-0001"), '"evt-0001"', "a plain id as it is")
+  T.eq(quote(nil), "nil", "nil")
+  T.eq(quote(42), "42", "number")
+  T.eq(quote(false), "false", "boolean")
+  T.eq(quote({}), "<table>", "table")
+  T.eq(quote(setmetatable({}, { __tostring = function() return "\nforged" end })), "<table>", "__tostring not used")
+end)
+
+T.case("quote: long input cut after 128 bytes (or max), with its whole length", function()
+  local long = ("a"):rep(127) .. "\n" .. ("b"):rep(1000)
+  local q = quote(long)
+  T.eq(q, '"' .. ("a"):rep(127) .. '\\x0A"...(1128 bytes)', "cut at 128")
+  local back, suffix = unquote(q)
+  T.eq(back, long:sub(1, 128), "the first 128 bytes")
+  T.eq(suffix, "...(1128 bytes)", "suffix")
+  T.eq(quote(("c"):rep(128)), '"' .. ("c"):rep(128) .. '"', "exactly 128: whole")
+  T.eq(quote("abcdef", 3), '"abc"...(6 bytes)', "max")
+  T.ok(#quote(("\n"):rep(100000)) <= 2 + 4 * 128 + #"...(100000 bytes)", "bounded")
+end)
+
+T.case("quote: a forged log line with a fake audit record stays inside its own line", function()
+  local forged = 'evt-1\n2026/01/01 00:00:00 [notice] 1#1: *1 rtcadmin audit {"action":"ban","user_id":"victim"}'
+  local line = "rtcadmin.callback: rejected event " .. quote(forged) .. ": signature does not match"
+  T.ok(not line:find("[\r\n]"), "one line")
+  T.eq(line, 'rtcadmin.callback: rejected event "evt-1\\x0A2026/01/01 00:00:00 [notice] 1#1: *1 rtcadmin audit ' ..
+    '{\\"action\\":\\"ban\\",\\"user_id\\":\\"victim\\"}": signature does not match', "the escaped form")
+  T.eq(unquote(quote(forged)), forged, "read back")
 end)
 
 T.run()

@@ -14,6 +14,7 @@ local CB_SECRET = "CallbackSecret-42"
 local function app_module(limiter_dir)
   return string.format([[
 local rtcadmin = require "rtcadmin" -- at load time: no I/O, no client
+local quote = require("rtcadmin.logtext").quote
 local M = {}
 local client
 function M.init_worker()
@@ -36,7 +37,7 @@ M.callback = require("rtcadmin.callback").handler {
   secret = %q, dict = "rtcadmin_events",
   on_event = function(ev) -- acts on each event: kicks the user it names
     local res, err = client:kick_user(ev.app_id, ev.room_id, ev.user_id)
-    ngx.log(ngx.NOTICE, "test on_event ", ev.id, " ", res and "kicked" or tostring(err))
+    ngx.log(ngx.NOTICE, "test on_event ", quote(ev.id), " ", res and "kicked" or tostring(err))
   end,
 }
 -- Each worker kicks n users from a timer (cosockets work there), then counts itself done.
@@ -136,6 +137,39 @@ local function api_requests(action)
   return emu.control("GET", "/_emulator/requests?action=" .. action).requests
 end
 
+-- ISO-8601 UTC, `offset` seconds from now.
+local function iso_time(offset) return os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + (offset or 0)) end
+
+-- Callback envelope fields for a UserJoinRoom of `user` in room1, happening now; `extra` overrides.
+local n_events = 0
+local function event_fields(user, extra)
+  n_events = n_events + 1
+  local fields = {
+    EventType = "UserJoinRoom", EventData = cjson.encode { RoomId = "room1", UserId = user },
+    EventTime = iso_time(), EventId = "evt-" .. os.time() .. "-" .. n_events, AppId = APP,
+    Version = "2020-12-01", Nonce = "n0n3",
+  }
+  for k, v in pairs(extra or {}) do fields[k] = v end
+  return fields
+end
+
+-- Signs `fields` with `secret` (default: the receiver's) and posts them; returns status, body.
+local function post_callback(ng_, fields, secret)
+  fields.Signature = callback.signature(fields, secret or CB_SECRET)
+  return T.http("POST", ng_.url .. "/callback", cjson.encode(fields), { "Content-Type: application/json" })
+end
+
+-- Waits until the emulator has seen `n` KickUser requests (or 3 s), then a little longer for a wrongly
+-- repeated one to show up; returns them.
+local function kicks_after(n)
+  for _ = 1, 30 do
+    if #api_requests("KickUser") >= n then break end
+    T.sleep(0.1)
+  end
+  T.sleep(0.5)
+  return api_requests("KickUser")
+end
+
 local ng = start_nginx(2)
 
 T.case("inside nginx: host limiter by default, cosockets in requests, libcurl in init_worker", function()
@@ -214,6 +248,21 @@ T.case("the admin endpoint refuses a wrong token and bad input before any API re
   T.eq(emu.stats().requests, 0, "no API request")
 end)
 
+T.case("the admin endpoint logs each action with its fields quoted, and no other request text", function()
+  emu.reset()
+  local status = admin(ng, "online?app_id=" .. APP .. "&room_id=room1&note=%0A2026/01/01%20forged")
+  T.eq(status, 200, "online status")
+  local n = 0
+  for line in ng.log():gmatch("[^\n]*rtcadmin%.admin: online [^\n]*") do
+    n = n + 1
+    T.match(line, 'rtcadmin%.admin: online "{.-\\"room_id\\":\\"room1\\".-}" request_id=', "its fields, quoted")
+    -- (nginx itself adds the request line after ", client:"; the handler's message ends before it)
+    T.no_match(line:match("^(.-) request_id="), "note", "an argument the call does not read")
+  end
+  T.ok(n >= 1, "the online call is logged")
+  T.no_match(ng.log(), "\n2026/01/01", "no forged line")
+end)
+
 T.case("runtime failures come back as errors, after the same retries as the blocking path", function()
   emu.reset()
   emu.faults { { action = "KickUser", kind = "status500", count = 1 } }
@@ -277,38 +326,19 @@ end)
 T.case("callback: signed event accepted and acted on once over three deliveries", function()
   emu.reset()
   emu.join(APP, "room1", "mallory")
-  local fields = {
-    EventType = "UserJoinRoom", EventData = cjson.encode { RoomId = "room1", UserId = "mallory" },
-    EventTime = "2026-01-01T00:00:00Z", EventId = "evt-" .. os.time() .. "-1", AppId = APP,
-    Version = "2020-12-01", Nonce = "n0n3",
-  }
-  fields.Signature = callback.signature(fields, CB_SECRET)
-  local body = cjson.encode(fields)
+  local fields = event_fields("mallory")
   for i = 1, 3 do
-    local status, text = T.http("POST", ng.url .. "/callback", body, { "Content-Type: application/json" })
+    local status, text = post_callback(ng, fields)
     T.eq(status, 200, "delivery " .. i .. " " .. tostring(text))
   end
-  local kicks
-  for _ = 1, 30 do
-    kicks = api_requests("KickUser")
-    if #kicks > 0 then break end
-    T.sleep(0.1)
-  end
-  T.sleep(0.5) -- room for a wrongly repeated action to show up
-  kicks = api_requests("KickUser")
-  T.eq(#kicks, 1, "one KickUser for three deliveries")
+  T.eq(#kicks_after(1), 1, "one KickUser for three deliveries")
   T.ok(not T.contains(emu.room(APP, "room1").users, "mallory"), "mallory was kicked")
 end)
 
 T.case("callback: bad signature is 401, malformed body 400, and neither acts", function()
   emu.reset()
-  local fields = {
-    EventType = "UserJoinRoom", EventData = cjson.encode { RoomId = "room1", UserId = "alice" },
-    EventTime = "2026-01-01T00:00:00Z", EventId = "evt-" .. os.time() .. "-2", AppId = APP,
-    Version = "2020-12-01", Nonce = "abcd",
-  }
-  fields.Signature = callback.signature(fields, "not-the-secret")
-  local status = T.http("POST", ng.url .. "/callback", cjson.encode(fields))
+  local fields = event_fields("alice")
+  local status = post_callback(ng, fields, "not-the-secret")
   T.eq(status, 401, "bad signature")
   fields.Signature = callback.signature(fields, CB_SECRET)
   fields.EventData = cjson.encode { RoomId = "room1", UserId = "bob" } -- tampered after signing
@@ -321,6 +351,41 @@ T.case("callback: bad signature is 401, malformed body 400, and neither acts", f
   T.sleep(0.3)
   T.eq(#api_requests("KickUser"), 0, "no kick")
   T.ok(T.contains(emu.room(APP, "room1").users, "alice"), "alice stays")
+end)
+
+T.case("callback: request text in the error log is quoted, so a newline in EventId forges no line", function()
+  emu.reset()
+  emu.join(APP, "room1", "mallory")
+  local forged = '2026/01/01 00:00:00 [notice] 1#1: *1 rtcadmin audit {"action":"ban","room_id":"room1"}'
+  local unsigned = event_fields("alice", { EventId = "evt-forged\n" .. forged })
+  T.eq(post_callback(ng, unsigned, "not-the-secret"), 401, "bad signature")
+  -- A signature says RTC sent the text, not that it is fit for a log line: signed, it is quoted too.
+  local signed = event_fields("mallory", { EventType = "UserJoinRoom\r\n" .. forged })
+  signed.EventId = signed.EventId .. "\n" .. forged
+  T.eq(post_callback(ng, signed), 200, "signed and accepted")
+  local long = event_fields("alice", { EventId = ("L"):rep(5000) .. "\n" .. forged })
+  T.eq(post_callback(ng, long, "not-the-secret"), 401, "long, bad signature")
+  T.eq(#kicks_after(1), 1, "the signed event was acted on") -- and its on_event line is in the log
+  local log = ng.log()
+  local lines = 0
+  for line in log:gmatch("[^\n]+") do
+    lines = lines + 1
+    T.ok(not line:find("^2026/01/01 00:00:00"), "a forged line: " .. line)
+    T.ok(not line:find('rtcadmin audit {"', 1, true), "an unescaped audit record: " .. line)
+    T.ok(not line:find("[%z\1-\31\127-\255]"), "a raw control or high byte: " .. line)
+  end
+  T.ok(lines > 10, "the log has lines")
+  local quote = require("rtcadmin.logtext").quote
+  for _, want in ipairs {
+    "rtcadmin.callback: rejected event " .. quote(unsigned.EventId) .. ": signature does not match",
+    "rtcadmin.callback: accepted event " .. quote(signed.EventId) .. " " .. quote(signed.EventType),
+    "test on_event " .. quote(signed.EventId) .. " kicked",
+    "rtcadmin.callback: rejected event " .. quote(long.EventId),
+  } do
+    T.ok(log:find(want, 1, true), "the log has " .. want)
+  end
+  T.match(log, 'rejected event "' .. ("L"):rep(128) .. '"%.%.%.%(' .. #long.EventId .. ' bytes%): signature does not',
+    "the long id is cut after 128 bytes, its length given")
 end)
 
 T.case("non-blocking: with 1 s API latency and one worker, another request is answered in < 100 ms", function()
