@@ -7,9 +7,31 @@ local quote = require("rtcadmin.logtext").quote
 
 local M = {}
 
--- The envelope fields whose received values are signed (with the secret), and the rest.
+-- The envelope fields whose received values are signed (with the secret), and the rest. "Nonce"
+-- stands for the nonce under either of its documented names (see M.nonce).
 M.SIGNED = { "EventType", "EventData", "EventTime", "EventId", "AppId", "Version", "Nonce" }
 local ENVELOPE = { "EventType", "EventData", "EventTime", "EventId", "AppId", "Version", "Nonce", "Signature" }
+
+-- The nonce: the 2024 docs call the field `Nonce`, the 2023 ones (and BytePlus) `Noce` (rtc-api.md
+-- 5.2). Either is accepted; a body with both is refused, as it is not known which one was signed.
+function M.nonce(fields)
+  local v = fields.Nonce
+  if v == nil then
+    v = fields.Noce
+  elseif fields.Noce ~= nil then
+    return nil, "both Nonce and Noce are present"
+  end
+  if type(v) ~= "string" then return nil, "field Nonce (or Noce) is missing or not a string" end
+  return v
+end
+
+-- An envelope field's value (a string), or nil, reason. The reasons never quote the input.
+local function field(fields, k)
+  if k == "Nonce" then return M.nonce(fields) end
+  local v = fields[k]
+  if type(v) ~= "string" then return nil, "field " .. k .. " is missing or not a string" end
+  return v
+end
 
 -- Byte order whatever the C locale says (Lua's string < follows strcoll).
 local function bytewise_less(a, b)
@@ -32,8 +54,8 @@ function M.signature(fields, secret)
   if type(fields) ~= "table" then error("rtcadmin.callback.signature: fields must be a table", 2) end
   local values = { secret }
   for _, k in ipairs(M.SIGNED) do
-    local v = fields[k]
-    if type(v) ~= "string" then return nil, "field " .. k .. " is missing or not a string" end
+    local v, err = field(fields, k)
+    if not v then return nil, err end
     values[#values + 1] = v
   end
   table.sort(values, bytewise_less)
@@ -52,13 +74,15 @@ function M.verify(fields, secret)
   return true
 end
 
--- The callback body -> its envelope fields (all strings), or nil, reason.
+-- The callback body -> its envelope fields (the eight are strings; the nonce under Nonce or Noce), or
+-- nil, reason.
 function M.decode(body)
   if type(body) ~= "string" then return nil, "no body" end
   local doc = cjson.decode(body)
   if type(doc) ~= "table" then return nil, "body is not a JSON object" end
   for _, k in ipairs(ENVELOPE) do
-    if type(doc[k]) ~= "string" then return nil, "field " .. k .. " is missing or not a string" end
+    local _, err = field(doc, k)
+    if err then return nil, err end
   end
   return doc
 end

@@ -3,11 +3,14 @@
 -- secret (any bytes). Checked: a signature is 64 lower-case hex digits and depends only on the sorted
 -- values (swapping two fields' values keeps it); verify accepts exactly the right signature (any case)
 -- and rejects it with one byte changed, cut short or extended; secure_equal agrees with ==; decode
--- and parse never raise on any body.
+-- and parse never raise on any body; the nonce moved to `Noce` (the 2023 docs' name) signs the same
+-- and verifies, and with both names there is no signature and verify refuses; logtext.quote of any
+-- input is printable ASCII within its bound.
 local src = debug.getinfo(1, "S").source:match("^@(.*)/tests/fuzz/[^/]+$")
 package.path = src .. "/lua/?.lua;" .. src .. "/lua/?/init.lua;" .. package.path
 local rtcadmin = require "rtcadmin"
 local callback = require "rtcadmin.callback"
+local quote = require("rtcadmin.logtext").quote
 
 local function check(cond, what) if not cond then error("INVARIANT: " .. what, 2) end end
 
@@ -34,6 +37,9 @@ return function(_, data)
 
   check(rtcadmin.secure_equal(parts[1], parts[2]) == (parts[1] == parts[2]), "secure_equal differs from ==")
   check(rtcadmin.secure_equal(rest, rest), "secure_equal(x, x)")
+  local q = quote(data)
+  check(not q:find("[^\32-\126]"), "quote left a byte outside printable ASCII")
+  check(#q <= 2 + 4 * 128 + #("...(" .. #data .. " bytes)"), "quote is longer than its bound")
 
   if secret == "" then return end
   local sig = callback.signature(fields, secret)
@@ -42,6 +48,14 @@ return function(_, data)
   for k, v in pairs(fields) do swapped[k] = v end
   swapped.EventType, swapped.Nonce = fields.Nonce, fields.EventType
   check(callback.signature(swapped, secret) == sig, "the signature depends on which field holds a value")
+  swapped.Noce, swapped.Nonce = fields.Nonce, nil
+  swapped.EventType = fields.EventType
+  check(callback.signature(swapped, secret) == sig, "the nonce as Noce signs differently")
+  swapped.Signature = sig
+  check(callback.verify(swapped, secret) == true, "the right signature is rejected with Noce")
+  swapped.Nonce = fields.Nonce
+  check(callback.signature(swapped, secret) == nil, "a signature with both Nonce and Noce")
+  check(callback.verify(swapped, secret) == false, "verify accepts both Nonce and Noce")
 
   fields.Signature = sig
   check(callback.verify(fields, secret) == true, "the right signature is rejected")

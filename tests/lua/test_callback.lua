@@ -52,10 +52,54 @@ T.case("any changed field, a wrong secret or a missing field fails verification"
   f.Nonce = nil
   local ok, why = callback.verify(f, SECRET)
   T.eq(ok, false, "missing Nonce")
-  T.eq(why, "field Nonce is missing or not a string", "reason")
+  T.eq(why, "field Nonce (or Noce) is missing or not a string", "reason")
   f = example()
   f.Signature = f.Signature:sub(1, 63)
   T.eq(callback.verify(f, SECRET), false, "short signature")
+end)
+
+T.case("the nonce as Noce (the 2023 docs' name) signs and verifies like Nonce", function()
+  local f = example()
+  f.Noce, f.Nonce = f.Nonce, nil
+  T.eq(callback.signature(f, SECRET), example().Signature, "the section 5.3 vector with Noce")
+  T.eq(callback.verify(f, SECRET), true, "verify")
+  T.eq(callback.nonce(f), "a1b2", "nonce")
+  local wrong = f.Signature:sub(1, 63) .. (f.Signature:sub(64) == "a" and "b" or "a")
+  f.Signature = wrong
+  local ok, why = callback.verify(f, SECRET)
+  T.eq(ok, false, "a wrong signature with Noce")
+  T.eq(why, "signature does not match", "reason")
+  f = example()
+  f.Noce, f.Nonce = "a1b3", nil
+  T.eq(callback.verify(f, SECRET), false, "a changed Noce")
+  local body = example()
+  body.Noce, body.Nonce = body.Nonce, nil
+  local fields = assert(callback.decode(cjson.encode(body)))
+  T.eq(callback.verify(fields, SECRET), true, "a decoded body with Noce verifies")
+  T.same(callback.parse(cjson.encode(body)), callback.parse(cjson.encode(example())), "the same event")
+end)
+
+T.case("a body with both Nonce and Noce is refused, whatever their values", function()
+  for _, noce in ipairs { "a1b2", "zzzz" } do
+    local f = example()
+    f.Noce = noce
+    local fields, why = callback.decode(cjson.encode(f))
+    T.eq(fields, nil, "decode with Noce " .. noce)
+    T.eq(why, "both Nonce and Noce are present", "reason")
+    local ok
+    ok, why = callback.verify(f, SECRET)
+    T.eq(ok, false, "verify with Noce " .. noce)
+    T.eq(why, "both Nonce and Noce are present", "reason")
+    local sig
+    sig, why = callback.signature(f, SECRET)
+    T.eq(sig, nil, "signature")
+    T.eq(why, "both Nonce and Noce are present", "reason")
+  end
+  local f = example()
+  f.Nonce, f.Noce = nil, 1234
+  T.eq(select(2, callback.decode(cjson.encode(f))), "field Nonce (or Noce) is missing or not a string", "numeric Noce")
+  f.Nonce, f.Noce = cjson.null, "a1b2"
+  T.eq(select(2, callback.decode(cjson.encode(f))), "both Nonce and Noce are present", "Nonce null beside Noce")
 end)
 
 T.case("a missing or empty secret is a programming error", function()

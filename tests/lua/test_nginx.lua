@@ -353,6 +353,27 @@ T.case("callback: bad signature is 401, malformed body 400, and neither acts", f
   T.ok(T.contains(emu.room(APP, "room1").users, "alice"), "alice stays")
 end)
 
+T.case("callback: the nonce may come as Noce; a body with both names is 400", function()
+  emu.reset()
+  emu.join(APP, "room1", "mallory")
+  local fields = event_fields("mallory")
+  fields.Noce, fields.Nonce = fields.Nonce, nil
+  local status, text = post_callback(ng, fields)
+  T.eq(status, 200, "signed with Noce " .. tostring(text))
+  T.eq(#kicks_after(1), 1, "acted on")
+  T.ok(not T.contains(emu.room(APP, "room1").users, "mallory"), "mallory was kicked")
+  fields = event_fields("alice")
+  fields.Noce, fields.Nonce = fields.Nonce, nil
+  T.eq(post_callback(ng, fields, "not-the-secret"), 401, "Noce with a bad signature")
+  fields = event_fields("alice")
+  fields.Signature = callback.signature(fields, CB_SECRET) -- right for Nonce alone
+  fields.Noce = fields.Nonce
+  status, text = T.http("POST", ng.url .. "/callback", cjson.encode(fields))
+  T.eq(status, 400, "both")
+  T.match(text, "both Nonce and Noce are present", "message")
+  T.eq(#kicks_after(1), 1, "nothing more acted on")
+end)
+
 T.case("callback: request text in the error log is quoted, so a newline in EventId forges no line", function()
   emu.reset()
   emu.join(APP, "room1", "mallory")
