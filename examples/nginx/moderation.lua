@@ -77,6 +77,10 @@ function M.on_event(ev)
   engine:flush()
 end
 
+-- The receiver's defaults: events whose signed EventTime is more than max_age = 300 s old or
+-- max_skew = 60 s ahead of this host's clock are refused (403, counted "stale"): keep the clock in
+-- NTP sync. EventIds are remembered for ttl = max_age + max_skew seconds (no less is allowed).
+-- Outcome counters: require("rtcadmin.callback").stats("rtcadmin_events") (docs/nginx.md).
 local handlers = {}
 function M.callback()
   handlers.callback = handlers.callback or require("rtcadmin.callback").handler {

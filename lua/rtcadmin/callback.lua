@@ -1,6 +1,6 @@
 -- The RTC event callback receiver (rtc-api.md section 5): signature check, envelope and EventData
--- decoding into a policy event, and an nginx content handler that dedupes by EventId, answers at
--- once and hands the event on from a timer.
+-- decoding into a policy event, and an nginx content handler that refuses events outside a time
+-- window, dedupes by EventId, answers at once, hands the event on from a timer and counts outcomes.
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
 local quote = require("rtcadmin.logtext").quote
@@ -136,22 +136,70 @@ function M.parse(body)
   return M.event(fields)
 end
 
--- An nginx content handler: POST only; 400 for a malformed body, 401 for a bad signature, 200 for
--- a duplicate EventId (seen within `ttl` seconds by any worker, through lua_shared_dict `dict`),
--- otherwise 200 at once and on_event(ev) from a zero-delay timer (it may sleep and call the API;
--- RTC wants its answer within 5 s). A handoff that cannot be scheduled answers 500, so RTC retries.
--- Request text reaches the log only through quote (rtcadmin.logtext); the reasons never quote input.
+-- Whether an event time (Unix seconds) lies in the window [now - max_age, now + max_skew], edges
+-- included: true, or false, reason.
+function M.fresh(ts, now, max_age, max_skew)
+  local age = now - ts
+  if age > max_age then return false, string.format("EventTime is %.1f s old (max_age %g)", age, max_age) end
+  if -age > max_skew then return false, string.format("EventTime is %.1f s ahead (max_skew %g)", -age, max_skew) end
+  return true
+end
+
+-- What the handler counts, one per request it answers (the names a metrics exporter uses as status).
+M.STATUSES = { "accepted", "duplicate", "bad_signature", "stale", "malformed", "error" }
+-- Counter keys in the shared dict; the dedupe keys are "rtcadmin.callback:" .. EventId, so no EventId
+-- can name a counter.
+local COUNTER = "rtcadmin.callback#"
+
+-- The handler's counters in a lua_shared_dict (its name, or the dict): {accepted = n, ...}, every
+-- name of M.STATUSES present.
+function M.stats(dict)
+  if type(dict) == "string" and ngx then dict = ngx.shared[dict] end
+  if type(dict) ~= "table" then error("rtcadmin.callback.stats: dict must name a lua_shared_dict", 2) end
+  local out = {}
+  for _, status in ipairs(M.STATUSES) do out[status] = dict:get(COUNTER .. status) or 0 end
+  return out
+end
+
+local function number_option(opts, name, default, min)
+  local v = opts[name]
+  if v == nil then return default end
+  if type(v) ~= "number" or not (v >= min and v < math.huge) then
+    error("rtcadmin.callback.handler: " .. name .. " must be a finite number >= " .. min, 3)
+  end
+  return v
+end
+
+-- An nginx content handler: POST only. In order: 405 for another method and 413 for a body over
+-- max_body, 400 for a malformed body, 401 for a bad signature, 400 for an EventData or EventTime that
+-- does not decode, 403 for an EventTime more than `max_age` seconds old or `max_skew` seconds ahead
+-- of this host's clock, 200 for a duplicate EventId (seen within `ttl` seconds by any worker, through
+-- lua_shared_dict `dict`), otherwise 200 at once and on_event(ev) from a zero-delay timer (it may
+-- sleep and call the API; RTC wants its answer within 5 s). A handoff that cannot be scheduled
+-- answers 500, so RTC retries. Every answer is counted in `dict` (M.stats). Request text reaches
+-- the log only through quote (rtcadmin.logtext).
 function M.handler(opts)
   if type(opts) ~= "table" then error("rtcadmin.callback.handler: expects a table {secret, on_event, dict}", 2) end
   check_secret("handler", opts.secret)
   if type(opts.on_event) ~= "function" then error("rtcadmin.callback.handler: on_event must be a function", 2) end
+  local max_age = number_option(opts, "max_age", 300, 1)
+  local max_skew = number_option(opts, "max_skew", 60, 0)
+  -- A dedupe entry must outlive its event's window: an event accepted max_skew ahead of the clock
+  -- stays fresh for max_age + max_skew seconds after it was accepted.
+  local ttl = number_option(opts, "ttl", max_age + max_skew, 1)
+  if ttl < max_age + max_skew then
+    error(string.format("rtcadmin.callback.handler: ttl (%g) must be at least max_age + max_skew (%g), or a " ..
+      "replayed event could be accepted again", ttl, max_age + max_skew), 2)
+  end
   local ngx = ngx
   local dict = ngx.shared[opts.dict or ""]
   if not dict then error("rtcadmin.callback.handler: dict must name a lua_shared_dict", 2) end
-  local secret, on_event, ttl = opts.secret, opts.on_event, opts.ttl or 86400
+  local secret, on_event = opts.secret, opts.on_event
   local max_body = opts.max_body or 65536
 
-  local function reply(status, message)
+  -- Answers, counting the request under `outcome` (one of M.STATUSES).
+  local function reply(outcome, status, message)
+    dict:incr(COUNTER .. outcome, 1, 0)
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
     ngx.say(cjson.encode { ok = status == 200, message = message })
@@ -167,46 +215,51 @@ function M.handler(opts)
   end
 
   return function()
-    if ngx.req.get_method() ~= "POST" then return reply(405, "POST only") end
+    if ngx.req.get_method() ~= "POST" then return reply("malformed", 405, "POST only") end
     ngx.req.read_body()
     local body = ngx.req.get_body_data()
-    if not body and ngx.req.get_body_file() then return reply(413, "body over client_body_buffer_size") end
-    if body and #body > max_body then return reply(413, "body too large") end
+    if not body and ngx.req.get_body_file() then return reply("malformed", 413, "body over client_body_buffer_size") end
+    if body and #body > max_body then return reply("malformed", 413, "body too large") end
     local fields, err = M.decode(body)
     if not fields then
       ngx.log(ngx.WARN, "rtcadmin.callback: malformed callback: ", err)
-      return reply(400, err)
+      return reply("malformed", 400, err)
     end
     local ok
     ok, err = M.verify(fields, secret)
     if not ok then
       ngx.log(ngx.WARN, "rtcadmin.callback: rejected event ", quote(fields.EventId), ": ", err)
-      return reply(401, "bad signature")
+      return reply("bad_signature", 401, "bad signature")
     end
     local ev
     ev, err = M.event(fields)
     if not ev then
       ngx.log(ngx.WARN, "rtcadmin.callback: malformed event ", quote(fields.EventId), ": ", err)
-      return reply(400, err)
+      return reply("malformed", 400, err)
     end
-    local key = "rtcadmin.callback:" .. fields.EventId
+    ok, err = M.fresh(ev.ts, ngx.now(), max_age, max_skew)
+    if not ok then
+      ngx.log(ngx.WARN, "rtcadmin.callback: stale event ", quote(ev.id), " EventTime ", quote(ev.time), ": ", err)
+      return reply("stale", 403, "EventTime outside the accepted window")
+    end
+    local key = "rtcadmin.callback:" .. ev.id
     local added, derr = dict:add(key, true, ttl)
     if not added then
       if derr == "exists" then
         ngx.log(ngx.INFO, "rtcadmin.callback: duplicate delivery of event ", quote(ev.id))
-        return reply(200, "duplicate")
+        return reply("duplicate", 200, "duplicate")
       end
       ngx.log(ngx.ERR, "rtcadmin.callback: dedupe store failed: ", derr)
-      return reply(500, "dedupe store failed")
+      return reply("error", 500, "dedupe store failed")
     end
     local scheduled, terr = ngx.timer.at(0, deliver, ev)
     if not scheduled then
       dict:delete(key)
       ngx.log(ngx.ERR, "rtcadmin.callback: cannot hand off event ", quote(ev.id), ": ", terr)
-      return reply(500, "busy")
+      return reply("error", 500, "busy")
     end
     ngx.log(ngx.INFO, "rtcadmin.callback: accepted event ", quote(ev.id), " ", quote(ev.type))
-    return reply(200, "accepted")
+    return reply("accepted", 200, "accepted")
   end
 end
 

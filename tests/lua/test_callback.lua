@@ -148,6 +148,60 @@ T.case("ISO-8601 times become Unix seconds without the local time zone", functio
   T.eq(callback.parse_time("2024-01-01"), nil, "date only")
 end)
 
+T.case("EventTime window: at most max_age old and max_skew ahead, edges included", function()
+  local now = callback.parse_time("2026-06-01T12:00:00Z")
+  local function fresh(time) return callback.fresh(assert(callback.parse_time(time)), now, 300, 60) end
+  T.eq(fresh("2026-06-01T12:00:00Z"), true, "now")
+  T.eq(fresh("2026-06-01T11:55:00Z"), true, "exactly max_age old")
+  T.eq(fresh("2026-06-01T12:01:00Z"), true, "exactly max_skew ahead")
+  T.eq(fresh("2026-06-01T20:00:00+08:00"), true, "the same instant in another zone")
+  local ok, why = fresh("2026-06-01T11:54:59.900Z")
+  T.eq(ok, false, "0.1 s past max_age")
+  T.eq(why, "EventTime is 300.1 s old (max_age 300)", "reason")
+  ok, why = fresh("2026-06-01T12:01:00.500Z")
+  T.eq(ok, false, "0.5 s past max_skew")
+  T.eq(why, "EventTime is 60.5 s ahead (max_skew 60)", "reason")
+  ok, why = fresh("2024-01-01T00:00:00Z")
+  T.eq(ok, false, "months old")
+  T.match(why, "^EventTime is %d+%.%d s old %(max_age 300%)$", "reason")
+  T.eq(fresh("2027-06-01T12:00:00Z"), false, "a year ahead")
+  T.eq(callback.fresh(now - 10, now, 5, 0), false, "a smaller max_age")
+  T.eq(callback.fresh(now + 1, now, 300, 0), false, "max_skew 0: nothing ahead")
+  -- An EventTime that does not parse never reaches the window: the event is malformed (400).
+  for _, bad in ipairs { "yesterday", "2026-06-01", "2026-06-01T12:00:00 UTC", "", "1780315200" } do
+    T.eq(callback.parse_time(bad), nil, "unparsable " .. bad)
+    local f = example()
+    f.EventTime = bad
+    local ev, reason = callback.event(f)
+    T.eq(ev, nil, "event with EventTime " .. bad)
+    T.eq(reason, "EventTime is not an ISO-8601 time", "reason")
+  end
+end)
+
+T.case("handler options: max_age, max_skew and ttl checked before anything else", function()
+  local function handler(extra)
+    local opts = { secret = SECRET, on_event = function() end, dict = "events" }
+    for k, v in pairs(extra) do opts[k] = v end
+    return callback.handler(opts)
+  end
+  T.raises("ttl %(300%) must be at least max_age %+ max_skew %(360%)", handler, { ttl = 300 })
+  T.raises("ttl %(60%) must be at least max_age %+ max_skew %(120%)", handler,
+    { max_age = 60, max_skew = 60, ttl = 60 })
+  T.raises("ttl %(1000%) must be at least max_age %+ max_skew %(3600%)", handler, { max_age = 3600, max_skew = 0,
+    ttl = 1000 })
+  for _, bad in ipairs { 0, -1, 0 / 0, math.huge, "300" } do
+    T.raises("max_age must be a finite number >= 1", handler, { max_age = bad })
+  end
+  for _, bad in ipairs { -1, 0 / 0, math.huge, true } do
+    T.raises("max_skew must be a finite number >= 0", handler, { max_skew = bad })
+  end
+  T.raises("ttl must be a finite number >= 1", handler, { ttl = "86400" })
+  -- Past the option checks, a handler needs nginx: outside it, that is where it stops.
+  local err = T.raises(".", handler, { max_age = 60, max_skew = 0, ttl = 60 })
+  T.no_match(err, "must be", "valid options pass: " .. err)
+  T.same(callback.STATUSES, { "accepted", "duplicate", "bad_signature", "stale", "malformed", "error" }, "statuses")
+end)
+
 T.case("sha256 and secure_equal", function()
   T.eq(rtcadmin.sha256(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "empty")
   T.eq(rtcadmin.sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "abc")

@@ -91,6 +91,15 @@ local function start_nginx(workers, extra_worker_init, server_cert)
     }
     location /admin/ { content_by_lua_block { require("testapp").admin() } }
     location = /callback { content_by_lua_block { require("testapp").callback() } }
+    location = /callback_stats {
+      content_by_lua_block {
+        local out = require("rtcadmin.callback").stats("rtcadmin_events")
+        if ngx.var.arg_id then -- the dedupe entry of that EventId: seconds left
+          out.ttl = ngx.shared.rtcadmin_events:ttl("rtcadmin.callback:" .. ngx.var.arg_id)
+        end
+        ngx.say(require("cjson").encode(out))
+      }
+    }
     location = /ping { content_by_lua_block { ngx.say("pong") } }
     location = /bulk {
       content_by_lua_block {
@@ -157,6 +166,13 @@ end
 local function post_callback(ng_, fields, secret)
   fields.Signature = callback.signature(fields, secret or CB_SECRET)
   return T.http("POST", ng_.url .. "/callback", cjson.encode(fields), { "Content-Type: application/json" })
+end
+
+-- The receiver's counters (callback.stats), and with an EventId, its dedupe entry's seconds left.
+local function callback_stats(ng_, id)
+  local status, text = T.http("GET", ng_.url .. "/callback_stats" .. (id and ("?id=" .. id) or ""))
+  T.eq(status, 200, "stats status")
+  return cjson.decode(text)
 end
 
 -- Waits until the emulator has seen `n` KickUser requests (or 3 s), then a little longer for a wrongly
@@ -372,6 +388,57 @@ T.case("callback: the nonce may come as Noce; a body with both names is 400", fu
   T.eq(status, 400, "both")
   T.match(text, "both Nonce and Noce are present", "message")
   T.eq(#kicks_after(1), 1, "nothing more acted on")
+end)
+
+T.case("callback: an old or future-dated signed event is 403, counted stale, and not acted on", function()
+  emu.reset()
+  local before = callback_stats(ng)
+  local old = event_fields("alice", { EventTime = iso_time(-3600) })
+  local status, text = post_callback(ng, old)
+  T.eq(status, 403, "an hour old " .. tostring(text))
+  T.match(text, "EventTime outside the accepted window", "message")
+  T.eq(post_callback(ng, old), 403, "its retry: still stale, though no dedupe entry remembers it")
+  local ahead = event_fields("alice", { EventTime = iso_time(3600) })
+  T.eq(post_callback(ng, ahead), 403, "an hour ahead")
+  local after = callback_stats(ng)
+  T.eq(after.stale - before.stale, 3, "counted stale")
+  T.eq(after.accepted - before.accepted, 0, "none accepted")
+  T.eq(#kicks_after(1), 0, "no KickUser")
+  T.ok(T.contains(emu.room(APP, "room1").users, "alice"), "alice stays")
+  T.match(ng.log(), "rtcadmin%.callback: stale event " .. T.literal('"' .. old.EventId .. '" EventTime "' ..
+    old.EventTime .. '"') .. ": EventTime is 36%d%d%.%d s old %(max_age 300%)", "logged, quoted")
+  -- Inside the window (default max_age 300 s, max_skew 60 s) events are taken, and an accepted
+  -- event's dedupe entry lives max_age + max_skew = 360 s.
+  emu.join(APP, "room1", "mallory")
+  local recent = event_fields("mallory", { EventTime = iso_time(-290) })
+  T.eq(post_callback(ng, recent), 200, "290 s old")
+  local soon = event_fields("mallory", { EventTime = iso_time(50) })
+  T.eq(post_callback(ng, soon), 200, "50 s ahead")
+  local ttl = callback_stats(ng, soon.EventId).ttl
+  T.ok(ttl > 355 and ttl <= 360, "dedupe entry for 360 s, " .. tostring(ttl) .. " left")
+  T.eq(#kicks_after(2), 2, "both acted on")
+end)
+
+T.case("callback: one count per answer, in the shared dict all workers count into", function()
+  emu.reset()
+  emu.join(APP, "room1", "mallory")
+  local before = callback_stats(ng)
+  local fields = event_fields("mallory")
+  for _, want in ipairs { 200, 200, 200 } do T.eq(post_callback(ng, fields), want, "delivery") end -- 1 + 2 duplicates
+  T.eq(post_callback(ng, event_fields("bob"), "not-the-secret"), 401, "bad signature")
+  T.eq(post_callback(ng, event_fields("bob", { EventTime = iso_time(-400) })), 403, "stale")
+  T.eq(post_callback(ng, event_fields("bob", { EventTime = "yesterday" })), 400, "signed, unparsable EventTime")
+  T.eq(T.http("POST", ng.url .. "/callback", "{not json"), 400, "not JSON")
+  T.eq(T.http("GET", ng.url .. "/callback"), 405, "GET")
+  local after = callback_stats(ng)
+  local delta, total = {}, 0
+  for _, status in ipairs(callback.STATUSES) do
+    delta[status] = after[status] - before[status]
+    total = total + delta[status]
+  end
+  T.same(delta, { accepted = 1, duplicate = 2, bad_signature = 1, stale = 1, malformed = 3, error = 0 }, "counted")
+  T.eq(total, 8, "one count per request")
+  T.eq(#kicks_after(1), 1, "one KickUser")
 end)
 
 T.case("callback: request text in the error log is quoted, so a newline in EventId forges no line", function()
