@@ -42,8 +42,9 @@ end
 
 -- Audit records go to nginx's error log: decisions and successes at NOTICE, failures at WARN/ERR.
 -- JSON keeps each record on one line (cjson escapes control characters), and whatever the receiver
--- logs of a request is quoted (rtcadmin.logtext) and never starts a line or a log message: a record is
--- a message that starts with `rtcadmin audit {` (docs/nginx.md, "Logging").
+-- logs of a request is quoted (rtcadmin.logtext), so it never starts a line: a record is a line where
+-- `rtcadmin audit {` follows nginx's and the Lua module's prefixes (docs/nginx.md, "Request text in
+-- the log").
 local function audit_to_log(record)
   local level = ngx.NOTICE
   if record.error then level = record.outcome == "retry" and ngx.WARN or ngx.ERR end

@@ -463,6 +463,7 @@ T.case("callback: request text in the error log is quoted, so a newline in Event
     T.ok(not line:find("[%z\1-\31\127-\255]"), "a raw control or high byte: " .. line)
   end
   T.ok(lines > 10, "the log has lines")
+  T.no_match(log, CB_SECRET, "the callback secret")
   local quote = require("rtcadmin.logtext").quote
   for _, want in ipairs {
     "rtcadmin.callback: rejected event " .. quote(unsigned.EventId) .. ": signature does not match",
