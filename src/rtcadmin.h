@@ -168,6 +168,8 @@ void rtc_error_register(lua_State *L);
 
 /* heap.c: rtcadmin.heap_budget, the memory ceiling behind the rule sandbox */
 void rtc_heap_register(lua_State *L);
+/* view.c: rtcadmin.view_index, the sandbox's read-only views of events */
+void rtc_view_register(lua_State *L);
 
 /* Raises "rtcadmin.<fname>: <message>" at the caller's level. */
 int rtc_argerror(lua_State *L, const char *fname, const char *fmt, ...);

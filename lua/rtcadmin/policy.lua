@@ -10,15 +10,17 @@
 -- windowed counters per (room, user) or per room; the engine picks the action (escalation ladder by
 -- prior offences), applies cooldowns and allow-lists, records every decision and outcome in a JSON
 -- Lines audit log, keeps failed actions for retry, and bounds its memory. See docs/policy.md.
-local cjson = require "cjson"
 local sandbox = require "rtcadmin.sandbox"
+-- A private encoder: numbers JSON cannot hold (inf, NaN) become null instead of raising.
+local cjson = require("cjson").new()
+cjson.encode_invalid_numbers("null")
 
 local policy = {}
 
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
 local table_unpack = table.unpack or unpack -- luacheck: ignore 113 (5.1)
 local string_format, string_find, math_min, math_max = string.format, string.find, math.min, math.max
-local math_floor = math.floor
+local math_floor, string_sub = math.floor, string.sub
 
 -- API limits (docs/api.md): BanRoomUser ForbiddenInterval 10..604800, BanUserStream 60..259200.
 policy.BAN_MIN, policy.BAN_MAX = 10, 604800
@@ -34,7 +36,21 @@ policy.DEFAULTS = {
   distinct_max = 64,        -- distinct values kept per counter
   retry_base = 1, retry_cap = 60, max_attempts = 8,
   rule_error_reports = 10,  -- rule errors reported (audit, on_error) per rule; all are counted
+  max_counters = 256,       -- counters: one per (scope, event type) counted, and per (scope, type, field) distinct
 }
+
+-- Event fields: `ts` in seconds since 1970 within [0, TS_MAX) (a value in [TS_MS_LO, TS_MS_HI) is
+-- taken for milliseconds and refused with that hint); an `id` a string of 1..ID_MAX bytes or a
+-- whole number.
+policy.TS_MAX, policy.ID_MAX = 1e10, 256
+local TS_MAX, ID_MAX, TS_MS_LO, TS_MS_HI = policy.TS_MAX, policy.ID_MAX, 1e11, 1e14
+-- Record slots made with every record (the fixed ones and the first counters); counters beyond
+-- take a slot only in the records that have them.
+local REC_PREALLOC = 19
+-- A distinct value longer than this is kept as its first DISTINCT_KEEP bytes and its length.
+local DISTINCT_KEEP = 128
+-- Count windows remembered per event type and scope (more are computed on each call).
+local WINDOWS_KEPT = 32
 
 local EVENT_TYPE_MAX = 64
 local MAX_FAILURES_LISTED = 10000
@@ -43,6 +59,31 @@ local function valid_id(s)
 end
 local function valid_app(s)
   return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^\33-\126]")
+end
+
+-- What is wrong with an event's ts (nil when nothing is).
+local function ts_problem(ts)
+  if type(ts) ~= "number" or ts ~= ts then return "event ts must be a number (seconds since 1970)" end
+  if ts >= TS_MS_LO and ts < TS_MS_HI then
+    return string_format("event ts %.0f looks like milliseconds: expected seconds since 1970 (divide by 1000)", ts)
+  end
+  if ts < 0 or ts >= TS_MAX then
+    return string_format("event ts %.10g is out of range: expected seconds since 1970, 0 <= ts < %.0f", ts, TS_MAX)
+  end
+end
+
+-- What is wrong with an event's id (nil when nothing is).
+local function id_problem(id)
+  local t = type(id)
+  if t == "string" then
+    if #id == 0 or #id > ID_MAX then return string_format("event id must be 1-%d bytes, got %d", ID_MAX, #id) end
+    return nil
+  end
+  if t == "number" then
+    if id % 1 ~= 0 then return "event id must be a whole number (or a string), got " .. tostring(id) end
+    return nil
+  end
+  return "event id must be a string or a whole number, got a " .. t
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -149,7 +190,12 @@ local REC_SEEN, REC_ALLOW, REC_COOL, REC_FIXED = 1, 2, 3, 3
 local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
 
 -- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
+-- NaN cannot be a key (and is distinct from itself); a long string is kept by its head and length.
 local function distinct_add(ring, field, value, sec, cap)
+  if value ~= value then return end
+  if type(value) == "string" and #value > DISTINCT_KEEP then
+    value = string_sub(value, 1, DISTINCT_KEEP) .. "#" .. #value
+  end
   local d = ring.d
   if not d then d = {}; ring.d = d end
   local m = d[field]
@@ -220,8 +266,8 @@ local function dsl_error(msg)
   while true do
     local info = debug.getinfo(level, "Sl")
     if not info then break end
-    if info.what ~= "C" and info.source:sub(1, 1) == "@" and info.currentline > 0
-      and not info.source:find("rtcadmin[/\\]policy%.lua$") then
+    if info.what ~= "C" and string_sub(info.source, 1, 1) == "@" and info.currentline > 0
+      and not string_find(info.source, "rtcadmin[/\\]policy%.lua$") then
       error(info.short_src .. ":" .. info.currentline .. ": " .. msg, 0)
     end
     level = level + 1
@@ -360,7 +406,7 @@ local function make_dsl(file)
       local at
       do
         local ok, e = pcall(dsl_error, "")
-        at = not ok and e:match("^(.-): $") or file.name
+        at = not ok and string.match(e, "^(.-): $") or file.name
       end
       file.rules[#file.rules + 1] = {
         name = name, on = types, when = spec.when, action = normalize_action(spec.action, true),
@@ -485,6 +531,7 @@ function policy.new(opts)
     track_room_fields = {}, -- the same, per room
     max_window = 0,
     nslots = REC_FIXED, tmpl = { 0, 0, false }, -- record slots in use, and a record's empty values
+    ncounters = 0,     -- counters registered (see max_counters)
     allow_ver = 0,     -- bumped when the allow-list changes (records cache their user's verdict)
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
@@ -625,7 +672,9 @@ function Engine:_make_hot()
   end
 
   local function window_arg(fname, t, window, scope)
-    if type(t) ~= "string" then error("ctx:" .. fname .. ": expected an event type (string)", 3) end
+    if type(t) ~= "string" or #t == 0 or #t > EVENT_TYPE_MAX then
+      error(string_format("ctx:%s: expected an event type (a string of 1-%d bytes)", fname, EVENT_TYPE_MAX), 3)
+    end
     if type(window) ~= "number" or window ~= window or window <= 0 or window == math.huge then
       error("ctx:" .. fname .. ": expected a window in seconds (> 0)", 3)
     end
@@ -638,10 +687,21 @@ function Engine:_make_hot()
     end
   end
 
+  -- Registers one more counter, or raises (at `level`, the rule's line) when the engine counts
+  -- max_counters kinds already: what bounds a record however many kinds events bring.
+  local function new_counter(fname, level)
+    local n = E.ncounters + 1
+    if n > cfg.max_counters then
+      error(string_format("ctx:%s: the engine counts %d kinds of events already (policy option max_counters); "
+        .. "count fixed event types and fields, not ones made from event content", fname, cfg.max_counters), level)
+    end
+    E.ncounters = n
+  end
+
   -- The record a query reads and its counter's slot, registering the counter (and counting the
   -- current event) on first use. `window` is a count window (nil for distinct): counters keep the
   -- seconds of the longest one.
-  local function record_for(t, scope, window)
+  local function record_for(t, scope, window, fname, level)
     local room = scope == "room"
     local tr, kp = room and track_room or track, room and keep_room or keep
     if window and window > (kp[t] or 0) then kp[t] = window end
@@ -652,6 +712,7 @@ function Engine:_make_hot()
       c_room_rec = rec
     end
     if not slot then
+      new_counter(fname, level + 1)
       slot = E:_slot()
       tr[t] = slot
       if c_type == t then add_event(rec, slot, c_ev, c_sec, kp[t] or 0, slots) end
@@ -664,14 +725,15 @@ function Engine:_make_hot()
   -- it; any other call of ctx:count goes the long way once.
   local wins_user, wins_room, wins_none = {}, {}, {}
   local function count_window(t, window, scope)
-    local rec, slot = record_for(t, scope, window)
+    local rec, slot = record_for(t, scope, window, "count", 4)
     local wins = scope == "room" and wins_room or wins_user
     local w = wins[t]
-    if not w then w = { slot = slot }; wins[t] = w end
+    if not w then w = { slot = slot, n = 0 }; wins[t] = w end
     -- The window's first second is c_sec - ceil(window) + 1 (seconds are whole): slots from
     -- there on, second * SLOT + ..., are at or above c_sec * SLOT - w[window].
-    w[window] = (math.ceil(window) - 1) * SLOT
-    return rec, w
+    local woff = (math.ceil(window) - 1) * SLOT
+    if w.n < WINDOWS_KEPT then w[window] = woff; w.n = w.n + 1 end
+    return rec, w, woff
   end
 
   -- A user's offences within the offence window, and their entry (kept when it is older).
@@ -693,8 +755,7 @@ function Engine:_make_hot()
     local woff = w and w[window]
     if not (woff and rec) then
       window_arg("count", t, window, scope)
-      rec, w = count_window(t, window, scope)
-      woff = w[window]
+      rec, w, woff = count_window(t, window, scope)
     end
     -- The events in the last `window` seconds up to second c_sec (the counter layout is above
     -- ring_new): the total minus the events before the first slot inside the window.
@@ -737,13 +798,16 @@ function Engine:_make_hot()
   end
 
   function methods.distinct(_, t, field, window, scope)
-    if type(field) ~= "string" then error("ctx:distinct: expected a field name (string)", 2) end
+    if type(field) ~= "string" or #field == 0 or #field > EVENT_TYPE_MAX then
+      error(string_format("ctx:distinct: expected a field name (a string of 1-%d bytes)", EVENT_TYPE_MAX), 2)
+    end
     window_arg("distinct", t, window, scope)
-    local rec, slot = record_for(t, scope, nil)
+    local rec, slot = record_for(t, scope, nil, "distinct", 3)
     local registry = scope == "room" and track_room_fields or track_fields
     local fields = registry[t]
     if not fields then fields = {}; registry[t] = fields end
     if not fields[field] then
+      new_counter("distinct", 3)
       fields[field] = true
       fields[#fields + 1] = field
       local v = c_ev[field]
@@ -775,6 +839,8 @@ function Engine:_make_hot()
     __newindex = function() error("ctx is read-only", 2) end,
     __metatable = false,
   })
+  -- What conditions see of the event: a read-only view (the holder's [1] is the event).
+  local view, view_holder = sandbox.event_view()
 
   local function invalid_event(why)
     st.invalid = st.invalid + 1
@@ -787,7 +853,7 @@ function Engine:_make_hot()
   local function event_problem(ev)
     if type(ev) ~= "table" then return "event is not a table" end
     local ts = ev.ts
-    if ts ~= nil and (type(ts) ~= "number" or ts ~= ts) then return "event ts must be a number" end
+    if ts ~= nil then return ts_problem(ts) end
   end
 
   -- The whole second of the times from sec_lo (included) to sec_hi (excluded): math.floor and the
@@ -810,7 +876,7 @@ function Engine:_make_hot()
       -- `for` uses none, so this raises for anything but a number.
       for _ = ts, 0 do end
     else
-      local why = event_problem(ev)
+      local why = event_problem(ev) or ts_problem(ts) -- the latter: the engine clock's, for no ts
       if why then return invalid_event(why) end
       sec = math_floor(ts)
       sec_lo, sec_hi, sec_of = sec, sec + 1, sec
@@ -819,8 +885,10 @@ function Engine:_make_hot()
     if id ~= nil then
       if seen_map[id] then st.duplicates = st.duplicates + 1; return end
       local tid = type(id)
-      if (tid ~= "string" and tid ~= "number") or id ~= id then
-        return invalid_event("event id must be a string or a number")
+      if tid == "string" then
+        if #id > ID_MAX or id == "" then return invalid_event(id_problem(id)) end
+      elseif tid ~= "number" or id % 1 ~= 0 then -- NaN and infinities too
+        return invalid_event(id_problem(id))
       end
       -- The oldest id out first: the delete leaves an empty node the insert may take.
       local pos = seen_pos + 1
@@ -920,7 +988,7 @@ function Engine:_make_hot()
   local function run(events)
     local resume = at_rule
     at_rule = 0
-    local steps, steps_first, steps_rest, cx = budget, first_steps, rest_steps, ctx -- in registers
+    local steps, steps_first, steps_rest, cx, vw = budget, first_steps, rest_steps, ctx, view -- in registers
     for i = at_event, #events do
       at_event = i
       local rules
@@ -932,6 +1000,7 @@ function Engine:_make_hot()
       end
       if rules then
         local ev, ts, cool = c_ev, c_ts, c_rec[REC_COOL]
+        view_holder[1] = ev
         -- The memory budget covers the conditions of one event; engine allocations are outside it.
         arm()
         for k = first, #rules do
@@ -945,11 +1014,11 @@ function Engine:_make_hot()
             steps[1] = steps_first
             steps[2] = steps_rest
             local test = r.test
-            if test(ev, cx) then
+            if test(vw, cx) then
               -- Once more, noting the queries it makes: the decision's evidence. (Conditions
               -- see the same state both times; only reads happen in between.)
               recording, steps[1], steps[2] = true, steps_first, steps_rest
-              test(ev, cx)
+              test(vw, cx)
               recording = false
               at_rule = 0
               disarm()
@@ -1009,9 +1078,11 @@ function Engine:_make_hot()
   return ctx, batch, take
 end
 
--- A new record: every slot filled (so all of them are in the array part).
+-- A new record: its first REC_PREALLOC slots filled (so they are in the array part); counters
+-- beyond those take a slot (in the hash part) only in the records that have them, so a record's
+-- size follows what its user did, not how many kinds of events the engine counts.
 function Engine:_new_rec(ts)
-  local rec = { table_unpack(self.tmpl, 1, self.nslots) }
+  local rec = { table_unpack(self.tmpl, 1, math_min(self.nslots, REC_PREALLOC)) }
   rec[REC_SEEN], rec[REC_ALLOW] = ts, self.allow_ver
   return rec
 end

@@ -9,8 +9,9 @@ local sentinel = dir .. "/escaped"
 local rules_file = T.numbered_files(dir, "%s/attempt%02d.lua")
 
 -- Loads one rule "attempt" whose condition is `body` (a function body using ev, ctx), fires one
--- event at it and then a second event at a plain rule. Returns the reported errors and decisions.
-local function attempt(body, limits)
+-- event at it (with `fields` added) and then a second event at a plain rule. Returns the reported
+-- errors and decisions.
+local function attempt(body, limits, fields)
   local errors, decisions = {}, {}
   local e = policy.new { dry_run = true, limits = limits,
     on_error = function(r) errors[#errors + 1] = r.error end,
@@ -18,7 +19,9 @@ local function attempt(body, limits)
   local path = rules_file("rule \"attempt\" { on = \"x\", action = kick, when = function(ev, ctx)\n"
     .. body .. "\nend }\nrule \"after\" { on = \"y\", action = kick }\n")
   assert(e:load(path))
-  e:process({ type = "x", app_id = T.APP, room_id = "room1", user_id = "u1", ts = 1 })
+  local ev = { type = "x", app_id = T.APP, room_id = "room1", user_id = "u1", ts = 1 }
+  for k, v in pairs(fields or {}) do ev[k] = v end
+  e:process(ev)
   e:process({ type = "y", app_id = T.APP, room_id = "room1", user_id = "u2", ts = 2 })
   return errors, decisions, path
 end
@@ -153,7 +156,7 @@ T.case("precompiled chunks are refused", function()
   T.match(errs[1], "precompiled chunks are refused", "reason")
 end)
 
-T.case("a rule changing its own string table affects only itself", function()
+T.case("a rule changing its own string table while it loads affects only itself", function()
   local e = policy.new { dry_run = true }
   assert(e:load(rules_file('string.upper = nil\nrule "r" { on = "x", action = kick }')))
   T.eq(("a"):upper(), "A", "host string.upper")
@@ -242,6 +245,224 @@ T.case("without rtcadmin.heap_budget (the Lua files alone) the budgets still sto
   T.match(errors[2], "attempt%d+%.lua:3: memory budget exceeded %(4194304 bytes%)", "the heap growth, with file:line")
   T.same(decisions, { "after" }, "the engine carried on")
   host_intact("Lua files alone")
+end)
+
+---------------------------------------------------------------------------------------------------
+-- Work in C: every loop a library function runs is charged to the instruction budget before it
+-- starts, and patterns run in rtcadmin's own matcher, which counts its steps.
+
+local HOSTILE_TEXT = ("a "):rep(3000)
+local BACKTRACKING = "(.-)%s*(.-)%s*(.-)%s*(.-)%s*(.-)%s*(.-)%s*x$"
+
+local C_WORK = {
+  { "string.rep of an empty string 1e15 times", "return string.rep('', 1e15)" },
+  { "string.rep with a numeric string count", "return ('x'):rep('3000000')", "exceeds the sandbox's" },
+  { "table.move over 1e15 slots", "return table.move({}, 1, 1e15, 2)" },
+  { "table.unpack over 1e7 values", "return table.unpack({}, 1, 1e7)" },
+  { "table.concat over 1e15 slots", "return table.concat({}, '', 1, 1e15)" },
+  { "string.byte over a long range, in a loop", "local s = ('x'):rep(100000) for i = 1, 1e6 do s:byte(1, -1) end" },
+  { "string.upper of a long string, in a loop", "local s = ('x'):rep(1000000) for i = 1, 1e6 do s:upper() end" },
+  { "table.insert at the front of a long list, in a loop",
+    "local t = {} for i = 1, 100000 do t[i] = i end for i = 1, 1e6 do table.insert(t, 1, i) end" },
+  { "table.sort of a long list, in a loop",
+    "local t = {} for i = 1, 100000 do t[i] = -i end for i = 1, 1e6 do table.sort(t) end" },
+  { "string.format of a long string, in a loop",
+    "local s = ('x'):rep(1000000) for i = 1, 1e6 do string.format('%s', s) end" },
+  { "tonumber of a long string, in a loop", "local s = (' '):rep(1000000) for i = 1, 1e6 do tonumber(s) end" },
+}
+for _, name in ipairs({ "find", "match", "gmatch", "gsub" }) do
+  local call = name == "gmatch" and "for _ in %s do end" or "return %s"
+  local args = name == "gsub" and "BT, ''" or "BT"
+  C_WORK[#C_WORK + 1] = { "a backtracking pattern in string." .. name .. " over hostile chat text",
+    "local BT = '" .. BACKTRACKING .. "' " .. call:format("string." .. name .. "(ev.text, " .. args .. ")") }
+  C_WORK[#C_WORK + 1] = { "a backtracking pattern in the method ev.text:" .. name,
+    "local BT = '" .. BACKTRACKING .. "' " .. call:format("ev.text:" .. name .. "(" .. args .. ")") }
+end
+
+for _, c in ipairs(C_WORK) do
+  T.case("C work: " .. c[1] .. " is stopped by the budget with file:line", function()
+    local t0 = T.now()
+    local errors, decisions, path = attempt(c[2], nil, { text = HOSTILE_TEXT })
+    local took = T.now() - t0
+    T.eq(#errors, 1, "one error reported")
+    T.match(errors[1], "^" .. T.literal(path) .. ":[12]: ", "file:line") -- 1 after a tail call
+    T.match(errors[1], c[3] or "instruction budget exceeded", "message")
+    T.same(decisions, { "after" }, "the engine carried on")
+    T.ok(took < 10, "stopped in " .. took .. " s (the stock functions run for minutes or more)")
+    host_intact(c[1])
+  end)
+end
+
+T.case("C work at a rules file's top level is budgeted too: load and check refuse the file", function()
+  for _, body in ipairs({ "table.move({}, 1, 1e15, 2)", "string.rep('', 1e15)",
+                          "('" .. ("a "):rep(3000) .. "'):find('" .. BACKTRACKING .. "')" }) do
+    local path = rules_file("local x = 1\n" .. body .. "\n")
+    local t0 = T.now()
+    local file, errs = policy.load_file(path)
+    T.eq(file, nil, "refused: " .. body:sub(1, 30))
+    T.match(errs[1], "^" .. T.literal(path) .. ":2: instruction budget exceeded", "file:line")
+    T.ok(T.now() - t0 < 10, "stopped in time")
+  end
+end)
+
+T.case("patterns and library functions give the stock results within the budget", function()
+  local errors, decisions = attempt([[
+    local t = ev.text
+    assert(t:find("b c", 1, true) == 3 and select(2, t:find("(%w+)$")) == 7)
+    assert(t:match("^(%a+)") == "a" and string.match(t, "(%a)%s(%a)$") == "c")
+    local words = {} for w in t:gmatch("%a+") do words[#words + 1] = w end
+    assert(#words == 3 and words[3] == "c")
+    assert(t:gsub("%s+", "_") == "a_b_c" and select(2, t:gsub("%a", "%0%0")) == 3)
+    assert(("x"):rep(3, ",") == "x,x,x" and ("ab"):rep("2") == "abab")
+    assert(table.concat(table.move({ 1, 2, 3 }, 1, 3, 2), ",") == "1,1,2,3")
+    assert(select("#", table.unpack({ 1, 2, 3 })) == 3 and tonumber("  12  ") == 12)
+    local l = { 3, 1, 2 } table.sort(l) table.insert(l, 1, 0) assert(table.remove(l, 1) == 0 and l[3] == 3)
+    assert(string.format("%5.1f|%s", 1.25, "z") == "  1.2|z" or string.format("%5.1f|%s", 1.25, "z") == "  1.3|z")
+    return true]], nil, { text = "a b c" })
+  T.same(errors, {}, "no errors")
+  T.same(decisions, { "attempt", "after" }, "both decided")
+end)
+
+T.case("a CPU-time ceiling stops work no step sees (comparing long strings in a loop)", function()
+  local t0 = T.now()
+  local errors = attempt("local a, b = ('x'):rep(1000000) .. 'a', ('x'):rep(1000000) .. 'b'\n"
+    .. "local n = 0 for i = 1, 1e6 do if a < b then n = n + 1 end end return n > 0",
+    { instructions = 1e9, memory = 64 * 1024 * 1024, time = 0.2 })
+  T.eq(#errors, 1, "stopped")
+  T.match(errors[1], "time budget exceeded %(0%.2 s of CPU%)", "by the time budget")
+  T.ok(T.now() - t0 < 10, "in time")
+end)
+
+---------------------------------------------------------------------------------------------------
+-- The event is read-only for conditions, and so are a rules file's library tables once it has loaded.
+
+T.case("a condition cannot change the event: writes are its error, later rules see the event as it was", function()
+  local errors, seen = {}, {}
+  local e = policy.new { dry_run = true, on_error = function(r) errors[#errors + 1] = r.error end,
+    on_decision = function(d) seen[#seen + 1] = d.rule end }
+  local path = rules_file(table.concat({
+    'rule "w1" { on = "x", action = kick, when = function(ev) ev.id = tostring end }',
+    'rule "w2" { on = "x", action = kick, when = function(ev) ev.user_id = "victim" end }',
+    'rule "w3" { on = "x", action = kick, when = function(ev) ev.data.n = 1 end }',
+    'rule "w4" { on = "x", action = kick, when = function(ev) ev.data.list[1] = "x" end }',
+    'rule "w5" { on = "x", action = kick, when = function(ev) local c = {} c.c = c ev.cycle = c end }',
+    'rule "reader" { on = "x", action = kick, when = function(ev)',
+    '  assert(ev.user_id == "u1" and ev.id == "e1" and ev.data.n == nil and ev.data.list[1] == "a")',
+    '  assert(type(ev.data) == "table" and #ev.data.list == 2 and ev.data.list[2] == "b")',
+    '  local keys = {} for k in pairs(ev) do keys[#keys + 1] = k end',
+    '  local items = {} for i, v in ipairs(ev.data.list) do items[i] = v end',
+    '  assert(#keys == 7 and items[2] == "b" and next(ev.data) ~= nil)',
+    '  return true end }' }, "\n"))
+  assert(e:load(path))
+  local ev = { type = "x", app_id = T.APP, room_id = "room1", user_id = "u1", ts = 1, id = "e1",
+               data = { list = { "a", "b" } } }
+  T.eq(e:process(ev), 1, "the reader decided")
+  T.eq(#errors, 5, "every write is its rule's error")
+  for i = 1, 5 do T.match(errors[i], "^" .. T.literal(path) .. ":" .. i .. ": the event is read%-only", "file:line " .. i) end
+  T.match(errors[1], "'id'", "names the field")
+  T.same(seen, { "reader" }, "decided on the event as it was")
+  T.eq(ev.id, "e1", "the caller's event unchanged")
+  T.eq(ev.data.n, nil, "and its tables")
+  T.eq(ev.data.list[1], "a", "and theirs")
+end)
+
+T.case("library tables are read-only while rules run (a file may add helpers while it loads)", function()
+  local errors, decisions = attempt("string.n = (string.n or 0) + 1 return true")
+  T.eq(#errors, 1, "the write is refused")
+  T.match(errors[1], ":2: cannot set 'n': library tables are read%-only", "with file:line")
+  T.same(decisions, { "after" }, "the engine carried on")
+  for _, body in ipairs({ "math.pi = 3", "table.pack = nil", "kick.kind = 'ban'", "local s = string s.x = {}" }) do
+    local errs = attempt(body .. " return true")
+    T.eq(#errs, 1, body .. ": refused")
+    T.match(errs[1], "library tables are read%-only", body)
+  end
+  local e = policy.new { dry_run = true }
+  assert(e:load(rules_file('function string.starts(s, p) return s:sub(1, #p) == p end\n'
+    .. 'rule "r" { on = "x", action = kick, when = function(ev) return string.starts(ev.user_id, "u") end }')))
+  T.eq(e:process({ type = "x", app_id = T.APP, room_id = "room1", user_id = "u1", ts = 1 }), 1,
+    "a helper added at load time works")
+  T.eq(string.starts, nil, "the host's string table is untouched")
+end)
+
+---------------------------------------------------------------------------------------------------
+-- Counted kinds are bounded, so memory is bounded by max_keys whatever the events contain.
+
+T.case("counters made from event text stop at max_counters with a rule error naming the cap", function()
+  local errors = {}
+  local e = policy.new { dry_run = true, max_counters = 16,
+    on_error = function(r) errors[#errors + 1] = r.error end }
+  local path = rules_file('rule "by-text" { on = "chat", action = kick,\n'
+    .. '  when = function(ev, ctx) return ctx:count("chat:" .. ev.text, 60) > 100 end }\n'
+    .. 'rule "fields" { on = "chat", action = kick,\n'
+    .. '  when = function(ev, ctx) return ctx:distinct("chat", ev.text, 60) > 100 end }\n')
+  assert(e:load(path))
+  for i = 1, 40 do
+    e:process({ type = "chat", app_id = T.APP, room_id = "room1", user_id = "u" .. i, ts = i, text = "t" .. i })
+  end
+  T.eq(e.ncounters, 16, "16 counters, no more")
+  T.ok(#errors >= 10, "the queries past the cap are rule errors")
+  T.match(errors[#errors], "^" .. T.literal(path) .. ":[24]: ctx:%a+: the engine counts 16 kinds of events already "
+    .. "%(policy option max_counters%)", "naming the cap, at the query's line")
+end)
+
+T.case("memory stays bounded when events carry 200 000 distinct texts", function()
+  local e = policy.new { dry_run = true, max_keys = 1000 }
+  assert(e:load_source('rule "by-text" { on = "chat", action = kick,\n'
+    .. '  when = function(ev, ctx) return ctx:count("chat:" .. ev.text, 60) > 100 end }', "bytext.lua"))
+  local function feed(from, to, users)
+    for i = from, to do
+      e:process({ type = "chat", app_id = T.APP, room_id = "room1", user_id = "u" .. (i % users), ts = 1 + i / 1000,
+                  text = ("spam %d "):format(i) })
+    end
+  end
+  feed(1, 2000, 50)
+  collectgarbage() collectgarbage()
+  local base = collectgarbage("count")
+  feed(2001, 200000, 50)
+  collectgarbage() collectgarbage()
+  local after = collectgarbage("count")
+  T.ok(after - base < 2048, ("200k distinct texts grew the heap by %.0f KiB (< 2 MiB)"):format(after - base))
+  feed(200001, 200200, 1000000) -- 200 new users
+  collectgarbage() collectgarbage()
+  local per_user = (collectgarbage("count") - after) * 1024 / 200
+  T.ok(per_user < 4096, ("a new user costs %.0f bytes (< 4 KiB)"):format(per_user))
+end)
+
+---------------------------------------------------------------------------------------------------
+-- Hostile numbers in events: invalid events with a reason, never a crash; the next event is decided.
+
+T.case("hostile numbers in ts and id are invalid events with a reason; the next event is decided", function()
+  local e = policy.new { dry_run = true }
+  assert(e:load_source('rule "r" { on = "x", action = kick, cooldown = 0 }', "r.lua"))
+  local function ev(fields)
+    local t = { type = "x", app_id = T.APP, room_id = "room1", user_id = "u", ts = 5 }
+    for k, v in pairs(fields) do t[k] = v end
+    return t
+  end
+  local cases = {
+    { { ts = 1e308 }, "out of range" }, { { ts = math.huge }, "out of range" }, { { ts = -math.huge }, "out of range" },
+    { { ts = -1 }, "out of range" }, { { ts = 1700000000000 }, "looks like milliseconds.*divide by 1000" },
+    { { ts = 0 / 0 }, "must be a number" }, { { id = math.huge }, "whole number" }, { { id = -math.huge }, "whole number" },
+    { { id = 0 / 0 }, "whole number" }, { { id = 1.5 }, "whole number" }, { { id = "" }, "1%-256 bytes" },
+    { { id = ("i"):rep(257) }, "1%-256 bytes" },
+  }
+  for _, c in ipairs(cases) do
+    local n, why = e:process(ev(c[1]))
+    local k, v = next(c[1])
+    T.eq(n, nil, k .. " = " .. tostring(v) .. " refused")
+    T.match(why, c[2], k .. " = " .. tostring(v))
+    T.eq(e:process(ev({ id = tostring(_) .. "ok" })), 1, "the next event is decided")
+  end
+  T.eq(e:stats().invalid, #cases, "all counted")
+  local made, invalid = e:process_batch({ ev { ts = math.huge }, ev { id = 0 / 0 }, ev { ts = 6 }, ev { id = 1e999 } })
+  T.eq(made, 1, "a batch goes on past them")
+  T.eq(invalid, 3, "and counts them")
+  -- Distinct values that cannot be table keys, or are huge, are no crash either.
+  assert(e:load_source('rule "d" { on = "rep", action = kick, when = function(ev, ctx)\n'
+    .. ' return ctx:distinct("rep", "by", 60) >= 2 end }', "d.lua"))
+  T.eq(e:process(ev { type = "rep", by = 0 / 0 }), 0, "NaN value: counted as nothing")
+  T.eq(e:process(ev { type = "rep", by = ("v"):rep(1000000) }), 0, "a 1 MB value")
+  T.eq(e:process(ev { type = "rep", by = "other" }), 1, "and the next distinct value fires")
 end)
 
 T.run(function() os.execute("rm -rf " .. T.shell_quote(dir)) end)
