@@ -354,6 +354,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
         lua_setfield(L, -2, rtc_batch_methods[i].name);
     }
     rtc_heap_register(L);
+    rtc_pattern_register(L);
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
     install_nginx_layer(L, lua_gettop(L));
