@@ -7,8 +7,9 @@
 --
 --   LUA_CPATH='build/?.so;;' lua5.4 tests/fuzz/pattern_diff.lua [cases=20000] [seed=os.time()]
 --
--- Also a module (dofile): check(P, subject, pattern, repl, init, n) compares one input on every
--- function; run(cases, seed) generates and checks cases; both raise on the first difference.
+-- Also a module (dofile): check(subject, pattern, repl, init, n) compares one input on every
+-- function, run(cases, seed) generates and checks cases (both raise on the first difference), and
+-- outcome(lib, name, ...) is what they compare.
 local M = {}
 
 local unpack = table.unpack or unpack -- luacheck: ignore 143 (5.1 global)
@@ -52,6 +53,14 @@ local function gmatch_all(gmatch, s, p, init)
   out[#out + 1] = describe(iter()) -- called again after the end
   return table.concat(out, " ")
 end
+
+-- The outcome of lib[name](...) as a comparable string; for gmatch, of collecting every match and
+-- calling the iterator once more.
+function M.outcome(lib, name, ...)
+  if name == "gmatch" then return outcome(pcall(gmatch_all, lib.gmatch, ...)) end
+  return outcome(pcall(lib[name], ...))
+end
+M.describe = describe
 
 -- The operations compared, each as function(lib, s, p, repl, init, n) -> results.
 local OPS = {
