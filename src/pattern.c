@@ -137,20 +137,26 @@ static int has_specials(const char *p, size_t lp) {
     return 0;
 }
 
-/* The first occurrence of [p, p + lp) in [s, s + ls), or NULL; one step per 16 bytes looked at. */
-static const char *find_text(rtc_meter *m, const char *s, size_t ls, const char *p, size_t lp) {
+/* What a plain search costs, charged before it starts: one step, and one per 16 bytes of the
+ * subject for every 16 bytes of the text sought (a bound on the bytes memchr and memcmp look at). */
+static int64_t plain_cost(size_t ls, size_t lp) {
+    uint64_t per_text = 1 + (lp >> 4), most = UINT64_C(1) << 60;
+    uint64_t blocks = ls >> 4;
+    return (int64_t)(blocks > most / per_text ? most : 1 + blocks * per_text);
+}
+
+/* The first occurrence of [p, p + lp) in [s, s + ls), or NULL. */
+static const char *find_text(const char *s, size_t ls, const char *p, size_t lp) {
     const char *q = s, *last;
     if (lp == 0) return s;
     if (lp > ls) return NULL;
     last = s + (ls - lp); /* the last place it could start */
     while (q <= last) {
         const char *hit = memchr(q, uchar(*p), (size_t)(last - q) + 1);
-        if (!hit) break;
-        rtc_meter_charge(m, ((hit - q) >> 4) + 1 + (int64_t)(lp >> 4));
+        if (!hit) return NULL;
         if (memcmp(hit + 1, p + 1, lp - 1) == 0) return hit;
         q = hit + 1;
     }
-    rtc_meter_charge(m, (last + 1 - q) >> 4);
     return NULL;
 }
 
@@ -168,8 +174,9 @@ static int find_or_match(lua_State *L, int find) {
     }
     meter_begin(&st.meter, L);
     if (find && (lua_toboolean(L, 4) || !has_specials(p, lp))) {
-        start = find_text(&st.meter, s + init, ls - init, p, lp);
+        rtc_meter_charge(&st.meter, plain_cost(ls, lp));
         rtc_meter_write(&st.meter);
+        start = find_text(s + init, ls - init, p, lp);
         if (!start) {
             lua_pushnil(L);
             return 1;
@@ -216,22 +223,29 @@ static const char *next_match(pat_state *st, const char *from, int skip_empty, c
     return pat_search(st, from, e);
 }
 
-/* Where a gmatch iterator goes on; upvalue 5 of the iterator. */
+/* A gmatch iterator's subject, pattern and where it goes on. The iterator also holds the subject
+ * and the pattern themselves, which keeps their bytes where they are. On PUC Lua the iterator is
+ * a C closure of gmatch_next with upvalues budget, on_exhausted, subject, pattern and this state;
+ * on LuaJIT a Lua closure that calls gmatch_next(state, subject, pattern), see JIT_GLUE. */
+#ifdef PAT_LUAJIT
+#define GMATCH_STATE 1
+#else
+#define GMATCH_STATE lua_upvalueindex(5)
+#endif
 typedef struct {
+    const char *s, *p;
+    size_t ls, lp;
     size_t pos;      /* offset of the next search */
     int after_match; /* pos is where the previous match ended */
 } gmatch_state;
 
 static int gmatch_next(lua_State *L) {
-    size_t ls, lp;
-    const char *s = lua_tolstring(L, lua_upvalueindex(3), &ls);
-    const char *p = lua_tolstring(L, lua_upvalueindex(4), &lp);
-    gmatch_state *gm = lua_touserdata(L, lua_upvalueindex(5));
-    const char *start, *e;
+    gmatch_state *gm = lua_touserdata(L, GMATCH_STATE);
+    const char *s = gm->s, *start, *e;
     pat_state st;
-    if (gm->pos > ls) return 0;
+    if (gm->pos > gm->ls) return 0;
     meter_begin(&st.meter, L);
-    pat_init(&st, s, ls, p, lp); /* no anchor: a leading '^' is a literal here */
+    pat_init(&st, s, gm->ls, gm->p, gm->lp); /* no anchor: a leading '^' is a literal here */
     start = next_match(&st, s + gm->pos, PAT_SKIP_EMPTY_AFTER_MATCH && gm->after_match, &e);
     rtc_meter_write(&st.meter);
     if (!start) return 0;
@@ -242,22 +256,33 @@ static int gmatch_next(lua_State *L) {
 }
 
 static int l_gmatch(lua_State *L) {
-    size_t ls, pos = 0;
+    size_t ls, lp, pos = 0;
+    const char *s = luaL_checklstring(L, 1, &ls);
+    const char *p = luaL_checklstring(L, 2, &lp);
     gmatch_state *gm;
-    luaL_checklstring(L, 1, &ls);
-    luaL_checkstring(L, 2);
 #ifdef PAT_GMATCH_INIT
     pos = start_offset(L, 3, ls);
 #endif
     lua_settop(L, 2);
+    gm = lua_newuserdatauv(L, sizeof *gm, 0);
+    gm->s = s;
+    gm->ls = ls;
+    gm->p = p;
+    gm->lp = lp;
+    gm->pos = pos;
+    gm->after_match = 0;
+#ifdef PAT_LUAJIT
+    lua_pushvalue(L, lua_upvalueindex(3)); /* the glue's iterator maker */
+    lua_insert(L, 1);
+    lua_insert(L, 2);
+    lua_call(L, 3, 1);
+#else
     lua_pushvalue(L, BUDGET);
     lua_insert(L, 1);
     lua_pushvalue(L, HANDLER);
     lua_insert(L, 2);
-    gm = lua_newuserdatauv(L, sizeof *gm, 0);
-    gm->pos = pos;
-    gm->after_match = 0;
     lua_pushcclosure(L, gmatch_next, 5);
+#endif
     return 1;
 }
 
@@ -392,18 +417,106 @@ static int l_gsub(lua_State *L) {
     return 2;
 }
 
+/* Pushes a C closure of f with the budget table and on_exhausted (stack slots 1 and 2). */
+static void push_metered(lua_State *L, lua_CFunction f) {
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, f, 2);
+}
+
+#ifdef PAT_LUAJIT
+/* LuaJIT compiles a plain string.find into its traces, and specializes a loop's trace to the
+ * iterator it calls: with a new C closure per gmatch call, every call would leave the trace and
+ * compile another side trace, until LuaJIT gives up on the loop. So on LuaJIT find is this Lua
+ * function, which sends plain searches to the stock string.find and charges the budget here, and
+ * gmatch's iterators are Lua closures of one prototype calling one C function. Every call into C
+ * or the stock find is a tail call, so errors name the caller's position as the stock ones do. */
+static const char JIT_GLUE[] =
+    "local c_find, c_next, s_find, budget, charge = ...\n"
+    "local type, rshift = type, require('bit').rshift\n"
+    "-- pattern -> whether it holds no special character (for the last few hundred patterns)\n"
+    "local literal, known = {}, 0\n"
+    "local function is_literal(p)\n"
+    "  local v = literal[p]\n"
+    "  if v == nil then\n"
+    "    v = not s_find(p, '[%^%$%*%+%?%.%(%[%%%-]')\n"
+    "    if known >= 256 then literal, known = {}, 0 end\n"
+    "    literal[p], known = v, known + 1\n"
+    "  end\n"
+    "  return v\n"
+    "end\n"
+    "local function find(...)\n"
+    "  local s, p, _, plain = ...\n"
+    "  local tp = type(p)\n"
+    "  if plain or (tp == 'string' and is_literal(p)) then\n"
+    "    local n, m = type(s) == 'string' and #s or 16, tp == 'string' and #p or 16\n"
+    "    local cost = 1 + rshift(n, 4) * (1 + rshift(m, 4))\n"
+    "    local left = budget[1]\n"
+    "    if not (type(left) == 'number' and left >= 9007199254740992) then\n"
+    "      local rest = type(left) == 'number' and left - left % 1 - cost\n"
+    "      if rest and rest >= 0 then budget[1] = rest else charge(cost) end\n"
+    "    end\n"
+    "    return s_find(...)\n"
+    "  end\n"
+    "  return c_find(...)\n"
+    "end\n"
+    "local function iterator(state, s, p) return function() return c_next(state, s, p) end end\n"
+    "return find, iterator\n";
+
+/* charge(steps): the glue's plain find when the budget does not cover it. */
+static int l_charge(lua_State *L) {
+    lua_Number steps = luaL_checknumber(L, 1);
+    rtc_meter m;
+    meter_begin(&m, L);
+    rtc_meter_charge(&m, steps < 1e18 ? (int64_t)steps : INT64_C(1000000000000000000));
+    rtc_meter_write(&m);
+    return 0;
+}
+
+/* Sets t.find and t.gmatch (t at stack slot 3) from the glue. */
+static void set_jit_functions(lua_State *L) {
+    if (luaL_loadbuffer(L, JIT_GLUE, sizeof JIT_GLUE - 1, "=rtcadmin.pattern_functions"))
+        lua_error(L);
+    push_metered(L, l_find);
+    push_metered(L, gmatch_next);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "string");
+    lua_getfield(L, -1, "find");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    lua_pushvalue(L, 1);
+    push_metered(L, l_charge);
+    lua_call(L, 5, 2);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, l_gmatch, 3);
+    lua_setfield(L, 3, "gmatch");
+    lua_pop(L, 1);
+    lua_setfield(L, 3, "find");
+}
+#endif
+
 /* rtcadmin.pattern_functions(budget, on_exhausted) */
 static int l_pattern_functions(lua_State *L) {
-    static const luaL_Reg fns[] = {
-        {"find", l_find}, {"match", l_match}, {"gmatch", l_gmatch}, {"gsub", l_gsub}, {NULL, NULL}};
     if (lua_type(L, 1) != LUA_TTABLE)
         rtc_argerror(L, "pattern_functions", "budget must be a table, got %s", luaL_typename(L, 1));
     if (lua_type(L, 2) != LUA_TFUNCTION)
         rtc_argerror(L, "pattern_functions", "on_exhausted must be a function, got %s", luaL_typename(L, 2));
     lua_settop(L, 2);
     lua_createtable(L, 0, 4);
-    lua_insert(L, 1);
-    luaL_setfuncs(L, fns, 2);
+    push_metered(L, l_match);
+    lua_setfield(L, 3, "match");
+    push_metered(L, l_gsub);
+    lua_setfield(L, 3, "gsub");
+#ifdef PAT_LUAJIT
+    set_jit_functions(L);
+#else
+    push_metered(L, l_find);
+    lua_setfield(L, 3, "find");
+    push_metered(L, l_gmatch);
+    lua_setfield(L, 3, "gmatch");
+#endif
     return 1;
 }
 

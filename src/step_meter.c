@@ -9,8 +9,12 @@
 void rtc_meter_read(rtc_meter *m) {
     lua_State *L = m->L;
     lua_Number n;
+#if LUA_VERSION_NUM >= 503
+    if (lua_rawgeti(L, m->budget, 1) != LUA_TNUMBER)
+#else
     lua_rawgeti(L, m->budget, 1);
     if (lua_type(L, -1) != LUA_TNUMBER)
+#endif
         luaL_error(L, "rtcadmin pattern functions: budget[1] must be a number, got %s", luaL_typename(L, -1));
     n = lua_tonumber(L, -1);
     lua_pop(L, 1);

@@ -198,8 +198,16 @@ local function pattern()
   return p
 end
 
-local INITS = { 1, 2, 3, 5, -1, -2, -3, 0, 10, 41, 100, -100, 1.5, 2.0, "2", " 3 ", 2 ^ 31, 2 ^ 31 + 2, 2 ^ 32 + 3,
-  -2 ^ 31, 2 ^ 53, -2 ^ 53, 2 ^ 63, 1 / 0, -1 / 0, 0 / 0, true, "x", {} }
+local INITS = { 1, 2, 3, 5, -1, -2, -3, 0, 10, 41, 100, -100, 1.5, 2.0, "2", " 3 ", true, "x", {} }
+-- LuaJIT's own find gives other results for positions at the ends of 32 bits and beyond once a call
+-- is compiled into a trace than when interpreted: those are left to test_pattern.lua, which
+-- compares them with the compiler off.
+if not rawget(_G, "jit") then
+  for _, v in ipairs { 2 ^ 31 - 1, -2 ^ 31, 2 ^ 31, 2 ^ 31 + 2, 2 ^ 32 + 3, 2 ^ 53, -2 ^ 53, 2 ^ 63, 1 / 0, -1 / 0,
+    0 / 0 } do
+    INITS[#INITS + 1] = v
+  end
+end
 local function init()
   local k = random(10)
   if k <= 4 then return nil end

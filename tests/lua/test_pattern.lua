@@ -124,6 +124,9 @@ T.case("limits: 32 captures, and the depth limit of 200 choice points", function
 end)
 
 T.case("find, match and gmatch arguments: init of every kind, plain, numbers for strings", function()
+  -- LuaJIT's own find treats a position beyond 32 bits one way when interpreted and another once
+  -- compiled into a trace: the interpreter's way is the one to compare with.
+  if JIT then jit.off() end
   local inits = { 1, 2, 3, 4, 5, 6, 10, 0, -1, -3, -4, -10, 1.5, 2.0, "2", " 3 ", "0x2", "x", true, {}, 2 ^ 31 - 1,
     2 ^ 31, 2 ^ 31 + 2, 2 ^ 32 + 3, -2 ^ 31, -2 ^ 31 - 1, -2 ^ 32 + 2, 2 ^ 53, 2 ^ 63, -2 ^ 63, 1 / 0, -1 / 0, 0 / 0 }
   for _, init in ipairs(inits) do
@@ -150,6 +153,7 @@ T.case("find, match and gmatch arguments: init of every kind, plain, numbers for
   same("find", "a")
   same("gmatch")
   same("gmatch", "a")
+  if JIT then jit.on() end
 end)
 
 T.case("gsub: replacement strings, tables, functions, the limit, argument errors", function()
@@ -183,6 +187,28 @@ T.case("empty matches next to a match in gsub and gmatch", function()
       same("gsub", s, p, "-", 2)
       same("gmatch", s, p)
     end
+  end
+end)
+
+T.case("errors name the calling line as the stock ones do", function()
+  local load_text = rawget(_G, "loadstring") or load
+  -- Each call comes from line 3 of the chunk "caller", not as a tail call.
+  local make = assert(load_text("local lib, name = ...\nreturn function(...)\n  local r = { lib[name](...) }\n"
+    .. "  if name == 'gmatch' then for _ in r[1] do end end\n  return r\nend", "=caller"))
+  local function outcome(lib, name, ...)
+    local ok, err = pcall(make(lib, name), ...)
+    return ok and "no error" or tostring(err):gsub("to '[^']*'", "to 'f'")
+  end
+  local errors = {
+    { "find", "a", "%" }, { "find", "a", "x", {} }, { "find", nil, "a" }, { "find", "a", "[a", 1, false },
+    { "match", "a", "(a" }, { "match", "a", ".)" }, { "gmatch", "a", "(a" }, { "gmatch", "a", "%b" },
+    { "gmatch", {}, "a" }, { "gsub", "abc", "%w", { a = {} } }, { "gsub", "abc", "b", "%9" }, { "gsub", "abc", "b" },
+    { "gsub", "abc", "(", "%1" }, { "gsub", "abc", "%f", "x" },
+  }
+  for _, e in ipairs(errors) do
+    local want, what = outcome(string, unpack(e)), e[1] .. "(" .. args_text(unpack(e, 2)) .. ")"
+    T.match(want, "^caller:[34]: ", what .. ": the stock error has the caller's position")
+    T.eq(outcome(P, unpack(e)), want, what)
   end
 end)
 
