@@ -3,7 +3,12 @@
  * string.find, string.match, string.gmatch and string.gsub as the Lua the module is built for has
  * them (arguments, results and errors alike), on the budgeted matcher of pattern_match.c: each call
  * counts its steps against budget[1] and calls on_exhausted when they are spent (step_meter.h), so
- * a pattern in rule code cannot run for minutes inside C. */
+ * a pattern in rule code cannot run for minutes inside C.
+ *
+ * Steps beyond the matcher's own (pattern_match.c): a plain search (find with `plain`, or a
+ * pattern without special characters) costs 1 + (subject bytes / 16) * (1 + sought bytes / 16),
+ * charged before it starts; gsub one per replacement and one per 16 bytes of a replacement
+ * string. */
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>

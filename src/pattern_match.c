@@ -12,9 +12,9 @@
  * frames instead of recursing, so no pattern can exhaust the C stack.
  *
  * One step of the meter is one attempt at one pattern item at one subject position, or one byte
- * tested by a repetition, a lazy repetition giving one more byte or a %b scan; a back-reference
- * costs one more step per 16 bytes compared, a skip to the next possible start with memchr one per
- * 16 bytes skipped. */
+ * tested by a repetition, by a lazy repetition taking one more byte, by a %b scan or by a search
+ * skipping positions where the pattern's first item cannot match (one per 16 bytes when memchr
+ * looks for a literal first byte); a back-reference costs one more step per 16 bytes compared. */
 #include <string.h>
 
 #ifndef PAT_LUAJIT
