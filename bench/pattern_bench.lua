@@ -1,7 +1,7 @@
 -- The budgeted pattern functions (rtcadmin.pattern_functions) against the interpreter's own, on
 -- the patterns moderation rules use, over chat texts: short messages (40-90 bytes) and about 1 KB.
 --
---   LUA_CPATH='build/?.so;;' lua5.4 bench/pattern_bench.lua [rounds=7] [seconds=0.1]
+--   LUA_CPATH='build/?.so;;' lua5.4 bench/pattern_bench.lua [rounds=7] [seconds=0.1] [only=<text in a case name>]
 --
 -- Each case runs stock and budgeted in turn, `rounds` times, each run about `seconds` of CPU; the
 -- table gives the median rates and the median of the per-round ratios (budgeted time / stock time).
@@ -11,6 +11,7 @@ local rtcadmin = require "rtcadmin"
 
 local ROUNDS = tonumber(arg[1]) or 7
 local SECONDS = tonumber(arg[2]) or 0.1
+local ONLY = arg[3]
 
 local budget = { 1e15 }
 local B = rtcadmin.pattern_functions(budget, function() error("budget exhausted") end)
@@ -97,7 +98,7 @@ print("| --- | --- | ---: | ---: | ---: |")
 local ratios = {}
 for _, case in ipairs(CASES) do
   local name = case[1]
-  for _, set in ipairs { { "short", SHORT }, { "1 KB", LONG } } do
+  for _, set in ipairs(ONLY and not name:find(ONLY, 1, true) and {} or { { "short", SHORT }, { "1 KB", LONG } }) do
     local label, texts = set[1], set[2]
     local stock_case, budgeted_case = compile(S, case[2]), compile(B, case[2])
     if results(stock_case, texts) ~= results(budgeted_case, texts) then
