@@ -18,7 +18,7 @@ local function pack(...) return { n = select("#", ...), ... } end
 
 -- The stock matcher has no budget: a case ours needs more steps for is left out rather than
 -- risking minutes in the stock one (the inputs are small, so few are).
-local PROBE_STEPS = 200000
+M.probe_steps = 200000
 
 local function describe(v)
   if type(v) == "string" then return string.format("%q", v) end
@@ -80,7 +80,7 @@ local function budgeted(steps)
   return P, budget
 end
 
-local probe_P, probe_budget = budgeted(PROBE_STEPS)
+local probe_P, probe_budget = budgeted(M.probe_steps)
 local free_P = budgeted(math.huge)
 M.skipped, M.checked = 0, 0
 
@@ -90,7 +90,7 @@ function M.check(subject, pattern, repl, init, n)
   local skipped = false
   for _, op in ipairs(OPS) do
     local name, run = op[1], op[2]
-    probe_budget[1] = PROBE_STEPS
+    probe_budget[1] = M.probe_steps
     local r = pack(pcall(run, probe_P, subject, pattern, repl, init, n))
     if not r[1] and r[2] == EXHAUSTED then
       skipped = true
