@@ -437,8 +437,8 @@ static void push_metered(lua_State *L, lua_CFunction f) {
  * gmatch's iterators are Lua closures of one prototype calling one C function. Every call into C
  * or the stock find is a tail call, so errors name the caller's position as the stock ones do. */
 static const char JIT_GLUE[] =
-    "local c_find, c_next, s_find, budget, charge = ...\n"
-    "local type, rshift = type, require('bit').rshift\n"
+    "local c_find, c_next, s_find, rshift, budget, charge = ...\n"
+    "local type = type\n"
     "-- pattern -> whether it holds no special character (for the last few hundred patterns)\n"
     "local literal, known = {}, 0\n"
     "local function is_literal(p)\n"
@@ -478,20 +478,27 @@ static int l_charge(lua_State *L) {
     return 0;
 }
 
+/* Pushes package.loaded[lib][name] (the library as loaded, whatever the globals hold now). */
+static void push_library_function(lua_State *L, const char *lib, const char *name) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, lib);
+    if (!lua_istable(L, -1)) luaL_error(L, "rtcadmin.pattern_functions: the %s library is not loaded", lib);
+    lua_getfield(L, -1, name);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
 /* Sets t.find and t.gmatch (t at stack slot 3) from the glue. */
 static void set_jit_functions(lua_State *L) {
     if (luaL_loadbuffer(L, JIT_GLUE, sizeof JIT_GLUE - 1, "=rtcadmin.pattern_functions"))
         lua_error(L);
     push_metered(L, l_find);
     push_metered(L, gmatch_next);
-    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
-    lua_getfield(L, -1, "string");
-    lua_getfield(L, -1, "find");
-    lua_replace(L, -3);
-    lua_pop(L, 1);
+    push_library_function(L, "string", "find");
+    push_library_function(L, "bit", "rshift");
     lua_pushvalue(L, 1);
     push_metered(L, l_charge);
-    lua_call(L, 5, 2);
+    lua_call(L, 6, 2);
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, -3);
