@@ -355,6 +355,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     }
     rtc_heap_register(L);
     rtc_view_register(L);
+    rtc_pattern_register(L);
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
     install_nginx_layer(L, lua_gettop(L));

@@ -171,6 +171,9 @@ void rtc_heap_register(lua_State *L);
 /* view.c: rtcadmin.view_index, the sandbox's read-only views of events */
 void rtc_view_register(lua_State *L);
 
+/* pattern.c: rtcadmin.pattern_functions, Lua's pattern functions on a step budget */
+void rtc_pattern_register(lua_State *L);
+
 /* Raises "rtcadmin.<fname>: <message>" at the caller's level. */
 int rtc_argerror(lua_State *L, const char *fname, const char *fmt, ...);
 /* Quotes an untrusted value for an error message: printable ASCII as is, the rest as \xNN, cut at 40. */
