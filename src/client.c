@@ -46,6 +46,7 @@ static void client_release(rtc_client *c) {
     int i;
     if (c->closed) return;
     c->closed = 1;
+    c->close_pending = 0;
     rtc_transport_free(c->transport);
     rtc_signer_free(c->signer);
     c->transport = NULL;
@@ -80,6 +81,35 @@ rtc_client *rtc_check_client(lua_State *L, int idx, const char *fname) {
     if (!c) rtc_argerror(L, fname, "expected a client as self (use client:%s(...), not client.%s(...))", fname, fname);
     if (c->closed) rtc_argerror(L, fname, "the client is closed");
     return c;
+}
+
+static int reentry_error(lua_State *L, const rtc_client *c, const char *fname) {
+    return rtc_argerror(L, fname, "called from inside this client's %s (from %s); call it after %s returns",
+                        c->running, c->running_via, c->running);
+}
+
+rtc_client *rtc_check_idle_client(lua_State *L, int idx, const char *fname) {
+    rtc_client *c = rtc_check_client(L, idx, fname);
+    if (c->running) reentry_error(L, c, fname);
+    return c;
+}
+
+int rtc_client_run(lua_State *L, rtc_client *c, const char *what, const char *via, lua_CFunction body,
+                   void (*cleanup)(void *), void *ud) {
+    int n = lua_gettop(L), rc;
+    lua_pushcfunction(L, body);
+    lua_insert(L, 1);
+    /* Checked here, at the last moment: Lua code (a finalizer) may have run since the method's checks. */
+    if (c->closed) return rtc_argerror(L, what, "the client is closed");
+    if (c->running) return reentry_error(L, c, what);
+    c->running = what;
+    c->running_via = via;
+    rc = lua_pcall(L, n, LUA_MULTRET, 0);
+    if (cleanup) cleanup(ud);
+    c->running = c->running_via = NULL;
+    if (c->close_pending) client_release(c);
+    if (rc != 0) return lua_error(L);
+    return lua_gettop(L);
 }
 
 /* A string without NUL, CR or LF; these could otherwise split a header or a URL. */
@@ -627,9 +657,22 @@ int rtc_client_new(lua_State *L) {
     return 1;
 }
 
+/* close() and __close: from Lua code that one of the client's own methods runs (a progress callback,
+ * a finalizer), the release waits until that method returns: it still uses the transport. */
 static int client_close(lua_State *L) {
     rtc_client *c = luaL_checkudata(L, 1, RTC_CLIENT_MT);
-    client_release(c);
+    if (c->running)
+        c->close_pending = 1;
+    else
+        client_release(c);
+    return 0;
+}
+
+/* __gc: a running method holds its client on the stack, so the client is collected while one runs only
+ * when the Lua state closes (os.exit(code, true) in a progress callback). That method never resumes:
+ * everything is released now. */
+static int client_gc(lua_State *L) {
+    client_release(luaL_checkudata(L, 1, RTC_CLIENT_MT));
     return 0;
 }
 
@@ -710,7 +753,7 @@ static int client_info(lua_State *L) {
 }
 
 void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
-    static const luaL_Reg meta[] = {{"__gc", client_close},
+    static const luaL_Reg meta[] = {{"__gc", client_gc},
                                     {"__tostring", client_tostring},
 #if LUA_VERSION_NUM >= 504
                                     {"__close", client_close},

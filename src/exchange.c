@@ -147,28 +147,31 @@ static int read_response(lua_State *L, int t, rtc_http_response *r) {
         return -1;
     }
     lua_pop(L, 1);
+    /* Every field is read before the body is copied: a metamethod that raises cannot leak the copy. */
     lua_getfield(L, t, "status");
     if (!lua_isnumber(L, -1)) rtc_argerror(L, "exchange.step", "the response needs a numeric 'status' or an 'error'");
-    r->status = (long)lua_tointeger(L, -1);
+    lua_getfield(L, t, "content_type");
+    lua_getfield(L, t, "new_connection");
     lua_getfield(L, t, "body");
     s = lua_tolstring(L, -1, &n);
-    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) return luaL_error(L, "out of memory");
-    lua_getfield(L, t, "content_type");
-    if (lua_isstring(L, -1)) snprintf(r->content_type, sizeof r->content_type, "%s", lua_tostring(L, -1));
-    lua_getfield(L, t, "new_connection");
-    r->connects = lua_toboolean(L, -1) ? 1 : 0;
+    r->status = (long)lua_tointeger(L, -4);
+    if (lua_isstring(L, -3)) snprintf(r->content_type, sizeof r->content_type, "%s", lua_tostring(L, -3));
+    r->connects = lua_toboolean(L, -2) ? 1 : 0;
+    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) {
+        rtc_http_response_free(r);
+        return luaL_error(L, "out of memory");
+    }
     lua_pop(L, 4);
     return 0;
 }
 
-/* x:step(response?) -> "wait", seconds | "send", request | "done", result, meta | "done", nil, err */
-static int exchange_step(lua_State *L) {
-    exchange *x = check_exchange(L, 1);
+/* One step; runs as the client's running method (see exchange_step). */
+static int step_body(lua_State *L) {
+    exchange *x = lua_touserdata(L, 1);
     rtc_client *c = x->c;
     int64_t now = rtc_monotonic_ns();
     char err[256];
 
-    if (c->closed) return rtc_argerror(L, "exchange.step", "the client is closed");
     switch (x->state) {
     case X_DONE:
         return rtc_argerror(L, "exchange.step", "the exchange has finished");
@@ -221,11 +224,23 @@ static int exchange_step(lua_State *L) {
         if (rtc_pace_missed(c, x->slot, now)) { /* the driver came back too late for this slot */
             rtc_stats_missed_slot(rtc_stats_for(&c->stats, x->call.action));
             x->state = X_RESERVE;
-            return exchange_step(L);
+            return step_body(L);
         }
         return push_send(L, x);
     }
     return 0;
+}
+
+/* x:step(response?) -> "wait", seconds | "send", request | "done", result, meta | "done", nil, err */
+static int exchange_step(lua_State *L) {
+    exchange *x = check_exchange(L, 1);
+    rtc_client *c = x->c;
+    if (c->closed)
+        return rtc_argerror(L, "exchange.step", "the client is closed (client:close() ends its exchanges too)");
+    if (x->state == X_DONE) return rtc_argerror(L, "exchange.step", "the exchange has finished");
+    lua_settop(L, 2); /* rtc_client_run refuses a step from inside one of the client's own methods */
+    return rtc_client_run(L, c, "exchange.step", "a metamethod of the response, a finalizer or a hook", step_body,
+                          NULL, NULL);
 }
 
 static int exchange_tostring(lua_State *L) {
@@ -270,7 +285,7 @@ void rtc_exchange_push(lua_State *L, int client, int prepared) {
 /* client:exchange(method, args...) -> a sans-I/O exchange for one call, arguments checked now. */
 int rtc_client_exchange_method(lua_State *L) {
     int n = lua_gettop(L);
-    rtc_check_client(L, 1, "exchange");
+    rtc_check_idle_client(L, 1, "exchange");
     luaL_checkstring(L, 2);
     lua_getfield(L, LUA_REGISTRYINDEX, RTC_PREPARERS_KEY);
     lua_pushvalue(L, 2);

@@ -306,9 +306,18 @@ rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *ca
     return o;
 }
 
+typedef struct {
+    rtc_client *c;
+    const rtc_api_call *call;
+} request_args;
+
 /* Blocking path: wait for a slot, sign, send; retry transient failures with capped, jittered backoff
- * until retries or the deadline run out. Every attempt takes a limiter slot and is signed afresh. */
-int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
+ * until retries or the deadline run out. Every attempt takes a limiter slot and is signed afresh.
+ * Runs as the client's running method (rtc_client_run): its last argument is a request_args. */
+static int request_body(lua_State *L) {
+    const request_args *a = lua_touserdata(L, lua_gettop(L));
+    rtc_client *c = a->c;
+    const rtc_api_call *call = a->call;
     int64_t deadline = rtc_monotonic_ns() + (int64_t)(c->deadline * 1e9);
     rtc_action_stats *st = rtc_stats_for(&c->stats, call->action);
     int attempt;
@@ -364,10 +373,18 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
     }
 }
 
+int rtc_client_request(lua_State *L, rtc_client *c, const char *fname, const rtc_api_call *call) {
+    request_args a;
+    a.c = c;
+    a.call = call; /* its strings stay anchored: the values on the stack become the body's arguments */
+    lua_pushlightuserdata(L, &a);
+    return rtc_client_run(L, c, fname, "a finalizer or a hook", request_body, NULL, NULL);
+}
+
 /* client:reserve(action) -> seconds to wait before sending: the non-blocking entry for event loops.
  * The slot is taken; the caller sleeps its own way (ngx.sleep) and then sends. */
 int rtc_client_reserve_method(lua_State *L) {
-    rtc_client *c = rtc_check_client(L, 1, "reserve");
+    rtc_client *c = rtc_check_idle_client(L, 1, "reserve");
     size_t n = 0;
     const char *action = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n) : NULL;
     int64_t now = rtc_monotonic_ns(), start;
