@@ -1,4 +1,5 @@
 /* The client object: configuration, credentials, and one signed request/response cycle. */
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,8 @@
 #define DEFAULT_TIMEOUT 5.0
 #define DEFAULT_CONNECT_TIMEOUT 2.0
 #define CONFIG_FILE_MAX (64 * 1024)
+#define RTC_MIN_SECONDS 0.001 /* the shortest duration an option may give: 1 ms */
+#define MIN_QPS 0.001         /* one request per 1000 s: the interval stays well inside 64-bit nanoseconds */
 
 static const char *const client_options[] = {
     "access_key", "secret_key", "session_token", "region", "host", "scheme", "endpoint", "timeout",
@@ -159,10 +162,25 @@ static int opt_fetch_number(lua_State *L, int t, const char *k, const char *kind
     return 1;
 }
 
-static double opt_seconds(lua_State *L, int t, const char *k, double dflt) {
+/* A number as an error message shows it: NaN and the infinities by name, the rest as %g would, with
+ * enough digits to tell 0.0004 from 0.001. */
+static const char *show_number(double v, char *buf, size_t n) {
+    if (v != v) return "nan";
+    if (v > DBL_MAX || v < -DBL_MAX) return v > 0 ? "inf" : "-inf";
+    snprintf(buf, n, "%.14g", v);
+    return buf;
+}
+
+/* Seconds in [min, max]; also 0 when zero_ok (where 0 has a documented meaning). No minimum is below
+ * RTC_MIN_SECONDS: libcurl counts timeouts in whole milliseconds and reads 0 as "no timeout at all". */
+static double opt_duration(lua_State *L, int t, const char *k, double dflt, double min, double max, int zero_ok) {
     double v;
+    char shown[32];
     if (!opt_fetch_number(L, t, k, "a number of seconds", &v)) return dflt;
-    if (!(v > 0 && v <= 600)) rtc_argerror(L, "client", "option '%s' must be > 0 and <= 600 seconds", k);
+    if (zero_ok && v == 0) return 0;
+    if (!(v >= min && v <= max))
+        rtc_argerror(L, "client", "option '%s' must be %sbetween %g and %g seconds, got %s", k, zero_ok ? "0 or " : "",
+                     min, max, show_number(v, shown, sizeof shown));
     return v;
 }
 
@@ -397,7 +415,11 @@ static void parse_qps(lua_State *L, rtc_client *c, int opts) {
             rtc_argerror(L, "client", "option 'qps' must map Action names to numbers");
         a = lua_tostring(L, -2);
         q = (double)lua_tonumber(L, -1);
-        if (!(q > 0 && q <= 100000)) rtc_argerror(L, "client", "option 'qps': %s must be > 0", a);
+        if (!(q >= MIN_QPS && q <= 100000)) {
+            char shown[32];
+            rtc_argerror(L, "client", "option 'qps': %s must be between %g and 100000 requests per second, got %s",
+                         rtc_quote(L, a, strlen(a)), MIN_QPS, show_number(q, shown, sizeof shown));
+        }
         if (strcmp(a, "default") == 0) {
             c->default_qps = q;
         } else {
@@ -460,8 +482,8 @@ static rtc_limiter *redis_limiter(lua_State *L, int t, const char *dir) {
     o.user = opt_string(L, t, "user", NULL);
     o.password = opt_string(L, t, "password", NULL);
     o.key_prefix = opt_string(L, t, "key_prefix", NULL);
-    o.timeout = opt_number(L, t, "timeout", 0.25, 0.001, 60);
-    o.reprobe = opt_number(L, t, "reprobe", 1, 0.01, 3600);
+    o.timeout = opt_duration(L, t, "timeout", 0.25, RTC_MIN_SECONDS, 60, 0);
+    o.reprobe = opt_duration(L, t, "reprobe", 1, 0.01, 3600, 0);
     o.fallback_share = opt_number(L, t, "fallback_share", 0.5, 0.01, 1);
     fallback = opt_string(L, t, "fallback", NULL);
     if (fallback && strcmp(fallback, "host") != 0 && strcmp(fallback, "error") != 0)
@@ -619,8 +641,9 @@ int rtc_client_new(lua_State *L) {
     for (s = c->region; *s; s++)
         if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f || *s == '/' || *s == ',')
             rtc_argerror(L, "client", "option 'region' has a character that cannot stand in a credential scope");
-    c->timeout = opt_seconds(L, opts, "timeout", DEFAULT_TIMEOUT);
-    c->connect_timeout = opt_seconds(L, opts, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    c->timeout = opt_duration(L, opts, "timeout", DEFAULT_TIMEOUT, RTC_MIN_SECONDS, 600, 0);
+    c->connect_timeout =
+        opt_duration(L, opts, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, RTC_MIN_SECONDS, 600, 0);
     if (c->connect_timeout > c->timeout) c->connect_timeout = c->timeout;
     c->ca_file = checked_copy(L, opt_string(L, opts, "ca_file", NULL));
     c->proxy = checked_copy(L, opt_string(L, opts, "proxy", NULL));
@@ -633,9 +656,11 @@ int rtc_client_new(lua_State *L) {
     parse_qps(L, c, opts);
     parse_limiter(L, c, opts);
     c->retries = (int)opt_count(L, opts, "retries", 3, 0, 20);
-    c->retry_base = opt_number(L, opts, "retry_base", 0.1, 0, 60);
-    c->retry_cap = opt_number(L, opts, "retry_cap", 2, 0, 600);
-    c->deadline = opt_number(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, 0.001, 3600);
+    /* 0 means no backoff: a retry goes out at its next limiter slot. */
+    c->retry_base = opt_duration(L, opts, "retry_base", 0.1, RTC_MIN_SECONDS, 60, 1);
+    c->retry_cap = opt_duration(L, opts, "retry_cap", 2, RTC_MIN_SECONDS, 600, 1);
+    c->deadline =
+        opt_duration(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, RTC_MIN_SECONDS, 3600, 0);
     c->concurrency = opt_count(L, opts, "concurrency", 16, 1, 64);
     {
         unsigned char digest[RTC_SHA256_LEN];

@@ -19,6 +19,8 @@ local function bytewise_less(a, b)
   return #a < #b
 end
 
+local MAX_TTL = 31536000 -- a year, in seconds: how long the callback handler may remember an EventId
+
 local function check_secret(fname, secret)
   if type(secret) ~= "string" or secret == "" then
     error("rtcadmin.callback." .. fname .. ": the callback secret must be a non-empty string", 3)
@@ -123,6 +125,12 @@ function M.handler(opts)
   local dict = ngx.shared[opts.dict or ""]
   if not dict then error("rtcadmin.callback.handler: dict must name a lua_shared_dict", 2) end
   local secret, on_event, ttl = opts.secret, opts.on_event, opts.ttl or 86400
+  -- The shared dict counts expiry in milliseconds and reads 0 as "never": a ttl that rounds to 0 would
+  -- keep every EventId for ever, and NaN or infinity makes no expiry at all.
+  if type(ttl) ~= "number" or not (ttl >= 0.001 and ttl <= MAX_TTL) then
+    error(("rtcadmin.callback.handler: ttl must be between 0.001 and %d seconds, got %s"):format(MAX_TTL,
+      tostring(ttl)), 2)
+  end
   local max_body = opts.max_body or 65536
 
   local function reply(status, message)

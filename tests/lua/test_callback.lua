@@ -102,6 +102,27 @@ T.case("ISO-8601 times become Unix seconds without the local time zone", functio
   T.eq(callback.parse_time("2024-01-01"), nil, "date only")
 end)
 
+T.case("handler: a dedupe ttl is 0.001 s to a year; below 1 ms, NaN and infinity are refused", function()
+  -- handler() needs only ngx.shared at creation: a stand-in is enough outside nginx.
+  local saved = rawget(_G, "ngx")
+  rawset(_G, "ngx", { shared = { events = {} } })
+  local function make(ttl)
+    local h = callback.handler { secret = SECRET, on_event = print, dict = "events", ttl = ttl }
+    return h
+  end
+  local ok, err = pcall(function()
+    local rule = T.literal("rtcadmin.callback.handler: ttl must be between 0.001 and 31536000 seconds, got ")
+    for _, v in ipairs { { 0.0004, "0%.0004" }, { 0, "0" }, { -1, "%-1" }, { 0 / 0, "%-?nan" }, { math.huge, "inf" },
+      { 31536001, "31536001" }, { "60", "60" } } do
+      T.raises("^[^\n]*test_callback%.lua:%d+: " .. rule .. v[2] .. "$", make, v[1])
+    end
+    T.eq(type(make(0.001)), "function", "ttl 0.001")
+    T.eq(type(make(nil)), "function", "the default ttl")
+  end)
+  rawset(_G, "ngx", saved)
+  assert(ok, err)
+end)
+
 T.case("sha256 and secure_equal", function()
   T.eq(rtcadmin.sha256(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "empty")
   T.eq(rtcadmin.sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "abc")
