@@ -83,7 +83,7 @@ static int table_arg(lua_State *L, const char *fname, const char *const *allowed
 
 static str field_id(lua_State *L, int t, const char *fname, const char *key, int required, int is_app) {
     str r;
-    lua_getfield(L, t, key);
+    rtc_getfield(L, t, key);
     r = check_id_at(L, lua_gettop(L), fname, key, required, is_app);
     lua_pop(L, 1); /* the string stays anchored by the table */
     return r;
@@ -92,7 +92,7 @@ static str field_id(lua_State *L, int t, const char *fname, const char *key, int
 /* Integer seconds in {0} or [min, max]; -1 when absent and optional. */
 static long long field_duration(lua_State *L, int t, const char *fname, int required, long long min, long long max) {
     long long v = 0;
-    lua_getfield(L, t, "duration");
+    rtc_getfield(L, t, "duration");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         if (required) rtc_argerror(L, fname, "bad argument 'duration': required (seconds; 0 = no lasting ban)");
@@ -111,7 +111,7 @@ static long long field_duration(lua_State *L, int t, const char *fname, int requ
 /* -1 absent, 0 false, 1 true */
 static int field_bool(lua_State *L, int t, const char *fname, const char *key) {
     int v;
-    lua_getfield(L, t, key);
+    rtc_getfield(L, t, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return -1;
@@ -127,7 +127,7 @@ static str field_ip(lua_State *L, int t, const char *fname) {
     str r = {NULL, 0};
     unsigned char addr[16];
     char tmp[64];
-    lua_getfield(L, t, "ip");
+    rtc_getfield(L, t, "ip");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return r;
@@ -431,11 +431,12 @@ static int m_call(lua_State *L) {
         static const char *const f[] = {"method", NULL};
         if (!lua_istable(L, 5)) rtc_argerror(L, "call", "bad argument 'opts': expected a table {method = ...}");
         check_fields(L, 5, "call", f, "method");
-        lua_getfield(L, 5, "method");
+        rtc_getfield(L, 5, "method");
         if (!lua_isnil(L, -1)) {
-            method = lua_tostring(L, -1);
-            if (!method || (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0))
+            const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (!m || (strcmp(m, "GET") != 0 && strcmp(m, "POST") != 0))
                 rtc_argerror(L, "call", "bad argument 'opts.method': expected \"GET\" or \"POST\"");
+            method = strcmp(m, "GET") == 0 ? "GET" : "POST"; /* opts is not kept on the stack */
         }
         lua_pop(L, 1);
     }

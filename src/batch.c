@@ -363,7 +363,7 @@ static int batch_run(lua_State *L) {
             if (strcmp(k, "progress") != 0 && strcmp(k, "concurrency") != 0)
                 rtc_argerror(L, "batch", "unknown option %s in opts (progress, concurrency)", rtc_quote(L, k, strlen(k)));
         }
-        lua_getfield(L, 3, "concurrency");
+        rtc_getfield(L, 3, "concurrency");
         if (!lua_isnil(L, -1)) {
             long long v = 0;
             if (!rtc_integral(L, -1, &v) || v < 1 || v > 64)
@@ -371,7 +371,7 @@ static int batch_run(lua_State *L) {
             concurrency = (long)v;
         }
         lua_pop(L, 1);
-        lua_getfield(L, 3, "progress");
+        rtc_getfield(L, 3, "progress");
         if (!lua_isfunction(L, -1) && !lua_isnil(L, -1)) rtc_argerror(L, "batch", "opts.progress must be a function");
         lua_replace(L, 5);
     }
@@ -448,7 +448,7 @@ static int ban_users(lua_State *L) {
             rtc_argerror(L, "ban_users", "unknown field %s (expected app_id, room_id, user_ids, duration)",
                          rtc_quote(L, k, strlen(k)));
     }
-    lua_getfield(L, 2, "user_ids");
+    rtc_getfield(L, 2, "user_ids");
     if (!lua_istable(L, -1)) rtc_argerror(L, "ban_users", "bad argument 'user_ids': expected a list of user IDs");
     n = (int)lua_rawlen(L, -1);
     lua_pushvalue(L, lua_upvalueindex(1)); /* the exchanges mode carries through */
@@ -461,7 +461,7 @@ static int ban_users(lua_State *L) {
         lua_rawseti(L, -2, 1);
         lua_createtable(L, 0, 4);
         for (f = 0; fields[f]; f++) {
-            lua_getfield(L, 2, fields[f]);
+            rtc_getfield(L, 2, fields[f]);
             lua_setfield(L, -2, fields[f]);
         }
         lua_rawgeti(L, 4, i);

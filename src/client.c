@@ -133,7 +133,7 @@ static int header_safe(const char *s) {
 static const char *opt_string(lua_State *L, int t, const char *k, size_t *len) {
     const char *s;
     size_t n;
-    lua_getfield(L, t, k);
+    rtc_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return NULL;
@@ -150,7 +150,7 @@ static const char *opt_string(lua_State *L, int t, const char *k, size_t *len) {
 
 /* Reads the numeric option k into *v; 0 when it is absent. */
 static int opt_fetch_number(lua_State *L, int t, const char *k, const char *kind, double *v) {
-    lua_getfield(L, t, k);
+    rtc_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -359,7 +359,7 @@ static int valid_version(const char *s) {
 }
 
 static void parse_versions(lua_State *L, rtc_client *c, int opts) {
-    lua_getfield(L, opts, "versions");
+    rtc_getfield(L, opts, "versions");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return;
@@ -401,7 +401,7 @@ static long opt_count(lua_State *L, int t, const char *k, long dflt, long min, l
 
 /* qps = {KickUser = 30, default = 10}: per-Action pacing below the documented limits. */
 static void parse_qps(lua_State *L, rtc_client *c, int opts) {
-    lua_getfield(L, opts, "qps");
+    rtc_getfield(L, opts, "qps");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return;
@@ -489,7 +489,7 @@ static rtc_limiter *redis_limiter(lua_State *L, int t, const char *dir) {
     if (fallback && strcmp(fallback, "host") != 0 && strcmp(fallback, "error") != 0)
         rtc_argerror(L, "client", "option 'fallback' must be \"host\" or \"error\"");
     o.fallback_error = fallback && strcmp(fallback, "error") == 0;
-    lua_getfield(L, t, "log");
+    rtc_getfield(L, t, "log");
     if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) rtc_argerror(L, "client", "option 'log' must be a boolean");
     o.log = lua_isnil(L, -1) || lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -521,7 +521,7 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
         c->margin = 0.05;
     }
     lua_pop(L, 1);
-    lua_getfield(L, opts, "limiter");
+    rtc_getfield(L, opts, "limiter");
     if (lua_type(L, -1) == LUA_TSTRING) {
         backend = lua_tostring(L, -1);
     } else if (lua_istable(L, -1)) {
@@ -537,7 +537,7 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
                              "user, password, key_prefix, timeout, reprobe, fallback, fallback_share, log)",
                              rtc_quote(L, k, strlen(k)));
         }
-        lua_getfield(L, t, "backend");
+        rtc_getfield(L, t, "backend");
         if (!lua_isnil(L, -1)) {
             if (lua_type(L, -1) != LUA_TSTRING) rtc_argerror(L, "client", "option 'limiter.backend' must be a string");
             backend = lua_tostring(L, -1);
@@ -548,7 +548,7 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
         if (strcmp(backend, "redis") != 0) {
             int i;
             for (i = 0; redis_only_fields[i]; i++) {
-                lua_getfield(L, t, redis_only_fields[i]);
+                rtc_getfield(L, t, redis_only_fields[i]);
                 if (!lua_isnil(L, -1))
                     rtc_argerror(L, "client", "option 'limiter': field '%s' is for backend \"redis\"",
                                  redis_only_fields[i]);

@@ -306,6 +306,32 @@ T.case("Lua code run during a single call (a debug hook) cannot use the client; 
   T.eq(tostring(c), "rtcadmin.client (closed)", "closed once the call returned")
 end)
 
+T.case("argument and option tables are read as plain tables: an __index never runs inside a method", function()
+  -- It would run Lua code in the middle of the method, and a string it made up would be anchored
+  -- nowhere once read (this one collects garbage and answers with fresh strings: a use-after-free).
+  local calls = 0
+  local function proxy(t)
+    return setmetatable(t, { __index = function(_, k)
+      calls = calls + 1
+      collectgarbage()
+      return table.concat { k == "app_id" and APP or k == "method" and "GET" or "", "" }
+    end })
+  end
+  local c = client()
+  T.raises(T.literal("rtcadmin.ban_user: bad argument 'app_id': required, got nil"), c.ban_user, c,
+    proxy { user_id = "u1", duration = 60 })
+  T.raises(T.literal("rtcadmin.mute_user: bad argument 'app_id': required, got nil"), c.mute_user, c,
+    proxy { room_id = "room1", user_id = "u1" })
+  T.raises(T.literal("rtcadmin.ban_user: bad argument 'app_id': required, got nil"), c.batch, c,
+    { { "ban_user", proxy { user_id = "u1", duration = 60 } } }, proxy {})
+  local res = c:call("GetRoomOnlineUsers", "2023-11-01", { AppId = APP, RoomId = "room1" }, proxy {})
+  T.eq(res, nil, "opts.method from __index is not read: a POST, which this GET-only Action refuses")
+  local d = rtcadmin.client(proxy { access_key = T.AK, secret_key = T.SK, endpoint = emu.url })
+  T.eq(d:info().timeout, 5, "an option from __index is not read")
+  T.raises(T.literal("rtcadmin.sign: field 'access_key' is required"), rtcadmin.sign, proxy { method = "GET" })
+  T.eq(calls, 0, "__index calls")
+end)
+
 T.case("the Lua state closed in the middle of a batch (os.exit(0, true) in progress): no crash, no leak", function()
   local code = ([[
     local c = require("rtcadmin").client { access_key = %q, secret_key = %q, endpoint = %q, limiter = "none" }
