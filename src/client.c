@@ -99,9 +99,10 @@ rtc_client *rtc_check_idle_client(lua_State *L, int idx, const char *fname) {
 
 int rtc_client_run(lua_State *L, rtc_client *c, const char *what, const char *via, lua_CFunction body,
                    void (*cleanup)(void *), void *ud) {
-    int n = lua_gettop(L), rc;
+    int n = lua_gettop(L), i, rc;
+    luaL_checkstack(L, n + 1, "too many arguments");
     lua_pushcfunction(L, body);
-    lua_insert(L, 1);
+    for (i = 1; i <= n; i++) lua_pushvalue(L, i); /* copies: the originals stay anchored until we return */
     /* Checked here, at the last moment: Lua code (a finalizer) may have run since the method's checks. */
     if (c->closed) return rtc_argerror(L, what, "the client is closed");
     if (c->running) return reentry_error(L, c, what);
@@ -112,7 +113,7 @@ int rtc_client_run(lua_State *L, rtc_client *c, const char *what, const char *vi
     c->running = c->running_via = NULL;
     if (c->close_pending) client_release(c);
     if (rc != 0) return lua_error(L);
-    return lua_gettop(L);
+    return lua_gettop(L) - n;
 }
 
 /* A string without NUL, CR or LF; these could otherwise split a header or a URL. */

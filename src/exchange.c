@@ -22,7 +22,10 @@ typedef struct {
     exchange_state state;
     int attempt;
     int64_t deadline, asked, slot, wake, sent;
+    rtc_http_response resp; /* the response being read: freed again after each step, should it raise */
 } exchange;
+
+static void step_done(void *ud) { rtc_http_response_free(&((exchange *)ud)->resp); }
 
 static exchange *check_exchange(lua_State *L, int idx) {
     return luaL_checkudata(L, idx, EXCHANGE_MT);
@@ -157,10 +160,7 @@ static int read_response(lua_State *L, int t, rtc_http_response *r) {
     r->status = (long)lua_tointeger(L, -4);
     if (lua_isstring(L, -3)) snprintf(r->content_type, sizeof r->content_type, "%s", lua_tostring(L, -3));
     r->connects = lua_toboolean(L, -2) ? 1 : 0;
-    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) {
-        rtc_http_response_free(r);
-        return luaL_error(L, "out of memory");
-    }
+    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) return luaL_error(L, "out of memory"); /* step_done frees */
     lua_pop(L, 4);
     return 0;
 }
@@ -176,7 +176,7 @@ static int step_body(lua_State *L) {
     case X_DONE:
         return rtc_argerror(L, "exchange.step", "the exchange has finished");
     case X_SENT: {
-        rtc_http_response resp;
+        rtc_http_response *resp = &x->resp;
         rtc_outcome o;
         double elapsed = (double)(now - x->sent) / 1e9;
         int rc;
@@ -193,10 +193,10 @@ static int step_body(lua_State *L) {
             return fail_simple(L, x, code, err);
         }
         lua_pop(L, 1);
-        rtc_http_response_init(&resp);
-        rc = read_response(L, 2, &resp);
+        rtc_http_response_init(resp);
+        rc = read_response(L, 2, resp);
         lua_settop(L, 1);
-        o = rtc_push_outcome(L, c, &x->call, rc, &resp, x->attempt, elapsed);
+        o = rtc_push_outcome(L, c, &x->call, rc, resp, x->attempt, elapsed);
         rtc_stats_attempt(rtc_stats_for(&c->stats, x->call.action), x->attempt, (double)(x->slot - x->asked) / 1e9,
                           elapsed, o.throttled);
         if (o.ok || !o.retryable || x->attempt > c->retries) return push_done(L, x, o.ok ? NULL : o.code);
@@ -240,7 +240,7 @@ static int exchange_step(lua_State *L) {
     if (x->state == X_DONE) return rtc_argerror(L, "exchange.step", "the exchange has finished");
     lua_settop(L, 2); /* rtc_client_run refuses a step from inside one of the client's own methods */
     return rtc_client_run(L, c, "exchange.step", "a metamethod of the response, a finalizer or a hook", step_body,
-                          NULL, NULL);
+                          step_done, x);
 }
 
 static int exchange_tostring(lua_State *L) {
@@ -258,6 +258,7 @@ void rtc_exchange_push(lua_State *L, int client, int prepared) {
     rtc_ensure_decoder(L);
     x = lua_newuserdatauv(L, sizeof *x, 1);
     memset(x, 0, sizeof *x);
+    rtc_http_response_init(&x->resp);
     if (luaL_newmetatable(L, EXCHANGE_MT)) {
         static const luaL_Reg methods[] = {{"step", exchange_step}, {NULL, NULL}};
         lua_pushcfunction(L, exchange_tostring);

@@ -309,13 +309,16 @@ rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *ca
 typedef struct {
     rtc_client *c;
     const rtc_api_call *call;
+    rtc_http_response resp; /* the attempt's: freed again when the call ends, should it raise midway */
 } request_args;
+
+static void request_done(void *ud) { rtc_http_response_free(&((request_args *)ud)->resp); }
 
 /* Blocking path: wait for a slot, sign, send; retry transient failures with capped, jittered backoff
  * until retries or the deadline run out. Every attempt takes a limiter slot and is signed afresh.
  * Runs as the client's running method (rtc_client_run): its last argument is a request_args. */
 static int request_body(lua_State *L) {
-    const request_args *a = lua_touserdata(L, lua_gettop(L));
+    request_args *a = lua_touserdata(L, lua_gettop(L));
     rtc_client *c = a->c;
     const rtc_api_call *call = a->call;
     int64_t deadline = rtc_monotonic_ns() + (int64_t)(c->deadline * 1e9);
@@ -326,7 +329,7 @@ static int request_body(lua_State *L) {
     rtc_ensure_decoder(L); /* before any C allocation: it may raise */
     for (attempt = 1;; attempt++) {
         rtc_wire_request w;
-        rtc_http_response resp;
+        rtc_http_response *resp = &a->resp;
         rtc_outcome o;
         int64_t now = rtc_monotonic_ns(), start, t0;
         int rc;
@@ -349,12 +352,12 @@ static int request_body(lua_State *L) {
             continue;
         }
         if (rtc_wire_build(c, call, &w, err, sizeof err)) return luaL_error(L, "rtcadmin: cannot sign %s: %s", call->action, err);
-        rtc_http_response_init(&resp);
+        rtc_http_response_init(resp);
         t0 = rtc_monotonic_ns();
         w.http.timeout_ms = rtc_attempt_timeout_ms(deadline, t0); /* an attempt never outlives the call */
-        rc = rtc_transport_perform(c->transport, &w.http, &resp);
+        rc = rtc_transport_perform(c->transport, &w.http, resp);
         rtc_wire_free(&w);
-        o = rtc_push_outcome(L, c, call, rc, &resp, attempt, (double)(rtc_monotonic_ns() - t0) / 1e9);
+        o = rtc_push_outcome(L, c, call, rc, resp, attempt, (double)(rtc_monotonic_ns() - t0) / 1e9);
         rtc_stats_attempt(st, attempt, (double)(start > now ? start - now : 0) / 1e9,
                           (double)(rtc_monotonic_ns() - t0) / 1e9, o.throttled);
         if (o.ok || !o.retryable || attempt > c->retries) {
@@ -376,9 +379,10 @@ static int request_body(lua_State *L) {
 int rtc_client_request(lua_State *L, rtc_client *c, const char *fname, const rtc_api_call *call) {
     request_args a;
     a.c = c;
-    a.call = call; /* its strings stay anchored: the values on the stack become the body's arguments */
+    a.call = call; /* its strings stay anchored by the values on the stack */
+    rtc_http_response_init(&a.resp);
     lua_pushlightuserdata(L, &a);
-    return rtc_client_run(L, c, fname, "a finalizer or a hook", request_body, NULL, NULL);
+    return rtc_client_run(L, c, fname, "a finalizer or a hook", request_body, request_done, &a);
 }
 
 /* client:reserve(action) -> seconds to wait before sending: the non-blocking entry for event loops.
