@@ -83,7 +83,7 @@ static int table_arg(lua_State *L, const char *fname, const char *const *allowed
 
 static str field_id(lua_State *L, int t, const char *fname, const char *key, int required, int is_app) {
     str r;
-    lua_getfield(L, t, key);
+    rtc_getfield(L, t, key);
     r = check_id_at(L, lua_gettop(L), fname, key, required, is_app);
     lua_pop(L, 1); /* the string stays anchored by the table */
     return r;
@@ -92,7 +92,7 @@ static str field_id(lua_State *L, int t, const char *fname, const char *key, int
 /* Integer seconds in {0} or [min, max]; -1 when absent and optional. */
 static long long field_duration(lua_State *L, int t, const char *fname, int required, long long min, long long max) {
     long long v = 0;
-    lua_getfield(L, t, "duration");
+    rtc_getfield(L, t, "duration");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         if (required) rtc_argerror(L, fname, "bad argument 'duration': required (seconds; 0 = no lasting ban)");
@@ -111,7 +111,7 @@ static long long field_duration(lua_State *L, int t, const char *fname, int requ
 /* -1 absent, 0 false, 1 true */
 static int field_bool(lua_State *L, int t, const char *fname, const char *key) {
     int v;
-    lua_getfield(L, t, key);
+    rtc_getfield(L, t, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return -1;
@@ -127,7 +127,7 @@ static str field_ip(lua_State *L, int t, const char *fname) {
     str r = {NULL, 0};
     unsigned char addr[16];
     char tmp[64];
-    lua_getfield(L, t, "ip");
+    rtc_getfield(L, t, "ip");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return r;
@@ -144,11 +144,20 @@ static str field_ip(lua_State *L, int t, const char *fname) {
     return r;
 }
 
-/* Sends the call, or, for a method called through its preparer (upvalue true, see batch.c), returns it
- * as a prepared table {action, version, get, body, params = {k1, v1, ...}} to be sent later. */
-static int rtc_dispatch(lua_State *L, rtc_client *c, const rtc_api_call *call) {
+/* Whether the method was called through its preparer (upvalue true, see batch.c). */
+#define PREPARING(L) lua_toboolean((L), lua_upvalueindex(1))
+
+/* The client at index 1. A method that sends refuses to run inside one of the client's own methods; a
+ * preparer is what a running batch (or exchange) calls to check its calls. */
+static rtc_client *method_client(lua_State *L, const char *fname) {
+    return PREPARING(L) ? rtc_check_client(L, 1, fname) : rtc_check_idle_client(L, 1, fname);
+}
+
+/* Sends the call, or, for a method called through its preparer, returns it as a prepared table
+ * {action, version, get, body, params = {k1, v1, ...}} to be sent later. */
+static int rtc_dispatch(lua_State *L, rtc_client *c, const char *fname, const rtc_api_call *call) {
     size_t i;
-    if (!lua_toboolean(L, lua_upvalueindex(1))) return rtc_client_request(L, c, call);
+    if (!PREPARING(L)) return rtc_client_request(L, c, fname, call);
     lua_createtable(L, 0, 5);
     lua_pushstring(L, call->action);
     lua_setfield(L, -2, "action");
@@ -200,7 +209,7 @@ static void body_bool(body *w, const char *k, int v) {
 }
 
 /* Sends a POST whose body w holds; frees it first so a raised error cannot leak it. */
-static int post(lua_State *L, rtc_client *c, const char *action, const char *version, body *w) {
+static int post(lua_State *L, rtc_client *c, const char *fname, const char *action, const char *version, body *w) {
     rtc_api_call call;
     rtc_buf_addc(&w->b, '}');
     if (w->b.oom) {
@@ -213,7 +222,7 @@ static int post(lua_State *L, rtc_client *c, const char *action, const char *ver
     call.action = action;
     call.version = rtc_client_version(c, action, version);
     call.body = lua_tolstring(L, -1, &call.body_len);
-    return rtc_dispatch(L, c, &call);
+    return rtc_dispatch(L, c, fname, &call);
 }
 
 static void body_init(body *w) {
@@ -223,7 +232,7 @@ static void body_init(body *w) {
 
 /* client:kick_user(app_id, room_id, user_id) -> KickUser 2020-12-01 */
 static int m_kick_user(lua_State *L) {
-    rtc_client *c = rtc_check_client(L, 1, "kick_user");
+    rtc_client *c = method_client(L, "kick_user");
     str app = check_id_at(L, 2, "kick_user", "app_id", 1, 1);
     str room = check_id_at(L, 3, "kick_user", "room_id", 1, 0);
     str user = check_id_at(L, 4, "kick_user", "user_id", 1, 0);
@@ -232,13 +241,13 @@ static int m_kick_user(lua_State *L) {
     body_str(&w, "AppId", app);
     body_str(&w, "RoomId", room);
     body_str(&w, "UserId", user);
-    return post(L, c, "KickUser", "2020-12-01", &w);
+    return post(L, c, "kick_user", "KickUser", "2020-12-01", &w);
 }
 
 /* client:ban_user{app_id, room_id?, user_id?, ip?, duration} -> BanRoomUser 2023-11-01 */
 static int m_ban_user(lua_State *L) {
     static const char *const f[] = {"app_id", "room_id", "user_id", "ip", "duration", NULL};
-    rtc_client *c = rtc_check_client(L, 1, "ban_user");
+    rtc_client *c = method_client(L, "ban_user");
     int t = table_arg(L, "ban_user", f, "app_id, room_id, user_id, ip, duration");
     str app = field_id(L, t, "ban_user", "app_id", 1, 1);
     str room = field_id(L, t, "ban_user", "room_id", 0, 0);
@@ -254,13 +263,13 @@ static int m_ban_user(lua_State *L) {
     body_str(&w, "UserId", user);
     body_str(&w, "IP", ip);
     body_int(&w, "ForbiddenInterval", d);
-    return post(L, c, "BanRoomUser", "2023-11-01", &w);
+    return post(L, c, "ban_user", "BanRoomUser", "2023-11-01", &w);
 }
 
 static int update_rule(lua_State *L, const char *fname, int unban) {
     static const char *const f_unban[] = {"app_id", "room_id", "user_id", NULL};
     static const char *const f_update[] = {"app_id", "room_id", "user_id", "duration", NULL};
-    rtc_client *c = rtc_check_client(L, 1, fname);
+    rtc_client *c = method_client(L, fname);
     int t = table_arg(L, fname, unban ? f_unban : f_update,
                       unban ? "app_id, room_id, user_id" : "app_id, room_id, user_id, duration");
     str app = field_id(L, t, fname, "app_id", 1, 1);
@@ -274,7 +283,7 @@ static int update_rule(lua_State *L, const char *fname, int unban) {
     body_str(&w, "RoomId", room);
     body_str(&w, "UserId", user);
     body_int(&w, "ForbiddenInterval", d);
-    return post(L, c, "UpdateBanRoomUserRule", "2023-11-01", &w);
+    return post(L, c, fname, "UpdateBanRoomUserRule", "2023-11-01", &w);
 }
 
 /* client:unban_user{app_id, room_id?, user_id?} -> UpdateBanRoomUserRule, ForbiddenInterval 0 */
@@ -296,7 +305,7 @@ static void stream_flags(lua_State *L, int t, const char *fname, int *audio, int
 static int stream_rule(lua_State *L, const char *fname, int mute) {
     static const char *const f_mute[] = {"app_id", "room_id", "user_id", "audio", "video", "duration", NULL};
     static const char *const f_unmute[] = {"app_id", "room_id", "user_id", "audio", "video", NULL};
-    rtc_client *c = rtc_check_client(L, 1, fname);
+    rtc_client *c = method_client(L, fname);
     int t = table_arg(L, fname, mute ? f_mute : f_unmute,
                       mute ? "app_id, room_id, user_id, audio, video, duration" : "app_id, room_id, user_id, audio, video");
     str app = field_id(L, t, fname, "app_id", 1, 1);
@@ -313,7 +322,7 @@ static int stream_rule(lua_State *L, const char *fname, int mute) {
     body_bool(&w, "Audio", audio);
     body_bool(&w, "Video", video);
     if (d >= 0) body_int(&w, "ForbiddenInterval", d);
-    return post(L, c, mute ? "BanUserStream" : "UnbanUserStream", "2023-11-01", &w);
+    return post(L, c, fname, mute ? "BanUserStream" : "UnbanUserStream", "2023-11-01", &w);
 }
 
 /* client:mute_user{app_id, room_id, user_id, audio?, video?, duration?} -> BanUserStream 2023-11-01 */
@@ -324,7 +333,7 @@ static int m_unmute_user(lua_State *L) { return stream_rule(L, "unmute_user", 0)
 
 /* client:online_users(app_id, room_id) -> GET GetRoomOnlineUsers 2023-11-01 */
 static int m_online_users(lua_State *L) {
-    rtc_client *c = rtc_check_client(L, 1, "online_users");
+    rtc_client *c = method_client(L, "online_users");
     str app = check_id_at(L, 2, "online_users", "app_id", 1, 1);
     str room = check_id_at(L, 3, "online_users", "room_id", 1, 0);
     rtc_kv q[2];
@@ -343,7 +352,7 @@ static int m_online_users(lua_State *L) {
     call.is_get = 1;
     call.params = q;
     call.nparams = 2;
-    return rtc_dispatch(L, c, &call);
+    return rtc_dispatch(L, c, "online_users", &call);
 }
 
 static int name_ok(const char *s, size_t n, int version) {
@@ -406,7 +415,7 @@ static size_t get_params(lua_State *L, int t, rtc_kv **out) {
 
 /* client:call(action, version, params?, {method = "POST"|"GET"}?) for any other Action. */
 static int m_call(lua_State *L) {
-    rtc_client *c = rtc_check_client(L, 1, "call");
+    rtc_client *c = method_client(L, "call");
     size_t an = 0, vn = 0;
     const char *action = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &an) : NULL;
     const char *version = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &vn) : NULL;
@@ -422,11 +431,12 @@ static int m_call(lua_State *L) {
         static const char *const f[] = {"method", NULL};
         if (!lua_istable(L, 5)) rtc_argerror(L, "call", "bad argument 'opts': expected a table {method = ...}");
         check_fields(L, 5, "call", f, "method");
-        lua_getfield(L, 5, "method");
+        rtc_getfield(L, 5, "method");
         if (!lua_isnil(L, -1)) {
-            method = lua_tostring(L, -1);
-            if (!method || (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0))
+            const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (!m || (strcmp(m, "GET") != 0 && strcmp(m, "POST") != 0))
                 rtc_argerror(L, "call", "bad argument 'opts.method': expected \"GET\" or \"POST\"");
+            method = strcmp(m, "GET") == 0 ? "GET" : "POST"; /* opts is not kept on the stack */
         }
         lua_pop(L, 1);
     }
@@ -455,7 +465,7 @@ static int m_call(lua_State *L) {
         rtc_buf_free(&b);
         call.body = lua_tolstring(L, -1, &call.body_len);
     }
-    return rtc_dispatch(L, c, &call);
+    return rtc_dispatch(L, c, "call", &call);
 }
 
 const luaL_Reg rtc_action_methods[] = {

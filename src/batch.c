@@ -31,24 +31,32 @@ typedef struct {
     batch_item *items;
     batch_slot *slots;
     int nitems, nslots;
+    long concurrency;
+    rtc_client *c;
+    CURLM *multi;        /* the client's, once the batch has started */
 } batch_state;
 
-/* Everything C-side lives in one userdata whose __gc cleans up, so a Lua error mid-batch leaks nothing. */
-static int batch_gc(lua_State *L) {
-    batch_state *b = lua_touserdata(L, 1);
+/* Frees everything C-side: called when the batch ends (however it ends) and again by __gc, which then
+ * finds nothing left. A transfer still under way is taken out of the multi handle first, which closes
+ * its connection: left in the pool, an answer still on its way there would be read as the answer to
+ * the next request sent on it. (The client's memory outlives this call even when the Lua state closes:
+ * every finalizer runs before anything is freed.) */
+static void batch_release(void *ud) {
+    batch_state *b = ud;
     int i;
     for (i = 0; i < b->nslots; i++) {
         batch_slot *s = &b->slots[i];
         if (s->state == SLOT_ACTIVE) {
+            if (b->multi && !b->c->closed) curl_multi_remove_handle(b->multi, s->easy);
             curl_slist_free_all(s->x.headers);
             s->x.headers = NULL;
         }
+        if (s->easy) curl_easy_cleanup(s->easy);
+        s->easy = NULL;
         if (s->state != SLOT_FREE) {
             rtc_wire_free(&s->wire);
             rtc_http_response_free(&s->resp);
         }
-        if (s->easy) curl_easy_cleanup(s->easy);
-        s->easy = NULL;
         s->state = SLOT_FREE;
     }
     free(b->slots);
@@ -56,6 +64,12 @@ static int batch_gc(lua_State *L) {
     b->slots = NULL;
     b->items = NULL;
     b->nslots = b->nitems = 0;
+    b->multi = NULL;
+}
+
+/* Only when the Lua state closes in the middle of a batch (os.exit(code, true) in progress). */
+static int batch_gc(lua_State *L) {
+    batch_release(lua_touserdata(L, 1));
     return 0;
 }
 
@@ -189,64 +203,26 @@ static int next_item(batch_state *b, int *cursor, int64_t now, int64_t *soonest)
     return -1;
 }
 
-/* client:batch(calls, {progress = fn, concurrency = n}?) -> results, summary */
-static int batch_run(lua_State *L) {
-    rtc_client *c = rtc_check_client(L, 1, "batch");
-    batch_state *b;
+/* The batch itself, run by batch_run as the client's running method. Arguments: the client, calls,
+ * opts, the batch state, progress (or nil); every call is checked before anything is sent. */
+static int batch_body(lua_State *L) {
+    rtc_client *c = lua_touserdata(L, 1);
+    batch_state *b = lua_touserdata(L, 4);
     CURLM *multi;
-    int calls = 2, prepared, results, progress = 0, n, i, cursor = 0, active = 0, succeeded = 0, failed = 0;
-    long concurrency = c->concurrency;
+    int calls = 2, prepared, results, progress = lua_isnil(L, 5) ? 0 : 5, n, i, cursor = 0, active = 0,
+        succeeded = 0, failed = 0;
+    long concurrency = b->concurrency;
     int64_t t_begin = rtc_monotonic_ns();
     char err[256];
-
-    if (!lua_istable(L, 2)) rtc_argerror(L, "batch", "expects a list of calls, got %s", luaL_typename(L, 2));
-    lua_settop(L, 3);
-    if (!lua_isnil(L, 3)) {
-        if (!lua_istable(L, 3)) rtc_argerror(L, "batch", "opts must be a table {progress = fn, concurrency = n}");
-        lua_pushnil(L);
-        while (lua_next(L, 3)) { /* a misspelt option must not be ignored */
-            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-            lua_pop(L, 1);
-            if (strcmp(k, "progress") != 0 && strcmp(k, "concurrency") != 0)
-                rtc_argerror(L, "batch", "unknown option %s in opts (progress, concurrency)", rtc_quote(L, k, strlen(k)));
-        }
-        lua_getfield(L, 3, "concurrency");
-        if (!lua_isnil(L, -1)) {
-            long long v = 0;
-            if (!rtc_integral(L, -1, &v) || v < 1 || v > 64)
-                rtc_argerror(L, "batch", "opts.concurrency must be a whole number from 1 to 64");
-            concurrency = (long)v;
-        }
-        lua_pop(L, 1);
-        lua_getfield(L, 3, "progress");
-        if (lua_isfunction(L, -1)) progress = lua_gettop(L);
-        else if (!lua_isnil(L, -1)) rtc_argerror(L, "batch", "opts.progress must be a function");
-    }
 
     n = (int)lua_rawlen(L, calls);
     lua_createtable(L, n, 0);
     prepared = lua_gettop(L);
     prepare_all(L, calls, prepared, n);
-    if (lua_toboolean(L, lua_upvalueindex(1))) { /* through client:exchanges(): one exchange per call */
-        lua_createtable(L, n, 0);
-        for (i = 1; i <= n; i++) {
-            lua_rawgeti(L, prepared, i);
-            rtc_exchange_push(L, 1, -1);
-            lua_rawseti(L, -3, i);
-            lua_pop(L, 1);
-        }
-        return 1;
-    }
     lua_createtable(L, n, 0);
     results = lua_gettop(L);
     rtc_ensure_decoder(L);
 
-    b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b);
-    lua_newtable(L);
-    lua_pushcfunction(L, batch_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
     b->items = calloc((size_t)(n ? n : 1), sizeof *b->items);
     if (concurrency > n) concurrency = n ? n : 1;
     b->slots = calloc((size_t)concurrency, sizeof *b->slots);
@@ -254,7 +230,7 @@ static int batch_run(lua_State *L) {
     b->nitems = n;
     b->nslots = (int)concurrency;
     for (i = 0; i < n; i++) load_item(L, prepared, i, &b->items[i]);
-    multi = rtc_transport_multi(c->transport, concurrency);
+    multi = b->multi = rtc_transport_multi(c->transport, concurrency);
     if (!multi) return luaL_error(L, "out of memory");
 
     while (succeeded + failed < n) {
@@ -367,10 +343,71 @@ static int batch_run(lua_State *L) {
     return 2;
 }
 
+/* client:batch(calls, {progress = fn, concurrency = n}?) -> results, summary */
+static int batch_run(lua_State *L) {
+    rtc_client *c = rtc_check_idle_client(L, 1, "batch");
+    batch_state *b;
+    long concurrency = c->concurrency;
+    int i, n;
+
+    if (!lua_istable(L, 2)) rtc_argerror(L, "batch", "expects a list of calls, got %s", luaL_typename(L, 2));
+    lua_settop(L, 3);
+    lua_pushnil(L); /* 4: the batch state */
+    lua_pushnil(L); /* 5: progress */
+    if (!lua_isnil(L, 3)) {
+        if (!lua_istable(L, 3)) rtc_argerror(L, "batch", "opts must be a table {progress = fn, concurrency = n}");
+        lua_pushnil(L);
+        while (lua_next(L, 3)) { /* a misspelt option must not be ignored */
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+            lua_pop(L, 1);
+            if (strcmp(k, "progress") != 0 && strcmp(k, "concurrency") != 0)
+                rtc_argerror(L, "batch", "unknown option %s in opts (progress, concurrency)", rtc_quote(L, k, strlen(k)));
+        }
+        rtc_getfield(L, 3, "concurrency");
+        if (!lua_isnil(L, -1)) {
+            long long v = 0;
+            if (!rtc_integral(L, -1, &v) || v < 1 || v > 64)
+                rtc_argerror(L, "batch", "opts.concurrency must be a whole number from 1 to 64");
+            concurrency = (long)v;
+        }
+        lua_pop(L, 1);
+        rtc_getfield(L, 3, "progress");
+        if (!lua_isfunction(L, -1) && !lua_isnil(L, -1)) rtc_argerror(L, "batch", "opts.progress must be a function");
+        lua_replace(L, 5);
+    }
+
+    if (lua_toboolean(L, lua_upvalueindex(1))) { /* through client:exchanges(): one exchange per call */
+        n = (int)lua_rawlen(L, 2);
+        lua_createtable(L, n, 0);
+        prepare_all(L, 2, lua_gettop(L), n);
+        lua_createtable(L, n, 0);
+        for (i = 1; i <= n; i++) {
+            lua_rawgeti(L, -2, i);
+            rtc_exchange_push(L, 1, -1);
+            lua_rawseti(L, -3, i);
+            lua_pop(L, 1);
+        }
+        return 1;
+    }
+    b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    b->concurrency = concurrency;
+    b->c = c;
+    lua_newtable(L);
+    lua_pushcfunction(L, batch_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_replace(L, 4);
+    /* Protected: however the batch ends (an error from progress included) its transfers are stopped and
+     * its memory freed before the error goes on, and the client is free for its next call. */
+    return rtc_client_run(L, c, "batch", "its progress callback, a finalizer or a hook", batch_body, batch_release,
+                          b);
+}
+
 /* client:kick_users(app_id, room_id, user_ids, opts?) -> results, summary */
 static int kick_users(lua_State *L) {
     int i, n;
-    rtc_check_client(L, 1, "kick_users");
+    rtc_check_idle_client(L, 1, "kick_users");
     if (!lua_istable(L, 4)) rtc_argerror(L, "kick_users", "bad argument 'user_ids': expected a list of user IDs");
     n = (int)lua_rawlen(L, 4);
     lua_settop(L, 5);
@@ -399,7 +436,7 @@ static int kick_users(lua_State *L) {
 static int ban_users(lua_State *L) {
     static const char *const fields[] = {"app_id", "room_id", "duration", NULL};
     int i, n, f;
-    rtc_check_client(L, 1, "ban_users");
+    rtc_check_idle_client(L, 1, "ban_users");
     if (!lua_istable(L, 2)) rtc_argerror(L, "ban_users", "expects a table {app_id, room_id?, user_ids, duration}");
     lua_settop(L, 3);
     lua_pushnil(L);
@@ -411,7 +448,7 @@ static int ban_users(lua_State *L) {
             rtc_argerror(L, "ban_users", "unknown field %s (expected app_id, room_id, user_ids, duration)",
                          rtc_quote(L, k, strlen(k)));
     }
-    lua_getfield(L, 2, "user_ids");
+    rtc_getfield(L, 2, "user_ids");
     if (!lua_istable(L, -1)) rtc_argerror(L, "ban_users", "bad argument 'user_ids': expected a list of user IDs");
     n = (int)lua_rawlen(L, -1);
     lua_pushvalue(L, lua_upvalueindex(1)); /* the exchanges mode carries through */
@@ -424,7 +461,7 @@ static int ban_users(lua_State *L) {
         lua_rawseti(L, -2, 1);
         lua_createtable(L, 0, 4);
         for (f = 0; fields[f]; f++) {
-            lua_getfield(L, 2, fields[f]);
+            rtc_getfield(L, 2, fields[f]);
             lua_setfield(L, -2, fields[f]);
         }
         lua_rawgeti(L, 4, i);
@@ -443,7 +480,7 @@ int rtc_client_exchanges_method(lua_State *L) {
     int n = lua_gettop(L), i;
     const luaL_Reg *m;
     const char *name;
-    rtc_check_client(L, 1, "exchanges");
+    rtc_check_idle_client(L, 1, "exchanges");
     name = luaL_checkstring(L, 2);
     for (m = rtc_batch_methods; m->name; m++)
         if (strcmp(m->name, name) == 0) break;

@@ -1,4 +1,5 @@
 /* The client object: configuration, credentials, and one signed request/response cycle. */
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,8 @@
 #define DEFAULT_TIMEOUT 5.0
 #define DEFAULT_CONNECT_TIMEOUT 2.0
 #define CONFIG_FILE_MAX (64 * 1024)
+#define RTC_MIN_SECONDS 0.001 /* the shortest duration an option may give: 1 ms */
+#define MIN_QPS 0.001         /* one request per 1000 s: the interval stays well inside 64-bit nanoseconds */
 
 static const char *const client_options[] = {
     "access_key", "secret_key", "session_token", "region", "host", "scheme", "endpoint", "timeout",
@@ -46,6 +49,7 @@ static void client_release(rtc_client *c) {
     int i;
     if (c->closed) return;
     c->closed = 1;
+    c->close_pending = 0;
     rtc_transport_free(c->transport);
     rtc_signer_free(c->signer);
     c->transport = NULL;
@@ -82,6 +86,36 @@ rtc_client *rtc_check_client(lua_State *L, int idx, const char *fname) {
     return c;
 }
 
+static int reentry_error(lua_State *L, const rtc_client *c, const char *fname) {
+    return rtc_argerror(L, fname, "called from inside this client's %s (from %s); call it after %s returns",
+                        c->running, c->running_via, c->running);
+}
+
+rtc_client *rtc_check_idle_client(lua_State *L, int idx, const char *fname) {
+    rtc_client *c = rtc_check_client(L, idx, fname);
+    if (c->running) reentry_error(L, c, fname);
+    return c;
+}
+
+int rtc_client_run(lua_State *L, rtc_client *c, const char *what, const char *via, lua_CFunction body,
+                   void (*cleanup)(void *), void *ud) {
+    int n = lua_gettop(L), i, rc;
+    luaL_checkstack(L, n + 1, "too many arguments");
+    lua_pushcfunction(L, body);
+    for (i = 1; i <= n; i++) lua_pushvalue(L, i); /* copies: the originals stay anchored until we return */
+    /* Checked here, at the last moment: Lua code (a finalizer) may have run since the method's checks. */
+    if (c->closed) return rtc_argerror(L, what, "the client is closed");
+    if (c->running) return reentry_error(L, c, what);
+    c->running = what;
+    c->running_via = via;
+    rc = lua_pcall(L, n, LUA_MULTRET, 0);
+    if (cleanup) cleanup(ud);
+    c->running = c->running_via = NULL;
+    if (c->close_pending) client_release(c);
+    if (rc != 0) return lua_error(L);
+    return lua_gettop(L) - n;
+}
+
 /* A string without NUL, CR or LF; these could otherwise split a header or a URL. */
 static int clean_string(const char *s, size_t n) {
     size_t i;
@@ -100,7 +134,7 @@ static int header_safe(const char *s) {
 static const char *opt_string(lua_State *L, int t, const char *k, size_t *len) {
     const char *s;
     size_t n;
-    lua_getfield(L, t, k);
+    rtc_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return NULL;
@@ -117,7 +151,7 @@ static const char *opt_string(lua_State *L, int t, const char *k, size_t *len) {
 
 /* Reads the numeric option k into *v; 0 when it is absent. */
 static int opt_fetch_number(lua_State *L, int t, const char *k, const char *kind, double *v) {
-    lua_getfield(L, t, k);
+    rtc_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -129,10 +163,25 @@ static int opt_fetch_number(lua_State *L, int t, const char *k, const char *kind
     return 1;
 }
 
-static double opt_seconds(lua_State *L, int t, const char *k, double dflt) {
+/* A number as an error message shows it: NaN and the infinities by name, the rest as %g would, with
+ * enough digits to tell 0.0004 from 0.001. */
+static const char *show_number(double v, char *buf, size_t n) {
+    if (v != v) return "nan";
+    if (v > DBL_MAX || v < -DBL_MAX) return v > 0 ? "inf" : "-inf";
+    snprintf(buf, n, "%.14g", v);
+    return buf;
+}
+
+/* Seconds in [min, max]; also 0 when zero_ok (where 0 has a documented meaning). No minimum is below
+ * RTC_MIN_SECONDS: libcurl counts timeouts in whole milliseconds and reads 0 as "no timeout at all". */
+static double opt_duration(lua_State *L, int t, const char *k, double dflt, double min, double max, int zero_ok) {
     double v;
+    char shown[32];
     if (!opt_fetch_number(L, t, k, "a number of seconds", &v)) return dflt;
-    if (!(v > 0 && v <= 600)) rtc_argerror(L, "client", "option '%s' must be > 0 and <= 600 seconds", k);
+    if (zero_ok && v == 0) return 0;
+    if (!(v >= min && v <= max))
+        rtc_argerror(L, "client", "option '%s' must be %sbetween %g and %g seconds, got %s", k, zero_ok ? "0 or " : "",
+                     min, max, show_number(v, shown, sizeof shown));
     return v;
 }
 
@@ -311,7 +360,7 @@ static int valid_version(const char *s) {
 }
 
 static void parse_versions(lua_State *L, rtc_client *c, int opts) {
-    lua_getfield(L, opts, "versions");
+    rtc_getfield(L, opts, "versions");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return;
@@ -353,7 +402,7 @@ static long opt_count(lua_State *L, int t, const char *k, long dflt, long min, l
 
 /* qps = {KickUser = 30, default = 10}: per-Action pacing below the documented limits. */
 static void parse_qps(lua_State *L, rtc_client *c, int opts) {
-    lua_getfield(L, opts, "qps");
+    rtc_getfield(L, opts, "qps");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return;
@@ -367,7 +416,11 @@ static void parse_qps(lua_State *L, rtc_client *c, int opts) {
             rtc_argerror(L, "client", "option 'qps' must map Action names to numbers");
         a = lua_tostring(L, -2);
         q = (double)lua_tonumber(L, -1);
-        if (!(q > 0 && q <= 100000)) rtc_argerror(L, "client", "option 'qps': %s must be > 0", a);
+        if (!(q >= MIN_QPS && q <= 100000)) {
+            char shown[32];
+            rtc_argerror(L, "client", "option 'qps': %s must be between %g and 100000 requests per second, got %s",
+                         rtc_quote(L, a, strlen(a)), MIN_QPS, show_number(q, shown, sizeof shown));
+        }
         if (strcmp(a, "default") == 0) {
             c->default_qps = q;
         } else {
@@ -430,14 +483,14 @@ static rtc_limiter *redis_limiter(lua_State *L, int t, const char *dir) {
     o.user = opt_string(L, t, "user", NULL);
     o.password = opt_string(L, t, "password", NULL);
     o.key_prefix = opt_string(L, t, "key_prefix", NULL);
-    o.timeout = opt_number(L, t, "timeout", 0.25, 0.001, 60);
-    o.reprobe = opt_number(L, t, "reprobe", 1, 0.01, 3600);
+    o.timeout = opt_duration(L, t, "timeout", 0.25, RTC_MIN_SECONDS, 60, 0);
+    o.reprobe = opt_duration(L, t, "reprobe", 1, 0.01, 3600, 0);
     o.fallback_share = opt_number(L, t, "fallback_share", 0.5, 0.01, 1);
     fallback = opt_string(L, t, "fallback", NULL);
     if (fallback && strcmp(fallback, "host") != 0 && strcmp(fallback, "error") != 0)
         rtc_argerror(L, "client", "option 'fallback' must be \"host\" or \"error\"");
     o.fallback_error = fallback && strcmp(fallback, "error") == 0;
-    lua_getfield(L, t, "log");
+    rtc_getfield(L, t, "log");
     if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) rtc_argerror(L, "client", "option 'log' must be a boolean");
     o.log = lua_isnil(L, -1) || lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -469,7 +522,7 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
         c->margin = 0.05;
     }
     lua_pop(L, 1);
-    lua_getfield(L, opts, "limiter");
+    rtc_getfield(L, opts, "limiter");
     if (lua_type(L, -1) == LUA_TSTRING) {
         backend = lua_tostring(L, -1);
     } else if (lua_istable(L, -1)) {
@@ -485,7 +538,7 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
                              "user, password, key_prefix, timeout, reprobe, fallback, fallback_share, log)",
                              rtc_quote(L, k, strlen(k)));
         }
-        lua_getfield(L, t, "backend");
+        rtc_getfield(L, t, "backend");
         if (!lua_isnil(L, -1)) {
             if (lua_type(L, -1) != LUA_TSTRING) rtc_argerror(L, "client", "option 'limiter.backend' must be a string");
             backend = lua_tostring(L, -1);
@@ -496,7 +549,7 @@ static void parse_limiter(lua_State *L, rtc_client *c, int opts) {
         if (strcmp(backend, "redis") != 0) {
             int i;
             for (i = 0; redis_only_fields[i]; i++) {
-                lua_getfield(L, t, redis_only_fields[i]);
+                rtc_getfield(L, t, redis_only_fields[i]);
                 if (!lua_isnil(L, -1))
                     rtc_argerror(L, "client", "option 'limiter': field '%s' is for backend \"redis\"",
                                  redis_only_fields[i]);
@@ -589,8 +642,9 @@ int rtc_client_new(lua_State *L) {
     for (s = c->region; *s; s++)
         if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f || *s == '/' || *s == ',')
             rtc_argerror(L, "client", "option 'region' has a character that cannot stand in a credential scope");
-    c->timeout = opt_seconds(L, opts, "timeout", DEFAULT_TIMEOUT);
-    c->connect_timeout = opt_seconds(L, opts, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    c->timeout = opt_duration(L, opts, "timeout", DEFAULT_TIMEOUT, RTC_MIN_SECONDS, 600, 0);
+    c->connect_timeout =
+        opt_duration(L, opts, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, RTC_MIN_SECONDS, 600, 0);
     if (c->connect_timeout > c->timeout) c->connect_timeout = c->timeout;
     c->ca_file = checked_copy(L, opt_string(L, opts, "ca_file", NULL));
     c->proxy = checked_copy(L, opt_string(L, opts, "proxy", NULL));
@@ -603,9 +657,11 @@ int rtc_client_new(lua_State *L) {
     parse_qps(L, c, opts);
     parse_limiter(L, c, opts);
     c->retries = (int)opt_count(L, opts, "retries", 3, 0, 20);
-    c->retry_base = opt_number(L, opts, "retry_base", 0.1, 0, 60);
-    c->retry_cap = opt_number(L, opts, "retry_cap", 2, 0, 600);
-    c->deadline = opt_number(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, 0.001, 3600);
+    /* 0 means no backoff: a retry goes out at its next limiter slot. */
+    c->retry_base = opt_duration(L, opts, "retry_base", 0.1, RTC_MIN_SECONDS, 60, 1);
+    c->retry_cap = opt_duration(L, opts, "retry_cap", 2, RTC_MIN_SECONDS, 600, 1);
+    c->deadline =
+        opt_duration(L, opts, "deadline", c->timeout * 3 > 30 ? c->timeout * 3 : 30, RTC_MIN_SECONDS, 3600, 0);
     c->concurrency = opt_count(L, opts, "concurrency", 16, 1, 64);
     {
         unsigned char digest[RTC_SHA256_LEN];
@@ -627,9 +683,22 @@ int rtc_client_new(lua_State *L) {
     return 1;
 }
 
+/* close() and __close: from Lua code that one of the client's own methods runs (a progress callback,
+ * a finalizer), the release waits until that method returns: it still uses the transport. */
 static int client_close(lua_State *L) {
     rtc_client *c = luaL_checkudata(L, 1, RTC_CLIENT_MT);
-    client_release(c);
+    if (c->running)
+        c->close_pending = 1;
+    else
+        client_release(c);
+    return 0;
+}
+
+/* __gc: a running method holds its client on the stack, so the client is collected while one runs only
+ * when the Lua state closes (os.exit(code, true) in a progress callback). That method never resumes:
+ * everything is released now. */
+static int client_gc(lua_State *L) {
+    client_release(luaL_checkudata(L, 1, RTC_CLIENT_MT));
     return 0;
 }
 
@@ -710,7 +779,7 @@ static int client_info(lua_State *L) {
 }
 
 void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
-    static const luaL_Reg meta[] = {{"__gc", client_close},
+    static const luaL_Reg meta[] = {{"__gc", client_gc},
                                     {"__tostring", client_tostring},
 #if LUA_VERSION_NUM >= 504
                                     {"__close", client_close},

@@ -67,6 +67,16 @@ static inline int rtc_absindex(lua_State *L, int i) {
 #define lua_absindex rtc_absindex
 #endif
 
+/* t[k] without metamethods: option and argument tables are read as plain tables. A value an __index
+ * made up is anchored nowhere once popped, so a string pointer kept from it would dangle (and the
+ * metamethod would run Lua code in the middle of a method). Pushes the value; returns its type. */
+static inline int rtc_getfield(lua_State *L, int t, const char *k) {
+    t = lua_absindex(L, t);
+    lua_pushstring(L, k);
+    lua_rawget(L, t);
+    return lua_type(L, -1);
+}
+
 /* Integral number as long long; 0 when not integral (check lua_isinteger or rtc_integral first). */
 static inline int rtc_integral(lua_State *L, int i, long long *out) {
     lua_Number n;

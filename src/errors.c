@@ -166,7 +166,7 @@ int rtc_argerror(lua_State *L, const char *fname, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     /* Point at the nearest Lua caller, also when reached through a module-level forwarder. */
-    for (level = 1; level < 5 && lua_getstack(L, level, &ar); level++) {
+    for (level = 1; level < 8 && lua_getstack(L, level, &ar); level++) {
         lua_getinfo(L, "Sl", &ar);
         if (ar.currentline > 0) {
             lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);

@@ -22,7 +22,10 @@ typedef struct {
     exchange_state state;
     int attempt;
     int64_t deadline, asked, slot, wake, sent;
+    rtc_http_response resp; /* the response being read: freed again after each step, should it raise */
 } exchange;
+
+static void step_done(void *ud) { rtc_http_response_free(&((exchange *)ud)->resp); }
 
 static exchange *check_exchange(lua_State *L, int idx) {
     return luaL_checkudata(L, idx, EXCHANGE_MT);
@@ -147,33 +150,33 @@ static int read_response(lua_State *L, int t, rtc_http_response *r) {
         return -1;
     }
     lua_pop(L, 1);
+    /* Every field is read before the body is copied: a metamethod that raises cannot leak the copy. */
     lua_getfield(L, t, "status");
     if (!lua_isnumber(L, -1)) rtc_argerror(L, "exchange.step", "the response needs a numeric 'status' or an 'error'");
-    r->status = (long)lua_tointeger(L, -1);
+    lua_getfield(L, t, "content_type");
+    lua_getfield(L, t, "new_connection");
     lua_getfield(L, t, "body");
     s = lua_tolstring(L, -1, &n);
-    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) return luaL_error(L, "out of memory");
-    lua_getfield(L, t, "content_type");
-    if (lua_isstring(L, -1)) snprintf(r->content_type, sizeof r->content_type, "%s", lua_tostring(L, -1));
-    lua_getfield(L, t, "new_connection");
-    r->connects = lua_toboolean(L, -1) ? 1 : 0;
+    r->status = (long)lua_tointeger(L, -4);
+    if (lua_isstring(L, -3)) snprintf(r->content_type, sizeof r->content_type, "%s", lua_tostring(L, -3));
+    r->connects = lua_toboolean(L, -2) ? 1 : 0;
+    if (s && (rtc_buf_add(&r->body, s, n) || r->body.oom)) return luaL_error(L, "out of memory"); /* step_done frees */
     lua_pop(L, 4);
     return 0;
 }
 
-/* x:step(response?) -> "wait", seconds | "send", request | "done", result, meta | "done", nil, err */
-static int exchange_step(lua_State *L) {
-    exchange *x = check_exchange(L, 1);
+/* One step; runs as the client's running method (see exchange_step). */
+static int step_body(lua_State *L) {
+    exchange *x = lua_touserdata(L, 1);
     rtc_client *c = x->c;
     int64_t now = rtc_monotonic_ns();
     char err[256];
 
-    if (c->closed) return rtc_argerror(L, "exchange.step", "the client is closed");
     switch (x->state) {
     case X_DONE:
         return rtc_argerror(L, "exchange.step", "the exchange has finished");
     case X_SENT: {
-        rtc_http_response resp;
+        rtc_http_response *resp = &x->resp;
         rtc_outcome o;
         double elapsed = (double)(now - x->sent) / 1e9;
         int rc;
@@ -190,10 +193,10 @@ static int exchange_step(lua_State *L) {
             return fail_simple(L, x, code, err);
         }
         lua_pop(L, 1);
-        rtc_http_response_init(&resp);
-        rc = read_response(L, 2, &resp);
+        rtc_http_response_init(resp);
+        rc = read_response(L, 2, resp);
         lua_settop(L, 1);
-        o = rtc_push_outcome(L, c, &x->call, rc, &resp, x->attempt, elapsed);
+        o = rtc_push_outcome(L, c, &x->call, rc, resp, x->attempt, elapsed);
         rtc_stats_attempt(rtc_stats_for(&c->stats, x->call.action), x->attempt, (double)(x->slot - x->asked) / 1e9,
                           elapsed, o.throttled);
         if (o.ok || !o.retryable || x->attempt > c->retries) return push_done(L, x, o.ok ? NULL : o.code);
@@ -221,11 +224,23 @@ static int exchange_step(lua_State *L) {
         if (rtc_pace_missed(c, x->slot, now)) { /* the driver came back too late for this slot */
             rtc_stats_missed_slot(rtc_stats_for(&c->stats, x->call.action));
             x->state = X_RESERVE;
-            return exchange_step(L);
+            return step_body(L);
         }
         return push_send(L, x);
     }
     return 0;
+}
+
+/* x:step(response?) -> "wait", seconds | "send", request | "done", result, meta | "done", nil, err */
+static int exchange_step(lua_State *L) {
+    exchange *x = check_exchange(L, 1);
+    rtc_client *c = x->c;
+    if (c->closed)
+        return rtc_argerror(L, "exchange.step", "the client is closed (client:close() ends its exchanges too)");
+    if (x->state == X_DONE) return rtc_argerror(L, "exchange.step", "the exchange has finished");
+    lua_settop(L, 2); /* rtc_client_run refuses a step from inside one of the client's own methods */
+    return rtc_client_run(L, c, "exchange.step", "a metamethod of the response, a finalizer or a hook", step_body,
+                          step_done, x);
 }
 
 static int exchange_tostring(lua_State *L) {
@@ -243,6 +258,7 @@ void rtc_exchange_push(lua_State *L, int client, int prepared) {
     rtc_ensure_decoder(L);
     x = lua_newuserdatauv(L, sizeof *x, 1);
     memset(x, 0, sizeof *x);
+    rtc_http_response_init(&x->resp);
     if (luaL_newmetatable(L, EXCHANGE_MT)) {
         static const luaL_Reg methods[] = {{"step", exchange_step}, {NULL, NULL}};
         lua_pushcfunction(L, exchange_tostring);
@@ -270,7 +286,7 @@ void rtc_exchange_push(lua_State *L, int client, int prepared) {
 /* client:exchange(method, args...) -> a sans-I/O exchange for one call, arguments checked now. */
 int rtc_client_exchange_method(lua_State *L) {
     int n = lua_gettop(L);
-    rtc_check_client(L, 1, "exchange");
+    rtc_check_idle_client(L, 1, "exchange");
     luaL_checkstring(L, 2);
     lua_getfield(L, LUA_REGISTRYINDEX, RTC_PREPARERS_KEY);
     lua_pushvalue(L, 2);

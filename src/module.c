@@ -16,7 +16,7 @@ static const char *const sign_fields[] = {"method", "host", "path", "query", "he
 static const char *sign_string(lua_State *L, int t, const char *k, size_t *len, int required) {
     const char *s;
     size_t n;
-    lua_getfield(L, t, k);
+    rtc_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         if (required) rtc_argerror(L, "sign", "field '%s' is required", k);
@@ -58,7 +58,7 @@ static size_t sign_query(lua_State *L, int t, rtc_kv **out) {
     size_t n = 0, i = 0;
     int anchor, q;
     rtc_kv *kv;
-    lua_getfield(L, t, "query");
+    rtc_getfield(L, t, "query");
     q = lua_gettop(L);
     if (lua_isnil(L, q)) {
         *out = NULL;
@@ -122,7 +122,7 @@ static size_t sign_headers(lua_State *L, int t, rtc_kv **out) {
     size_t n = 0, i = 0;
     int h;
     rtc_kv *kv;
-    lua_getfield(L, t, "headers");
+    rtc_getfield(L, t, "headers");
     h = lua_gettop(L);
     if (lua_isnil(L, h)) {
         *out = NULL;

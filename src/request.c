@@ -306,9 +306,21 @@ rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *ca
     return o;
 }
 
+typedef struct {
+    rtc_client *c;
+    const rtc_api_call *call;
+    rtc_http_response resp; /* the attempt's: freed again when the call ends, should it raise midway */
+} request_args;
+
+static void request_done(void *ud) { rtc_http_response_free(&((request_args *)ud)->resp); }
+
 /* Blocking path: wait for a slot, sign, send; retry transient failures with capped, jittered backoff
- * until retries or the deadline run out. Every attempt takes a limiter slot and is signed afresh. */
-int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
+ * until retries or the deadline run out. Every attempt takes a limiter slot and is signed afresh.
+ * Runs as the client's running method (rtc_client_run): its last argument is a request_args. */
+static int request_body(lua_State *L) {
+    request_args *a = lua_touserdata(L, lua_gettop(L));
+    rtc_client *c = a->c;
+    const rtc_api_call *call = a->call;
     int64_t deadline = rtc_monotonic_ns() + (int64_t)(c->deadline * 1e9);
     rtc_action_stats *st = rtc_stats_for(&c->stats, call->action);
     int attempt;
@@ -317,7 +329,7 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
     rtc_ensure_decoder(L); /* before any C allocation: it may raise */
     for (attempt = 1;; attempt++) {
         rtc_wire_request w;
-        rtc_http_response resp;
+        rtc_http_response *resp = &a->resp;
         rtc_outcome o;
         int64_t now = rtc_monotonic_ns(), start, t0;
         int rc;
@@ -340,12 +352,12 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
             continue;
         }
         if (rtc_wire_build(c, call, &w, err, sizeof err)) return luaL_error(L, "rtcadmin: cannot sign %s: %s", call->action, err);
-        rtc_http_response_init(&resp);
+        rtc_http_response_init(resp);
         t0 = rtc_monotonic_ns();
         w.http.timeout_ms = rtc_attempt_timeout_ms(deadline, t0); /* an attempt never outlives the call */
-        rc = rtc_transport_perform(c->transport, &w.http, &resp);
+        rc = rtc_transport_perform(c->transport, &w.http, resp);
         rtc_wire_free(&w);
-        o = rtc_push_outcome(L, c, call, rc, &resp, attempt, (double)(rtc_monotonic_ns() - t0) / 1e9);
+        o = rtc_push_outcome(L, c, call, rc, resp, attempt, (double)(rtc_monotonic_ns() - t0) / 1e9);
         rtc_stats_attempt(st, attempt, (double)(start > now ? start - now : 0) / 1e9,
                           (double)(rtc_monotonic_ns() - t0) / 1e9, o.throttled);
         if (o.ok || !o.retryable || attempt > c->retries) {
@@ -364,10 +376,19 @@ int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call) {
     }
 }
 
+int rtc_client_request(lua_State *L, rtc_client *c, const char *fname, const rtc_api_call *call) {
+    request_args a;
+    a.c = c;
+    a.call = call; /* its strings stay anchored by the values on the stack */
+    rtc_http_response_init(&a.resp);
+    lua_pushlightuserdata(L, &a);
+    return rtc_client_run(L, c, fname, "a finalizer or a hook", request_body, request_done, &a);
+}
+
 /* client:reserve(action) -> seconds to wait before sending: the non-blocking entry for event loops.
  * The slot is taken; the caller sleeps its own way (ngx.sleep) and then sends. */
 int rtc_client_reserve_method(lua_State *L) {
-    rtc_client *c = rtc_check_client(L, 1, "reserve");
+    rtc_client *c = rtc_check_idle_client(L, 1, "reserve");
     size_t n = 0;
     const char *action = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n) : NULL;
     int64_t now = rtc_monotonic_ns(), start;

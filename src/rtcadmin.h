@@ -68,6 +68,12 @@ typedef struct rtc_client {
     long requests;      /* requests sent */
     long connections;   /* TCP/TLS connections opened */
     int closed;
+    /* The method running on this client (its transport, statistics and signer in use), or NULL. While
+     * it runs, Lua code it calls (a batch's progress callback, a finalizer, a metamethod) may not use
+     * the client: every method but info and stats refuses, and close is put off until it returns. */
+    const char *running;
+    const char *running_via; /* how Lua code runs inside it, for the refusal's message */
+    int close_pending;
 } rtc_client;
 
 /* One API call after validation: Action/Version, then GET query parameters or a POST JSON body. */
@@ -84,9 +90,16 @@ typedef struct {
 /* client.c */
 int rtc_client_new(lua_State *L);               /* opts table at index 1 -> client userdata */
 rtc_client *rtc_check_client(lua_State *L, int idx, const char *fname);
+/* rtc_check_client, and raises when one of the client's own methods is running (see `running`). */
+rtc_client *rtc_check_idle_client(lua_State *L, int idx, const char *fname);
+/* Runs body with every value on the stack as its arguments, protected, the client marked as running
+ * `what` (Lua code reaches it `via` ...); then cleanup(ud) when given, whatever happened, then a close
+ * put off meanwhile. Returns body's results, or raises its error again. */
+int rtc_client_run(lua_State *L, rtc_client *c, const char *what, const char *via, lua_CFunction body,
+                   void (*cleanup)(void *), void *ud);
 const char *rtc_client_version(rtc_client *c, const char *action, const char *dflt);
-/* Sends the call and pushes `result, meta` or `nil, err`; returns 2. */
-int rtc_client_request(lua_State *L, rtc_client *c, const rtc_api_call *call);
+/* Sends the call (for method fname) and pushes `result, meta` or `nil, err`; returns 2. */
+int rtc_client_request(lua_State *L, rtc_client *c, const char *fname, const rtc_api_call *call);
 void rtc_client_register(lua_State *L, const luaL_Reg *methods);
 /* 1 if s is an Action name: 1 or more of A-Z a-z 0-9. */
 int rtc_valid_action(const char *s);

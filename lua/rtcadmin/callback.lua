@@ -42,6 +42,8 @@ local function bytewise_less(a, b)
   return #a < #b
 end
 
+local MAX_TTL = 31536000 -- a year, in seconds: how long the callback handler may remember an EventId
+
 local function check_secret(fname, secret)
   if type(secret) ~= "string" or secret == "" then
     error("rtcadmin.callback." .. fname .. ": the callback secret must be a non-empty string", 3)
@@ -164,8 +166,9 @@ end
 local function number_option(opts, name, default, min)
   local v = opts[name]
   if v == nil then return default end
-  if type(v) ~= "number" or not (v >= min and v < math.huge) then
-    error("rtcadmin.callback.handler: " .. name .. " must be a finite number >= " .. min, 3)
+  if type(v) ~= "number" or not (v >= min and v <= MAX_TTL) then
+    error(string.format("rtcadmin.callback.handler: %s must be a number from %g to %d (seconds)", name, min,
+      MAX_TTL), 3)
   end
   return v
 end

@@ -104,8 +104,23 @@ local function read_reply(sock)
   return nil, "unexpected reply from Redis"
 end
 
+-- opts[k] when it is a number in [min, max] (NaN and infinities are not), else raises at new's caller.
+-- The bounds are the C backend's (src/client.c): a socket timeout under 1 ms would round to none.
+local function bounded(opts, k, default, min, max, unit)
+  local v = opts[k]
+  if v == nil then return default end
+  if type(v) ~= "number" or not (v >= min and v <= max) then
+    error(("rtcadmin.redis_limiter.new: %s must be between %g and %g%s, got %s"):format(k, min, max, unit,
+      tostring(v)), 3)
+  end
+  return v
+end
+
 function M.new(opts)
   assert(type(opts) == "table", "rtcadmin.redis_limiter.new: expects an options table")
+  local timeout = bounded(opts, "timeout", 0.25, 0.001, 60, " seconds")
+  local reprobe = bounded(opts, "reprobe", 1, 0.01, 3600, " seconds")
+  local margin = bounded(opts, "margin", 0.01, 0, 1, "")
   local u = assert(M.parse_url(opts.url))
   if opts.password then
     assert(not u.password, "rtcadmin.redis_limiter.new: give the password in the url or in 'password', not both")
@@ -122,9 +137,9 @@ function M.new(opts)
   assert(share > 0 and share <= 1, "rtcadmin.redis_limiter.new: fallback_share must be in (0, 1]")
   local ngx = opts.ngx or _G.ngx
   local self = setmetatable({
-    url = u, prefix = opts.key_prefix or "rtcadmin:gcra:", timeout = opts.timeout or 0.25,
-    reprobe = opts.reprobe or 1, share = share, fallback_error = fallback == "error",
-    margin = opts.margin or 0.01, workers = opts.workers or ngx.worker.count(), ngx = ngx,
+    url = u, prefix = opts.key_prefix or "rtcadmin:gcra:", timeout = timeout,
+    reprobe = reprobe, share = share, fallback_error = fallback == "error",
+    margin = margin, workers = opts.workers or ngx.worker.count(), ngx = ngx,
     pool = "rtcadmin-redis:" .. u.where .. ":" .. (u.user or ""), pool_size = opts.pool_size or 16,
     log = opts.log == nil and true or opts.log,
     sha = hex(ngx.sha1_bin(gcra.script)),

@@ -246,17 +246,42 @@ local function client_row(name, changes, message)
     rtcadmin.client(opts)
   end, P("rtcadmin.client: " .. message))
 end
-local RANGE = "must be > 0 and <= 600 seconds"
 local CREDENTIAL = "access key (from options) has a character that cannot stand in a credential"
 local BOTH = "give both access_key and secret_key, or neither"
 
 row("client with a string", function() rtcadmin.client("http://x") end, "rtcadmin%.client: .*table.*got string")
 client_row("unknown option", { timeoutt = 5 }, 'unknown option "timeoutt" (known: access_key, secret_key,')
 client_row("timeout '5'", { timeout = "5" }, "option 'timeout' must be a number of seconds, got string")
-for _, t in ipairs { 0, -1, 601, 0 / 0, math.huge } do
-  client_row("timeout " .. tostring(t), { timeout = t }, "option 'timeout' " .. RANGE)
+
+-- Durations (seconds): none may be below 0.001. libcurl counts timeouts in whole milliseconds and
+-- reads 0 as "no timeout", so 0.0004 must be refused, not rounded to 0; NaN and infinities too. 0 is
+-- allowed only where it has a meaning (retry_base, retry_cap: no backoff).
+local SECONDS_OPTIONS = { { "timeout", 600 }, { "connect_timeout", 600 }, { "deadline", 3600 },
+  { "retry_base", 60, zero = true }, { "retry_cap", 600, zero = true } }
+for _, o in ipairs(SECONDS_OPTIONS) do
+  local rule = ("option '%s' must be %sbetween 0.001 and %d seconds, got "):format(o[1], o.zero and "0 or " or "", o[2])
+  local values = { { 0.0004, "0.0004" }, { 0.0009999, "0.0009999" }, { 1e-9, "1e-09" }, { -0.0004, "-0.0004" },
+    { -1, "-1" }, { 0 / 0, "nan" }, { math.huge, "inf" }, { -math.huge, "-inf" }, { 1e308, "1e+308" },
+    { o[2] + 0.5, ("%g"):format(o[2] + 0.5) } }
+  if not o.zero then values[#values + 1] = { 0, "0" } end
+  for _, v in ipairs(values) do client_row(o[1] .. " " .. v[2], { [o[1]] = v[1] }, rule .. v[2]) end
+  client_row(o[1] .. " '5'", { [o[1]] = "5" }, "option '" .. o[1] .. "' must be a number of seconds, got string")
 end
-client_row("connect_timeout 0", { connect_timeout = 0 }, "option 'connect_timeout' " .. RANGE)
+client_row("timeout -0.0", { timeout = -0.0 }, "option 'timeout' must be between 0.001 and 600 seconds, got -0")
+local REDIS = { backend = "redis", url = "redis://127.0.0.1:1" } -- refused before any connection is tried
+local function redis_with(k, v)
+  local t = { [k] = v }
+  for key, val in pairs(REDIS) do t[key] = val end
+  return { limiter = t }
+end
+for _, v in ipairs { { 0.0004, "0.0004" }, { 0, "0" }, { 0 / 0, "nan" }, { math.huge, "inf" }, { 61, "61" } } do
+  client_row("redis timeout " .. v[2], redis_with("timeout", v[1]),
+    "option 'timeout' must be between 0.001 and 60 seconds, got " .. v[2])
+end
+for _, v in ipairs { { 0.001, "0.001" }, { 0, "0" }, { 0 / 0, "nan" }, { -math.huge, "-inf" } } do
+  client_row("redis reprobe " .. v[2], redis_with("reprobe", v[1]),
+    "option 'reprobe' must be between 0.01 and 3600 seconds, got " .. v[2])
+end
 for _, ep in ipairs { "my host:8080", "127.0.0.1:8080/api", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:",
   "user@127.0.0.1:8080", "127.0.0.1:8080?x=1" } do
   client_row("endpoint http://" .. ep, { endpoint = "http://" .. ep },
@@ -343,17 +368,14 @@ for _, o in ipairs { { "retries", 0, 20 }, { "concurrency", 1, 64 } } do
   client_row(o[1] .. " huge", { [o[1]] = 1e300 }, ("option '%s' must be between %d and %d"):format(o[1], o[2], o[3]))
   client_row(o[1] .. " '3'", { [o[1]] = "3" }, "option '" .. o[1] .. "' must be a number, got string")
 end
-for _, o in ipairs { "retry_base", "retry_cap", "deadline" } do
-  for _, v in ipairs { -1, 0 / 0, 1e308 } do
-    client_row(o .. " " .. tostring(v), { [o] = v }, "option '" .. o .. "' must be between ")
-  end
-end
-client_row("deadline 0", { deadline = 0 }, "option 'deadline' must be between 0.001 and 3600")
-client_row("timeout -0.0", { timeout = -0.0 }, "option 'timeout' " .. RANGE)
-client_row("timeout 1e308", { timeout = 1e308 }, "option 'timeout' " .. RANGE)
-client_row("qps 0", { qps = { KickUser = 0 } }, "option 'qps': KickUser must be > 0")
-client_row("qps negative", { qps = { KickUser = -5 } }, "option 'qps': KickUser must be > 0")
-client_row("qps NaN", { qps = { default = 0 / 0 } }, "option 'qps': default must be > 0")
+-- qps: the pacing interval is 1/qps, so a tiny rate would be a wait no clock can count.
+local QPS = "must be between 0.001 and 100000 requests per second, got "
+client_row("qps 0", { qps = { KickUser = 0 } }, "option 'qps': \"KickUser\" " .. QPS .. "0")
+client_row("qps negative", { qps = { KickUser = -5 } }, "option 'qps': \"KickUser\" " .. QPS .. "-5")
+client_row("qps NaN", { qps = { default = 0 / 0 } }, "option 'qps': \"default\" " .. QPS .. "nan")
+client_row("qps 1e-300", { qps = { KickUser = 1e-300 } }, "option 'qps': \"KickUser\" " .. QPS .. "1e-300")
+client_row("qps 0.0009", { qps = { default = 0.0009 } }, "option 'qps': \"default\" " .. QPS .. "0.0009")
+client_row("qps inf", { qps = { KickUser = math.huge } }, "option 'qps': \"KickUser\" " .. QPS .. "inf")
 client_row("qps a string", { qps = { KickUser = "5" } }, "option 'qps' must map Action names to numbers")
 client_row("qps Action with CRLF", { qps = { ["Kick\r\nUser"] = 5 } },
   "option 'qps': \"Kick\\x0D\\x0AUser\" is not an Action name")
@@ -470,6 +492,28 @@ sign_row("query a string", { query = "a=b" }, "field 'query' must be a table")
 sign_row("query value a table", { query = { a = { {} } } },
   "query value for 'a' must be a string or a number, got table")
 sign_row("body a number", { body = 1 }, "field 'body' must be a string, got number")
+
+-- The OpenResty Redis limiter (what a client with a Redis limiter uses inside nginx): the C backend's
+-- bounds, checked before anything else.
+local redis_limiter = require "rtcadmin.redis_limiter"
+local function limiter_row(k, value, range, shown) -- shown: how the message shows value, as a pattern
+  row("redis_limiter.new " .. k .. " " .. tostring(value), function()
+    redis_limiter.new { url = "redis://127.0.0.1:1", [k] = value }
+  end, P(("rtcadmin.redis_limiter.new: %s must be between %s, got "):format(k, range)) .. shown)
+end
+limiter_row("timeout", 0.0004, "0.001 and 60 seconds", "0%.0004")
+limiter_row("timeout", 0 / 0, "0.001 and 60 seconds", "%-?nan")
+limiter_row("timeout", "1", "0.001 and 60 seconds", "1")
+limiter_row("reprobe", 0.001, "0.01 and 3600 seconds", "0%.001")
+limiter_row("reprobe", math.huge, "0.01 and 3600 seconds", "inf")
+limiter_row("margin", 2, "0 and 1", "2")
+limiter_row("margin", 0 / 0, "0 and 1", "%-?nan")
+
+-- rtcadmin.sleep: 0 (no sleep) to 86400 seconds.
+for _, v in ipairs { { -1, "-1" }, { -0.0004, "-0.0004" }, { 0 / 0, "NaN" }, { math.huge, "inf" },
+  { 86401, "86401" } } do
+  row("sleep " .. v[2], function() rtcadmin.sleep(v[1]) end, P("rtcadmin.sleep: expects 0..86400 seconds"))
+end
 
 -- ---------------------------------------------------------------- run the rows
 

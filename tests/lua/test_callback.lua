@@ -190,12 +190,13 @@ T.case("handler options: max_age, max_skew and ttl checked before anything else"
   T.raises("ttl %(1000%) must be at least max_age %+ max_skew %(3600%)", handler, { max_age = 3600, max_skew = 0,
     ttl = 1000 })
   for _, bad in ipairs { 0, -1, 0 / 0, math.huge, "300" } do
-    T.raises("max_age must be a finite number >= 1", handler, { max_age = bad })
+    T.raises("max_age must be a number from 1 to 31536000 %(seconds%)", handler, { max_age = bad })
   end
   for _, bad in ipairs { -1, 0 / 0, math.huge, true } do
-    T.raises("max_skew must be a finite number >= 0", handler, { max_skew = bad })
+    T.raises("max_skew must be a number from 0 to 31536000 %(seconds%)", handler, { max_skew = bad })
   end
-  T.raises("ttl must be a finite number >= 1", handler, { ttl = "86400" })
+  T.raises("ttl must be a number from 1 to 31536000 %(seconds%)", handler, { ttl = "86400" })
+  T.raises("ttl must be a number from 1 to 31536000 %(seconds%)", handler, { ttl = 31536001 })
   -- Past the option checks, a handler needs nginx: outside it, that is where it stops.
   local err = T.raises(".", handler, { max_age = 60, max_skew = 0, ttl = 60 })
   T.no_match(err, "must be", "valid options pass: " .. err)

@@ -195,6 +195,28 @@ T.case("retries recover: two silent answers, then success on the third attempt",
   T.eq(#plain.log(), 3, "requests the server saw")
 end)
 
+T.case("retry_base = 0 and retry_cap = 0 mean no backoff: retried at once", function()
+  plain.reset()
+  local c = client(plain.url, { retries = 2, retry_base = 0, retry_cap = 0 })
+  plain.queue("reset_at_once", "reset_at_once")
+  local t0 = T.now()
+  local _, meta = expect_ok(kick(c))
+  T.eq(meta.attempts, 3, "meta.attempts")
+  T.ok(T.now() - t0 < 1, "no backoff between the attempts")
+end)
+
+T.case("the shortest timeout, 0.001 s, is honoured: a silent server gets Timeout at once, not never", function()
+  plain.reset()
+  local c = client(plain.url, { timeout = 0.001, deadline = 0.001 })
+  T.eq(c:info().timeout, 0.001, "info().timeout")
+  plain.queue("silent")
+  local t0 = T.now()
+  local r, err = kick(c)
+  local elapsed = T.now() - t0
+  expect_failure({ code = "Timeout", http_status = 0, retryable = true }, r, err)
+  T.ok(elapsed < 0.5, ("answered after %.3f s"):format(elapsed))
+end)
+
 T.case("a deadline shorter than the retries need: Timeout within the deadline", function()
   plain.reset()
   local c = client(plain.url, { retries = 5, timeout = 1, deadline = 2.2, retry_base = 0.01, retry_cap = 0.01 })

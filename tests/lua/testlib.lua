@@ -343,6 +343,23 @@ function T.kicker(emu, limiter, count, tail)
   ]], T.AK, T.SK, emu.url, limiter, count, T.APP, tail or "")
 end
 
+-- Runs Lua source `code` in a child interpreter (this one, with this environment) for at most
+-- `seconds`; a child still running then is killed, so a hang fails the test instead of blocking it.
+-- Returns its output (stderr joined), its exit status (137 when killed) and the seconds it took.
+function T.child(code, seconds)
+  local lua = arg[-1] or "lua5.4"
+  -- timeout runs without the sanitizer preload; the interpreter gets it back (the module needs it).
+  local preload = os.getenv("LD_PRELOAD")
+  local p = assert(io.popen(T.plain_env .. "timeout -s KILL " .. seconds .. " env "
+    .. (preload and "LD_PRELOAD=" .. shell_quote(preload) .. " " or "") .. shell_quote(lua) .. " -e "
+    .. shell_quote(code) .. " 2>&1; echo \"__exit=$?\""))
+  local t0 = T.now()
+  local out = p:read("*a")
+  p:close()
+  local text, status = out:match("^(.*)__exit=(%d+)\n$")
+  return text, tonumber(status), T.now() - t0
+end
+
 -- Starts one independent interpreter per Lua source in `codes` (stderr joins stdout). The returned
 -- group's wait() collects every process's output, in order.
 function T.spawn(codes)

@@ -1,6 +1,6 @@
 -- A short tour of the client for memory checkers (valgrind, the sanitizer build): every method, a
 -- service error, a transport failure, an injected fault, a batch, signing, and clients released by
--- close(), by __gc and by closing the Lua state (T.run closes it).
+-- close(), by __gc and by closing the Lua state (T.run closes it); the re-entry paths of test_reentry.
 local T = require "testlib"
 local rtcadmin = require "rtcadmin"
 
@@ -45,6 +45,30 @@ T.case("every method, errors and faults, a batch, signing, close and __gc", func
   T.match(h.Authorization, "^HMAC%-SHA256 Credential=AKLTx/", "sign")
   rtcadmin.config { access_key = T.AK, secret_key = T.SK, endpoint = emu.url }
   T.ok(rtcadmin.kick_user(T.APP, "room1", "dave"), "module-level call on the default client")
+end)
+
+T.case("re-entry: close and batch inside progress, an error from progress, a step after close", function()
+  local c = T.client(emu, { retries = 0, limiter = "none" })
+  local refused
+  local results = c:kick_users(T.APP, "room1", { "r1", "r2", "r3" }, { concurrency = 2, progress = function(done)
+    if done == 1 then
+      refused = select(2, pcall(c.batch, c, { { "kick_user", T.APP, "room1", "inner" } }))
+      c:close() -- put off until the batch returns
+      collectgarbage()
+    end
+  end })
+  T.eq(#results, 3, "every item answered")
+  T.match(refused, "called from inside this client's batch", "the inner batch raised")
+  T.eq(tostring(c), "rtcadmin.client (closed)", "closed after the batch")
+
+  c = T.client(emu, { retries = 0, limiter = "none" })
+  local x = c:exchange("kick_user", T.APP, "room1", "s1")
+  T.ok(not pcall(c.kick_users, c, T.APP, "room1", { "e1", "e2", "e3", "e4" }, { progress = function()
+    error("stop")
+  end }), "an error from progress ends the batch")
+  T.ok(c:kick_users(T.APP, "room1", { "a1", "a2" }), "the next batch")
+  c:close()
+  T.ok(not pcall(x.step, x), "a step after close raises")
 end)
 
 local kept = T.client(emu) -- released when the state closes
