@@ -704,15 +704,15 @@ function Engine:_make_hot()
   local function record_for(t, scope, window, fname, level)
     local room = scope == "room"
     local tr, kp = room and track_room or track, room and keep_room or keep
-    if window and window > (kp[t] or 0) then kp[t] = window end
     local slot = tr[t]
+    if not slot then new_counter(fname, level + 1) end
+    if window and window > (kp[t] or 0) then kp[t] = window end
     local rec = c_rec
     if room then
       rec = c_room_rec or E:_room_rec(c_app, c_room, c_ts)
       c_room_rec = rec
     end
     if not slot then
-      new_counter(fname, level + 1)
       slot = E:_slot()
       tr[t] = slot
       if c_type == t then add_event(rec, slot, c_ev, c_sec, kp[t] or 0, slots) end

@@ -111,11 +111,12 @@ local function refill(chunk)
   budget[2] = left - n
 end
 
--- The slow check, when the countdown has run out.
-local function step() return refill(CHUNK) end
+-- The slow check, when the countdown has run out. (No tail calls: Lua 5.1 would leave a
+-- "(tail call)" frame between the budget error and the rule code it names.)
+local function step() refill(CHUNK) end
 
 -- The matcher's: it runs many steps between two calls of this, so it takes larger chunks.
-local function pattern_step() return refill(64 * CHUNK) end
+local function pattern_step() refill(64 * CHUNK) end
 
 -- Charges `n` steps of library work in C before it starts (the whole of it, so a count that is
 -- over budget raises before any work is done).
@@ -595,7 +596,7 @@ function sandbox.runner(limits)
       while true do
         local info = debug_getinfo(level, "Sl")
         if not info then break end
-        if info.what ~= "C" and not string_find(info.source, "rtcadmin[/\\]sandbox%.lua$") then
+        if info.what ~= "C" and info.what ~= "tail" and not string_find(info.source, "rtcadmin[/\\]sandbox%.lua$") then
           if info.currentline and info.currentline > 0 and string_sub(info.source, 1, 1) == "@"
             and not string_find(info.source, "rtcadmin[/\\][%w_]+%.lua$") then
             return info.short_src .. ":" .. info.currentline .. ": " .. BUDGET.what

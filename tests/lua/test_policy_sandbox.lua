@@ -257,10 +257,9 @@ local BACKTRACKING = "(.-)%s*(.-)%s*(.-)%s*(.-)%s*(.-)%s*(.-)%s*x$"
 local C_WORK = {
   { "string.rep of an empty string 1e15 times", "return string.rep('', 1e15)" },
   { "string.rep with a numeric string count", "return ('x'):rep('3000000')", "exceeds the sandbox's" },
-  { "table.move over 1e15 slots", "return table.move({}, 1, 1e15, 2)" },
   { "table.unpack over 1e7 values", "return table.unpack({}, 1, 1e7)" },
   { "table.concat over 1e15 slots", "return table.concat({}, '', 1, 1e15)" },
-  { "string.byte over a long range, in a loop", "local s = ('x'):rep(100000) for i = 1, 1e6 do s:byte(1, -1) end" },
+  { "string.byte over a long range, in a loop", "local s = ('x'):rep(7000) for i = 1, 1e6 do s:byte(1, -1) end" },
   { "string.upper of a long string, in a loop", "local s = ('x'):rep(1000000) for i = 1, 1e6 do s:upper() end" },
   { "table.insert at the front of a long list, in a loop",
     "local t = {} for i = 1, 100000 do t[i] = i end for i = 1, 1e6 do table.insert(t, 1, i) end" },
@@ -270,6 +269,9 @@ local C_WORK = {
     "local s = ('x'):rep(1000000) for i = 1, 1e6 do string.format('%s', s) end" },
   { "tonumber of a long string, in a loop", "local s = (' '):rep(1000000) for i = 1, 1e6 do tonumber(s) end" },
 }
+if table.move then -- Lua 5.3 on, LuaJIT
+  table.insert(C_WORK, 3, { "table.move over 1e15 slots", "return table.move({}, 1, 1e15, 2)" })
+end
 for _, name in ipairs({ "find", "match", "gmatch", "gsub" }) do
   local call = name == "gmatch" and "for _ in %s do end" or "return %s"
   local args = name == "gsub" and "BT, ''" or "BT"
@@ -294,8 +296,8 @@ for _, c in ipairs(C_WORK) do
 end
 
 T.case("C work at a rules file's top level is budgeted too: load and check refuse the file", function()
-  for _, body in ipairs({ "table.move({}, 1, 1e15, 2)", "string.rep('', 1e15)",
-                          "('" .. ("a "):rep(3000) .. "'):find('" .. BACKTRACKING .. "')" }) do
+  for _, body in ipairs({ table.move and "table.move({}, 1, 1e15, 2)" or "table.concat({}, '', 1, 1e15)",
+                          "string.rep('', 1e15)", "('" .. ("a "):rep(3000) .. "'):find('" .. BACKTRACKING .. "')" }) do
     local path = rules_file("local x = 1\n" .. body .. "\n")
     local t0 = T.now()
     local file, errs = policy.load_file(path)
@@ -306,15 +308,15 @@ T.case("C work at a rules file's top level is budgeted too: load and check refus
 end)
 
 T.case("patterns and library functions give the stock results within the budget", function()
-  local errors, decisions = attempt([[
+  local errors, decisions = attempt("local REP_SEP = '" .. ("x"):rep(3, ",") .. "'" .. [[
     local t = ev.text
-    assert(t:find("b c", 1, true) == 3 and select(2, t:find("(%w+)$")) == 7)
-    assert(t:match("^(%a+)") == "a" and string.match(t, "(%a)%s(%a)$") == "c")
+    assert(t:find("b c", 1, true) == 3 and select(2, t:find("(%w+)$")) == 5)
+    assert(t:match("^(%a+)") == "a" and select(2, string.match(t, "(%a)%s(%a)$")) == "c")
     local words = {} for w in t:gmatch("%a+") do words[#words + 1] = w end
     assert(#words == 3 and words[3] == "c")
     assert(t:gsub("%s+", "_") == "a_b_c" and select(2, t:gsub("%a", "%0%0")) == 3)
-    assert(("x"):rep(3, ",") == "x,x,x" and ("ab"):rep("2") == "abab")
-    assert(table.concat(table.move({ 1, 2, 3 }, 1, 3, 2), ",") == "1,1,2,3")
+    assert(("ab"):rep("2") == "abab" and ("x"):rep(3, ",") == REP_SEP)
+    assert(not table.move or table.concat(table.move({ 1, 2, 3 }, 1, 3, 2), ",") == "1,1,2,3")
     assert(select("#", table.unpack({ 1, 2, 3 })) == 3 and tonumber("  12  ") == 12)
     local l = { 3, 1, 2 } table.sort(l) table.insert(l, 1, 0) assert(table.remove(l, 1) == 0 and l[3] == 3)
     assert(string.format("%5.1f|%s", 1.25, "z") == "  1.2|z" or string.format("%5.1f|%s", 1.25, "z") == "  1.3|z")
@@ -326,7 +328,8 @@ end)
 T.case("a CPU-time ceiling stops work no step sees (comparing long strings in a loop)", function()
   local t0 = T.now()
   local errors = attempt("local a, b = ('x'):rep(1000000) .. 'a', ('x'):rep(1000000) .. 'b'\n"
-    .. "local n = 0 for i = 1, 1e6 do if a < b then n = n + 1 end end return n > 0",
+    .. "local n = 0 for i = 1, 1e6 do local odd = i % 2 == 1\n"
+    .. "if (odd and a or b) < (odd and b or a) then n = n + 1 end end return n > 0",
     { instructions = 1e9, memory = 64 * 1024 * 1024, time = 0.2 })
   T.eq(#errors, 1, "stopped")
   T.match(errors[1], "time budget exceeded %(0%.2 s of CPU%)", "by the time budget")
@@ -358,7 +361,9 @@ T.case("a condition cannot change the event: writes are its error, later rules s
                data = { list = { "a", "b" } } }
   T.eq(e:process(ev), 1, "the reader decided")
   T.eq(#errors, 5, "every write is its rule's error")
-  for i = 1, 5 do T.match(errors[i], "^" .. T.literal(path) .. ":" .. i .. ": the event is read%-only", "file:line " .. i) end
+  for i = 1, 5 do
+    T.match(errors[i], "^" .. T.literal(path) .. ":" .. i .. ": the event is read%-only", "file:line " .. i)
+  end
   T.match(errors[1], "'id'", "names the field")
   T.same(seen, { "reader" }, "decided on the event as it was")
   T.eq(ev.id, "e1", "the caller's event unchanged")
@@ -381,7 +386,7 @@ T.case("library tables are read-only while rules run (a file may add helpers whi
     .. 'rule "r" { on = "x", action = kick, when = function(ev) return string.starts(ev.user_id, "u") end }')))
   T.eq(e:process({ type = "x", app_id = T.APP, room_id = "room1", user_id = "u1", ts = 1 }), 1,
     "a helper added at load time works")
-  T.eq(string.starts, nil, "the host's string table is untouched")
+  T.eq(rawget(string, "starts"), nil, "the host's string table is untouched")
 end)
 
 ---------------------------------------------------------------------------------------------------
@@ -442,7 +447,8 @@ T.case("hostile numbers in ts and id are invalid events with a reason; the next 
   local cases = {
     { { ts = 1e308 }, "out of range" }, { { ts = math.huge }, "out of range" }, { { ts = -math.huge }, "out of range" },
     { { ts = -1 }, "out of range" }, { { ts = 1700000000000 }, "looks like milliseconds.*divide by 1000" },
-    { { ts = 0 / 0 }, "must be a number" }, { { id = math.huge }, "whole number" }, { { id = -math.huge }, "whole number" },
+    { { ts = 0 / 0 }, "must be a number" }, { { id = math.huge }, "whole number" },
+    { { id = -math.huge }, "whole number" },
     { { id = 0 / 0 }, "whole number" }, { { id = 1.5 }, "whole number" }, { { id = "" }, "1%-256 bytes" },
     { { id = ("i"):rep(257) }, "1%-256 bytes" },
   }
