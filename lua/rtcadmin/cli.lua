@@ -1,6 +1,8 @@
 -- The `rtcadmin` command line: one-off moderation calls, and the policy engine over event streams.
 -- bin/rtcadmin only sets the module paths and calls main(arg). See docs/cli.md.
-local cjson = require "cjson"
+-- A private encoder: a number JSON cannot hold (inf, NaN) is written as null, never raises.
+local cjson = require("cjson").new()
+cjson.encode_invalid_numbers("null")
 
 local cli = {}
 
@@ -327,7 +329,7 @@ local function events_from(fh)
 end
 
 local function clock(ts)
-  if type(ts) ~= "number" then return "-" end
+  if type(ts) ~= "number" or not (ts >= 0 and ts < 1e10) then return "-" end
   return os.date("!%H:%M:%S", math.floor(ts))
 end
 
@@ -419,8 +421,11 @@ function Cmd:feed(engine, fh, after_line)
   local bad = 0
   for n, ev, err in events_from(fh) do
     if ev then
-      local made, why = engine:process(ev)
-      if not made then err = why end
+      -- The engine refuses what is wrong with an event; anything it raises is reported with the
+      -- line, and the input goes on.
+      local ok, made, why = pcall(engine.process, engine, ev)
+      if not ok then err = "engine error: " .. tostring(made)
+      elseif not made then err = why end
     end
     if err then
       bad = bad + 1

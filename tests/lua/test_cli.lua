@@ -239,6 +239,45 @@ T.case("run exits 1 when an action fails for good, 3 when a rules file does not 
   T.eq(emu.stats().requests, 1, "nothing more was sent")
 end)
 
+T.case("hostile numbers in events are invalid lines, never a crash: replay, run, --json, --audit", function()
+  local rules = dir .. "/hostile_rules.lua"
+  T.write_file(rules, 'rule "any" { on = "chat", action = kick, cooldown = 0 }\n')
+  -- Raw JSON: 1e999 decodes to infinity, which JSON cannot write back.
+  local input = table.concat({
+    '{"type":"chat","app_id":"' .. APP .. '","room_id":"room1","user_id":"h1","ts":1e308}',
+    '{"type":"chat","app_id":"' .. APP .. '","room_id":"room1","user_id":"h2","ts":1e999}',
+    '{"type":"chat","app_id":"' .. APP .. '","room_id":"room1","user_id":"h3","ts":-1e999}',
+    '{"type":"chat","app_id":"' .. APP .. '","room_id":"room1","user_id":"h4","ts":1764064800,"id":1e999}',
+    '{"type":"chat","app_id":"' .. APP .. '","room_id":"room1","user_id":"h5","ts":1764064800000}',
+    event("chat", "fine", { id = "ok-1" }),
+  }, "\n") .. "\n"
+  local events = dir .. "/hostile.jsonl"
+  T.write_file(events, input)
+  local audit = dir .. "/hostile_audit.jsonl"
+  os.remove(audit)
+  for _, args in ipairs({ "replay " .. q(rules) .. " " .. q(events), "replay --json " .. q(rules) .. " " .. q(events),
+                          "run --audit " .. q(audit) .. " --json " .. q(rules) .. " -" }) do
+    local code, out, err = rtcadmin(args, args:find("^run") and input or nil)
+    T.eq(code, 0, args .. ": exit 0")
+    for i, why in ipairs({ "out of range", "out of range", "out of range", "whole number", "milliseconds" }) do
+      T.match(err, ":" .. i .. ": skipped: [^\n]*" .. why, args .. ": line " .. i .. " reported")
+    end
+    T.match(out .. err, "5 invalid", args .. ": counted")
+    if args:find("--json", 1, true) then
+      local decided = 0
+      for _, l in ipairs(lines(out)) do
+        local ok, d = pcall(cjson.decode, l)
+        T.ok(ok, args .. ": a JSON line: " .. l)
+        if d.rule == "any" then decided = decided + 1; T.eq(d.user_id, "fine", "the valid event decided") end
+      end
+      T.eq(decided, 1, args .. ": one decision, valid JSON")
+    else
+      T.match(out, "any%s+kick%s+room1%s+fine", args .. ": the valid event decided")
+    end
+  end
+  for _, l in ipairs(lines(T.read_file(audit))) do T.ok(cjson.decode(l), "audit line parses") end
+end)
+
 T.case("check reports ok files, warnings and errors with file:line", function()
   local good = T.write_file(dir .. "/good.lua", 'rule "long" { on = "chat", action = ban(days(30)) }\n')
   local code, out = rtcadmin("check " .. q(good))
