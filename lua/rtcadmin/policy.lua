@@ -506,7 +506,7 @@ function policy.new(opts)
     if type(opts.limits) ~= "table" then error("rtcadmin.policy.new: 'limits' must be a table", 2) end
     for k, v in pairs(opts.limits) do
       if sandbox.DEFAULTS[k] == nil then
-        error("rtcadmin.policy.new: unknown limit '" .. tostring(k) .. "' (instructions, memory, string_max)", 2)
+        error("rtcadmin.policy.new: unknown limit '" .. tostring(k) .. "' (instructions, memory, string_max, time)", 2)
       end
       if type(v) ~= "number" or v ~= v or v <= 0 then
         error(string_format("rtcadmin.policy.new: limit '%s' must be a positive number", k), 2)
