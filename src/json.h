@@ -18,4 +18,8 @@ int rtc_json_string(rtc_buf *b, const char *s, size_t n);
  * Returns 0, or -1 with a message in err. */
 int rtc_json_encode(lua_State *L, int idx, rtc_buf *b, char *err, size_t errlen);
 
+/* rtcadmin.json_encode (output: NaN/inf as null, invalid UTF-8 replaced, tables marked by
+ * rtcadmin.json_array written as arrays even when empty) and rtcadmin.json_array. */
+void rtc_json_register(lua_State *L);
+
 #endif

@@ -5,6 +5,7 @@
 
 #include <openssl/crypto.h>
 
+#include "json.h"
 #include "rtcadmin.h"
 
 #define SIGNER_MT "rtcadmin.signer"
@@ -355,6 +356,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     }
     rtc_heap_register(L);
     rtc_view_register(L);
+    rtc_json_register(L);
     rtc_pattern_register(L);
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
