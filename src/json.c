@@ -73,6 +73,16 @@ typedef struct {
     size_t errlen;
 } json_mode;
 
+/* Appends s[0..n) (valid UTF-8) escaped, without quotes. */
+static void json_run(rtc_buf *b, const char *s, size_t n) {
+    size_t at = b->len;
+    rtc_json_string(b, s, n);
+    if (b->oom) return;
+    memmove(b->data + at, b->data + at + 1, b->len - at - 2);
+    b->len -= 2;
+    b->data[b->len] = '\0';
+}
+
 /* A string for output: each byte that does not start a valid UTF-8 sequence becomes U+FFFD. */
 static int json_string_lossy(rtc_buf *b, const char *s, size_t n) {
     size_t i = 0, start = 0;
@@ -81,28 +91,14 @@ static int json_string_lossy(rtc_buf *b, const char *s, size_t n) {
         unsigned char c = (unsigned char)s[i];
         size_t len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
         if (c >= 0x80 && (i + len > n || !rtc_utf8_valid(s + i, len))) {
-            /* write the run before it (re-quoted without its own quotes), then the replacement */
-            if (i > start) {
-                size_t at = b->len;
-                rtc_json_string(b, s + start, i - start);
-                memmove(b->data + at, b->data + at + 1, b->len - at - 2);
-                b->len -= 2;
-                b->data[b->len] = '\0';
-            }
+            json_run(b, s + start, i - start);
             rtc_buf_adds(b, "\\ufffd");
-            start = i + 1;
-            i++;
+            start = ++i;
             continue;
         }
         i += len;
     }
-    if (n > start) {
-        size_t at = b->len;
-        rtc_json_string(b, s + start, n - start);
-        memmove(b->data + at, b->data + at + 1, b->len - at - 2);
-        b->len -= 2;
-        b->data[b->len] = '\0';
-    }
+    json_run(b, s + start, n - start);
     return rtc_buf_addc(b, '"');
 }
 
