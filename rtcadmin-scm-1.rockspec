@@ -43,6 +43,7 @@ build = {
       ["rtcadmin.callback"] = "lua/rtcadmin/callback.lua",
       ["rtcadmin.admin"] = "lua/rtcadmin/admin.lua",
       ["rtcadmin.logtext"] = "lua/rtcadmin/logtext.lua",
+      ["rtcadmin.bans"] = "lua/rtcadmin/bans.lua",
       ["rtcadmin.redis_gcra"] = "lua/rtcadmin/redis_gcra.lua",
       ["rtcadmin.redis_limiter"] = "lua/rtcadmin/redis_limiter.lua",
       -- the policy engine, its rule sandbox and the command line
