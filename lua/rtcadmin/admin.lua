@@ -1,11 +1,29 @@
 -- An authenticated moderation endpoint for nginx (a dashboard's backend): POST /kick, /ban, /unban,
 -- /update_ban, /mute, /unmute with a JSON body of the method's fields, GET /online?app_id=&room_id=,
--- each answered with JSON. Requests carry `Authorization: Bearer <token>`.
+-- each answered with JSON (rtcadmin.json_encode: sorted keys, lists as arrays even when empty).
+-- Requests carry `Authorization: Bearer <token>`.
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
 local quote = require("rtcadmin.logtext").quote
 
 local M = {}
+
+-- The fields of API results that are lists. lua-cjson decodes `[]` and `{}` alike into an empty
+-- table, so an empty list is written back as `[]` only when it is marked (rtcadmin.json_array).
+M.LIST_FIELDS = { "VisibleUserList", "InvisibleUserList" }
+
+-- The result with its list fields marked as arrays. GetRoomOnlineUsers leaves the lists out when
+-- RoomExists is false (an empty room): the online answer has them as [] then, so a dashboard always
+-- finds both.
+local function with_lists(route, res)
+  if type(res) ~= "table" then return res end
+  for _, k in ipairs(M.LIST_FIELDS) do
+    local v = res[k]
+    if v == nil and route == "online" then v = {} end
+    if type(v) == "table" then res[k] = rtcadmin.json_array(v) end
+  end
+  return res
+end
 
 -- route -> how to call the client with the request's fields
 local ROUTES = {
@@ -33,9 +51,15 @@ function M.handler(opts)
   end
 
   local function reply(status, doc)
+    -- A result the writer refuses (nesting deeper than 32, say) came from the API: a bad gateway.
+    local ok, body = pcall(rtcadmin.json_encode, doc)
+    if not ok then
+      status, body = 502, rtcadmin.json_encode { ok = false, message = "the API's answer cannot be written as JSON: " ..
+        tostring(body) }
+    end
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
-    ngx.say(cjson.encode(doc))
+    ngx.say(body)
     return ngx.exit(status)
   end
 
@@ -60,6 +84,11 @@ function M.handler(opts)
       ngx.req.read_body()
       fields = cjson.decode(ngx.req.get_body_data() or "")
       if type(fields) ~= "table" then return reply(400, { ok = false, message = "body must be a JSON object" }) end
+      -- kick_user takes its three arguments, not the table: the other fields go nowhere, so are dropped
+      -- here (the other methods refuse fields they do not know).
+      if route == "kick" then
+        fields = { app_id = fields.app_id, room_id = fields.room_id, user_id = fields.user_id }
+      end
     end
     -- Bad input raises in the module before any traffic: that is the caller's 400.
     local ok, res, meta = pcall(call, get_client(), fields)
@@ -75,9 +104,10 @@ function M.handler(opts)
       })
     end
     -- The fields the module accepted, as they came in: request text, so quoted.
-    ngx.log(ngx.NOTICE, "rtcadmin.admin: ", route, " ", quote(cjson.encode(fields), 512), " request_id=",
+    ngx.log(ngx.NOTICE, "rtcadmin.admin: ", route, " ", quote(rtcadmin.json_encode(fields), 512), " request_id=",
       tostring(meta.request_id))
-    return reply(200, { ok = true, result = res, request_id = meta.request_id, attempts = meta.attempts })
+    return reply(200, { ok = true, result = with_lists(route, res), request_id = meta.request_id,
+                        attempts = meta.attempts })
   end
 end
 

@@ -205,7 +205,7 @@ function M.handler(opts)
     dict:incr(COUNTER .. outcome, 1, 0)
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
-    ngx.say(cjson.encode { ok = status == 200, message = message })
+    ngx.say(rtcadmin.json_encode { ok = status == 200, message = message })
     return ngx.exit(status)
   end
 

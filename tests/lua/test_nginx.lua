@@ -33,6 +33,12 @@ function M.tls_client(endpoint)
   return tls
 end
 M.admin = require("rtcadmin.admin").handler { token = %q, client = M.client }
+-- An API answering GetRoomOnlineUsers with a result nested deeper than the JSON writer goes.
+local deep = { RoomExists = true, VisibleUserList = {}, Extra = {} }
+local at = deep.Extra
+for _ = 1, 40 do at[1] = {} at = at[1] end
+M.admin_deep = require("rtcadmin.admin").handler { token = %q,
+  client = { online_users = function() return deep, { request_id = "deep-1", attempts = 1 } end } }
 M.callback = require("rtcadmin.callback").handler {
   secret = %q, dict = "rtcadmin_events",
   on_event = function(ev) -- acts on each event: kicks the user it names
@@ -50,7 +56,7 @@ function M.hammer(n)
   end)
 end
 return M
-]], T.AK, T.SK, emu.url, limiter_dir, APP, T.AK, T.SK, TOKEN, CB_SECRET, APP)
+]], T.AK, T.SK, emu.url, limiter_dir, APP, T.AK, T.SK, TOKEN, TOKEN, CB_SECRET, APP)
 end
 
 -- Two self-signed certificates for 127.0.0.1 / localhost: nginx trusts the first.
@@ -90,6 +96,7 @@ local function start_nginx(workers, extra_worker_init, server_cert)
       }
     }
     location /admin/ { content_by_lua_block { require("testapp").admin() } }
+    location /deep_admin/ { content_by_lua_block { require("testapp").admin_deep() } }
     location = /callback { content_by_lua_block { require("testapp").callback() } }
     location = /callback_stats {
       content_by_lua_block {
@@ -226,6 +233,62 @@ T.case("kick, ban and mute through the admin handler change the emulator's room"
   T.eq(emu.stats().requests, 4, "four API requests")
 end)
 
+-- An admin request's raw answer: status, body text.
+local function admin_raw(ng_, path, body, token)
+  return T.http(body and "POST" or "GET", ng_.url .. "/admin/" .. path, body,
+    { "Authorization: Bearer " .. (token or TOKEN), "Content-Type: application/json" })
+end
+
+T.case("admin answers are JSON with sorted keys, and the API's lists are arrays, [] when empty", function()
+  emu.reset() -- room1: alice, bob and carol, all visible
+  local online = "online?app_id=" .. APP .. "&room_id="
+  local status, text = admin_raw(ng, online .. "room1")
+  T.eq(status, 200, "online status")
+  T.match(text, '^{"attempts":1,"ok":true,"request_id":"%d+%x+","result":{"InvisibleUserList":%[%],' ..
+    '"RoomExists":true,"TotalInvisibleUser":0,"TotalUser":3,"VisibleUserList":%["alice","bob","carol"%]}}\n$',
+    "no invisible user: []")
+  emu.join(APP, "room1", "watcher", { invisible = true })
+  status, text = admin_raw(ng, online .. "room1")
+  T.eq(status, 200, "online status")
+  T.match(text, '"InvisibleUserList":%["watcher"%]', "an invisible user: a list of one")
+  T.match(text, '"VisibleUserList":%["alice","bob","carol"%]', "the visible ones")
+  -- An empty room: the API says RoomExists false and leaves the lists out; the endpoint gives them as [].
+  status, text = admin_raw(ng, online .. "nobody-here")
+  T.eq(status, 200, "empty room status")
+  T.match(text, '"result":{"InvisibleUserList":%[%],"RoomExists":false,"VisibleUserList":%[%]}', "empty room: []")
+  T.eq(cjson.decode(text).result.RoomExists, false, "RoomExists")
+  status, text = admin_raw(ng, "kick", cjson.encode { app_id = APP, room_id = "room1", user_id = "bob" })
+  T.eq(status, 200, "kick status")
+  T.match(text, '^{"attempts":1,"ok":true,"request_id":"%d+%x+","result":{"message":"success"}}\n$', "kick answer")
+  -- Error answers, byte for byte.
+  for _, c in ipairs {
+    { "kick", '{"app_id":"' .. APP .. '"}', "wrong-token-0000000000", 401,
+      '{"message":"missing or wrong bearer token","ok":false}' },
+    { "nothing", "{}", nil, 404, '{"message":"unknown action","ok":false}' },
+    { "kick", "[1,2", nil, 400, '{"message":"body must be a JSON object","ok":false}' },
+    { "kick", cjson.encode { app_id = APP, room_id = "room1", user_id = "bad user" }, nil, 400,
+      '{"message":"rtcadmin.kick_user: bad argument \'user_id\': expected 1-128 characters of A-Z a-z 0-9 @ . _ -, ' ..
+      'got \\"bad user\\"","ok":false}' },
+  } do
+    status, text = admin_raw(ng, c[1], c[2], c[3])
+    T.eq(status, c[4], c[1] .. " status")
+    T.eq(text, c[5] .. "\n", c[1] .. " answer")
+  end
+  emu.faults { { action = "KickUser", kind = "status500", count = 10 } }
+  status, text = admin_raw(ng, "kick", cjson.encode { app_id = APP, room_id = "room1", user_id = "carol" })
+  T.eq(status, 502, "failure status")
+  T.match(text, '^{"code":"InternalError","http_status":500,"message":".-","ok":false,"request_id":"%d+%x+",' ..
+    '"retryable":true}\n$', "failure answer")
+end)
+
+T.case("admin: an API result the JSON writer cannot hold is a 502 that says so", function()
+  local status, text = T.http("GET", ng.url .. "/deep_admin/online?app_id=" .. APP .. "&room_id=room1", nil,
+    { "Authorization: Bearer " .. TOKEN })
+  T.eq(status, 502, "status")
+  T.eq(text, '{"message":"the API\'s answer cannot be written as JSON: rtcadmin.json_encode: tables nested deeper ' ..
+    'than 32 (or a cycle) (in key \\"Extra\\")","ok":false}\n', "answer")
+end)
+
 T.case("https through cosockets: the certificate is verified, and the call works", function()
   emu.reset()
   local status, text = T.http("GET", ng.url .. "/tls?app=" .. APP .. "&user=alice")
@@ -269,7 +332,7 @@ T.case("the admin endpoint logs each action with its fields quoted, and no other
   local status = admin(ng, "online?app_id=" .. APP .. "&room_id=room1&note=%0A2026/01/01%20forged")
   T.eq(status, 200, "online status")
   local n = 0
-  for line in ng.log():gmatch("[^\n]*rtcadmin%.admin: online [^\n]*") do
+  for line in ng.log():gmatch("[^\n]*rtcadmin%.admin: online [^\n]*&note=%%0A[^\n]*") do
     n = n + 1
     T.match(line, 'rtcadmin%.admin: online "{.-\\"room_id\\":\\"room1\\".-}" request_id=', "its fields, quoted")
     -- (nginx itself adds the request line after ", client:"; the handler's message ends before it)
@@ -439,6 +502,27 @@ T.case("callback: one count per answer, in the shared dict all workers count int
   T.same(delta, { accepted = 1, duplicate = 2, bad_signature = 1, stale = 1, malformed = 3, error = 0 }, "counted")
   T.eq(total, 8, "one count per request")
   T.eq(#kicks_after(1), 1, "one KickUser")
+end)
+
+T.case("callback: every answer is a JSON object with sorted keys", function()
+  emu.reset()
+  local fields = event_fields("carol")
+  local function answer(status, message)
+    return status, '{"message":"' .. message .. '","ok":' .. tostring(status == 200) .. '}\n'
+  end
+  for _, c in ipairs {
+    { { post_callback(ng, fields) }, answer(200, "accepted") },
+    { { post_callback(ng, fields) }, answer(200, "duplicate") },
+    { { post_callback(ng, event_fields("carol"), "not-the-secret") }, answer(401, "bad signature") },
+    { { post_callback(ng, event_fields("carol", { EventTime = iso_time(-3600) })) },
+      answer(403, "EventTime outside the accepted window") },
+    { { T.http("POST", ng.url .. "/callback", "{not json") }, answer(400, "body is not a JSON object") },
+    { { T.http("GET", ng.url .. "/callback") }, answer(405, "POST only") },
+  } do
+    local got, want_status, want_text = c[1], c[2], c[3]
+    T.eq(got[1], want_status, "status")
+    T.eq(got[2], want_text, "answer")
+  end
 end)
 
 T.case("callback: request text in the error log is quoted, so a newline in EventId forges no line", function()
