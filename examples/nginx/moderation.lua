@@ -2,8 +2,12 @@
 -- dashboard's admin endpoint. Configuration comes from the environment (nginx passes only the
 -- variables named by `env` directives in nginx.conf), read once in init_by_lua.
 local rtcadmin = require "rtcadmin" -- loading does no I/O and makes no client
-local cjson = require "cjson"
 local quote = require("rtcadmin.logtext").quote -- request text in a log line: escaped, capped
+-- Loaded here, by the master process (init_by_lua): the workers inherit them, so they never read the
+-- source tree (they may run as a user that cannot), and a broken installation fails at startup.
+local policy = require "rtcadmin.policy"
+local callback = require "rtcadmin.callback"
+local admin = require "rtcadmin.admin"
 
 local M = {}
 local conf = {}
@@ -31,24 +35,28 @@ function M.init()
     f:close()
   end
   conf.dry_run = os.getenv("RTCADMIN_DRY_RUN") == "1"
-  -- RTC EventType -> the event type rules watch, e.g. "SomeJoinEvent=join,SomeLeaveEvent=leave". RTC's
-  -- event catalogue is not confirmed (docs/nginx.md), so there is no default: unmapped events keep
-  -- their EventType, and rules may watch it by that name.
+  -- RTC EventType -> the event type rules watch (docs/callbacks.md lists RTC's). By default a visible
+  -- user's UserJoinRoom is a "join" and UserLeaveRoom a "leave"; RTCADMIN_EVENT_TYPES, when set,
+  -- replaces that mapping ("" maps nothing). Unmapped events keep their EventType, and rules may watch
+  -- them by that name (on = "InvisibleUserJoinRoom").
   conf.event_types = {}
-  for from, to in (os.getenv("RTCADMIN_EVENT_TYPES") or ""):gmatch("([^,=%s]+)=([^,=%s]+)") do
+  for from, to in (os.getenv("RTCADMIN_EVENT_TYPES") or "UserJoinRoom=join,UserLeaveRoom=leave"):gmatch(
+    "([^,=%s]+)=([^,=%s]+)") do
     conf.event_types[from] = to
   end
 end
 
 -- Audit records go to nginx's error log: decisions and successes at NOTICE, failures at WARN/ERR.
--- JSON keeps each record on one line (cjson escapes control characters), and whatever the receiver
+-- JSON keeps each record on one line (control characters are escaped), and whatever the receiver
 -- logs of a request is quoted (rtcadmin.logtext), so it never starts a line: a record is a line where
 -- `rtcadmin audit {` follows nginx's and the Lua module's prefixes (docs/nginx.md, "Request text in
--- the log").
+-- the log"). rtcadmin.json_encode writes the keys sorted and a marked list as [] even when empty
+-- (a decision's evidence is a list: empty when its rule asked the context nothing).
 local function audit_to_log(record)
   local level = ngx.NOTICE
   if record.error then level = record.outcome == "retry" and ngx.WARN or ngx.ERR end
-  ngx.log(level, "rtcadmin audit ", cjson.encode(record))
+  if type(record.evidence) == "table" then rtcadmin.json_array(record.evidence) end
+  ngx.log(level, "rtcadmin audit ", rtcadmin.json_encode(record))
 end
 
 -- init_worker_by_lua: one client per worker; the host limiter (the default inside nginx) gives
@@ -58,7 +66,7 @@ end
 function M.init_worker()
   client = rtcadmin.client { access_key = conf.access_key, secret_key = conf.secret_key, endpoint = conf.endpoint,
                              timeout = 3 }
-  engine = require("rtcadmin.policy").new { client = client, audit = audit_to_log, dry_run = conf.dry_run,
+  engine = policy.new { client = client, audit = audit_to_log, dry_run = conf.dry_run,
                                             now = function() return ngx.now() end }
   for _, file in ipairs(conf.rules) do
     local ok, errs = engine:load_source(file.source, "@" .. file.path)
@@ -81,17 +89,17 @@ end
 -- The receiver's defaults: events whose signed EventTime is more than max_age = 300 s old or
 -- max_skew = 60 s ahead of this host's clock are refused (403, counted "stale"): keep the clock in
 -- NTP sync. EventIds are remembered for ttl = max_age + max_skew seconds (no less is allowed).
--- Outcome counters: require("rtcadmin.callback").stats("rtcadmin_events") (docs/nginx.md).
+-- Outcome counters: callback.stats("rtcadmin_events") (docs/nginx.md).
 local handlers = {}
 function M.callback()
-  handlers.callback = handlers.callback or require("rtcadmin.callback").handler {
+  handlers.callback = handlers.callback or callback.handler {
     secret = conf.callback_secret, dict = "rtcadmin_events", on_event = function(ev) return M.on_event(ev) end,
   }
   return handlers.callback()
 end
 
 function M.admin()
-  handlers.admin = handlers.admin or require("rtcadmin.admin").handler { token = conf.admin_token, client = M.client }
+  handlers.admin = handlers.admin or admin.handler { token = conf.admin_token, client = M.client }
   return handlers.admin()
 end
 

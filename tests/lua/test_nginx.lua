@@ -678,6 +678,168 @@ return M
   ng1.stop()
 end)
 
+-- The commands in examples/nginx/nginx.conf's header: lines "#   cmd", continued by more deeply
+-- indented lines after a trailing \ or |.
+local function header_commands(conf)
+  local cmds = {}
+  for line in conf:gmatch("([^\n]*)\n") do
+    if not line:find("^#") then break end
+    local cont, cmd = line:match("^#    +(%S.*)$"), line:match("^#   (%S.*)$")
+    local last = cmds[#cmds]
+    if cont and last and (last:find("\\$") or last:find("|$")) then
+      cmds[#cmds] = last .. "\n" .. cont
+    elseif cmd then
+      cmds[#cmds + 1] = cmd
+    end
+  end
+  return cmds
+end
+
+-- s with every occurrence of the text `from` replaced by `to`; the number of replacements.
+local function replace(s, from, to) return s:gsub(T.literal(from), (to:gsub("%%", "%%%%"))) end
+
+T.case("the example (examples/nginx) runs as its header says: admin answers, signed callbacks, rules act", function()
+  emu.reset()
+  local src = T.source_dir
+  local conf = assert(T.read_file(src .. "/examples/nginx/nginx.conf"))
+  local cmds = header_commands(conf)
+  local function find(prefix)
+    for _, c in ipairs(cmds) do if c:sub(1, #prefix) == prefix then return c end end
+    error("the header has no command starting with " .. prefix .. ":\n" .. table.concat(cmds, "\n"))
+  end
+  local function sh(cmd) -- runs cmd from the repository root: output, exit status
+    local p = assert(io.popen(T.plain_env .. "sh -c " .. T.shell_quote("cd " .. T.shell_quote(src) .. " && " ..
+      cmd) .. " 2>&1"))
+    local out = p:read("*a")
+    local ok = p:close()
+    return out, ok
+  end
+  -- The build and packages lines name a real target and script (ctest has built it already).
+  T.ok(find("./scripts/bootstrap"), "bootstrap line")
+  local build = find("make luajit")
+  local out, ok = sh("make -n luajit")
+  T.ok(ok, "`make luajit` is a target: " .. out)
+  T.match(out, "build/lua%-luajit %-DRTCADMIN_LUA=luajit", "it builds build/lua-luajit for LuaJIT")
+  T.match(conf, 'lua_package_cpath "build/lua%-luajit/%?%.so;;";', "nginx loads what " .. build .. " builds")
+  T.match(find("python3 emulator/rtc_emulator.py"), "%-%-port 8080 &$", "the emulator line")
+
+  -- What the header lets a user change: the ports (listen, the URLs, the emulator's), the prefix,
+  -- where the LuaJIT build is (lua_package_cpath) and so where the file is.
+  local port = T.free_ports(1)
+  local prefix, confdir = T.tmpdir(), T.tmpdir()
+  os.execute("rmdir " .. T.shell_quote(prefix)) -- the header's mkdir makes it
+  local function subst(cmd)
+    cmd = replace(cmd, "/tmp/rtcadmin-nginx", prefix)
+    cmd = replace(cmd, "127.0.0.1:8088", "127.0.0.1:" .. port)
+    cmd = replace(cmd, "http://127.0.0.1:8080", emu.url)
+    return (replace(cmd, '"$PWD/examples/nginx/nginx.conf"', T.shell_quote(confdir .. "/nginx.conf")))
+  end
+  local edited, n = replace(conf, "listen 127.0.0.1:8088;", "listen 127.0.0.1:" .. port .. ";")
+  T.eq(n, 1, "one listen line")
+  local cpath = os.getenv("RTCADMIN_LUAJIT_CPATH")
+  if cpath then
+    edited, n = replace(edited, 'lua_package_cpath "build/lua-luajit/?.so;;";',
+      'lua_package_cpath "' .. cpath .. ';;";')
+    T.eq(n, 1, "one lua_package_cpath line")
+  end
+  T.write_file(confdir .. "/nginx.conf", edited)
+
+  local env = {}
+  for _, c in ipairs(cmds) do if c:find("^export ") then env[#env + 1] = subst(c) end end
+  T.eq(#env, 3, "export lines")
+  env = table.concat(env, "\n") .. "\n"
+  local secrets = {} -- the values the header exports, none of which may reach the log
+  for name, value in env:gmatch("([%w_]+)=(%S+)") do secrets[name] = value end
+  local log_file = confdir .. "/nginx.out"
+  -- nginx as the header starts it (in the background), stopped with this test process if it dies.
+  local start = env .. subst(find("mkdir ")) .. "\n" .. subst(find("nginx ")) .. "\n" ..
+    "n=$!; while kill -0 " .. T.pid() .. " 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; " ..
+    "kill -QUIT $n 2>/dev/null; wait $n"
+  local proc = assert(io.popen(T.plain_env .. "sh -c " .. T.shell_quote("cd " .. T.shell_quote(src) .. " && " ..
+    start) .. " >" .. T.shell_quote(log_file) .. " 2>&1 &"))
+  proc:close()
+  local url = "http://127.0.0.1:" .. port
+  local function log() return T.read_file(log_file) or "" end
+  local up = false
+  for _ = 1, 50 do
+    if T.http("GET", url .. "/admin/online") == 401 then up = true break end -- (logs nothing)
+    T.sleep(0.1)
+  end
+  T.ok(up, "nginx started:\n" .. log())
+
+  -- The header's admin call: room1's people, the empty list as [].
+  local online = subst(find("curl "))
+  T.match(online, "/admin/online%?", "the header's curl is the online listing")
+  out = sh(env .. online)
+  T.match(out, '^{"attempts":1,"ok":true,"request_id":"%d+%x+","result":{"InvisibleUserList":%[%],' ..
+    '"RoomExists":true,"TotalInvisibleUser":0,"TotalUser":3,"VisibleUserList":%["alice","bob","carol"%]}}\n$',
+    "online answer")
+
+  -- The header's signed callback, then a wave of joins: one worker sees more than 15 of them within
+  -- 10 s, and rule join-wave (examples/rules/raid.lua) bans the newcomers past that.
+  local signed = subst(find("luajit examples/nginx/sign_callback.lua"))
+  T.match(signed, "UserJoinRoom " .. APP .. " room1 raid_01 |\ncurl %-s %-%-data%-binary @%- " .. T.literal(url) ..
+    "/rtc/callback$", "the header's callback line")
+  out = sh(env .. signed)
+  T.eq(out, '{"message":"accepted","ok":true}\n', "the header's signed callback is accepted")
+  local wave = {}
+  for i = 2, 33 do
+    local user = string.format("raid_%02d", i)
+    emu.join(APP, "room1", user)
+    wave[#wave + 1] = (replace(signed, "raid_01", user)) .. "; echo"
+  end
+  out = sh(env .. table.concat(wave, "\n"))
+  local _, accepted = out:gsub('{"message":"accepted","ok":true}\n', "")
+  T.eq(accepted, 32, "32 more joins accepted:\n" .. out)
+  local bans
+  for _ = 1, 50 do
+    bans = api_requests("BanRoomUser")
+    if #bans >= 2 then break end
+    T.sleep(0.1)
+  end
+  T.sleep(0.5)
+  bans = api_requests("BanRoomUser")
+  T.ok(#bans >= 2, "join-wave banned newcomers: " .. #bans .. " BanRoomUser requests")
+  local room = emu.room(APP, "room1")
+  local records = {}
+  for line in log():gmatch("[^\n]+") do
+    local json = line:match("^%S+ %S+ %[%w+%] %d+#%d+: %*?%d* ?%[lua%] moderation%.lua:%d+: %w*%(%): " ..
+      "rtcadmin audit ({.*})")
+    if json then
+      records[#records + 1] = cjson.decode(json)
+      T.eq(json, require("rtcadmin").json_encode(records[#records]), "an audit record: sorted keys, written once")
+    end
+  end
+  local banned = 0
+  for _, r in ipairs(records) do
+    T.eq(r.rule, "join-wave", "rule")
+    T.eq(r.event_type, "join", "UserJoinRoom is a join by default")
+    if r.outcome == "ok" then
+      banned = banned + 1
+      T.eq(r.action, "ban", "action")
+      T.ok(room.banned_users[r.user_id], r.user_id .. " is banned at the emulator")
+      T.ok(not T.contains(room.users, r.user_id), r.user_id .. " is out of the room")
+    end
+  end
+  T.eq(banned, #bans, "an audit record with outcome ok for each ban")
+  local text = log()
+  for name, value in pairs(secrets) do
+    if name ~= "VOLC_ACCESSKEY" and name ~= "RTCADMIN_ENDPOINT" then T.no_match(text, value, name .. " in the log") end
+  end
+  T.no_match(text, "[error]", "no error in the log")
+
+  -- The header's way to stop it.
+  local stop = subst(conf:match("Stop it with `([^`]+)`"))
+  out, ok = sh(stop)
+  T.ok(ok, "stopped: " .. out)
+  for _ = 1, 50 do
+    if not io.open(prefix .. "/logs/nginx.pid") then break end
+    T.sleep(0.1)
+  end
+  T.eq(io.open(prefix .. "/logs/nginx.pid"), nil, "nginx is gone")
+  os.execute("rm -rf " .. T.shell_quote(prefix) .. " " .. T.shell_quote(confdir))
+end)
+
 T.run(function()
   ng.stop()
   os.execute("rm -rf " .. T.shell_quote(CERTS))

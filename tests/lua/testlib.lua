@@ -213,6 +213,18 @@ function T.http(method, url, body, headers)
   return tonumber(status), resp, tonumber(took)
 end
 
+-- n loopback TCP ports that are free now (all bound at once, so they differ), as strings.
+function T.free_ports(n)
+  local p = assert(io.popen(T.plain_env .. "python3 -c 'import socket; s=[socket.socket() for _ in range(" .. n ..
+    ")]; [x.bind((\"127.0.0.1\", 0)) for x in s]; print(*[x.getsockname()[1] for x in s])'"))
+  local line = p:read("*l")
+  p:close()
+  local ports = {}
+  for port in line:gmatch("%d+") do ports[#ports + 1] = port end
+  assert(#ports == n, "free ports: " .. tostring(line))
+  return T.unpack(ports)
+end
+
 -- Starts nginx (Debian's, with the lua module) on a free loopback port with its own prefix
 -- directory. `http` is the body of the http{} block (PORT and PORT2 stand for two free ports); `lua_files`
 -- maps file names to contents written into the prefix, which is on lua_package_path. A watchdog
@@ -226,10 +238,7 @@ function T.nginx(opts)
     f:close()
   end
   local cpath = opts.cpath or os.getenv("RTCADMIN_LUAJIT_CPATH") or "build-luajit/?.so"
-  local p = io.popen(T.plain_env .. "python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); " ..
-    "t=socket.socket(); t.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1], t.getsockname()[1])'")
-  local port, port2 = p:read("*l"):match("^(%d+) (%d+)$")
-  p:close()
+  local port, port2 = T.free_ports(2)
   local root = io.popen("id -u"):read("*l") == "0"
   local conf = table.concat({
     "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
