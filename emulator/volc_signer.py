@@ -1,6 +1,7 @@
 """Volcengine OpenAPI request signer ("HMAC-SHA256", V4 style), standard library only.
 
-Written from shared/spec/signing.md. It serves two roles:
+Written from the signing rules (docs/signing.md states them), independently of
+src/signing.c. It serves two roles:
 
 * ``sign()`` signs a request the way the official Python SDK's ``SignerV4.sign``
   does, returning every intermediate string so tests can compare them;

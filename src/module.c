@@ -229,7 +229,7 @@ static int signer_gc(lua_State *L) {
 
 static int l_client(lua_State *L) { return rtc_client_new(L); }
 
-/* rtcadmin.sha256(s) -> lower-case hex digest (callback signatures, rtc-api.md section 5.3). */
+/* rtcadmin.sha256(s) -> lower-case hex digest (callback signatures, docs/callbacks.md). */
 static int l_sha256(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);

@@ -1,6 +1,6 @@
--- The RTC event callback receiver (rtc-api.md section 5): signature check, envelope and EventData
--- decoding into a policy event, and an nginx content handler that refuses events outside a time
--- window, dedupes by EventId, answers at once, hands the event on from a timer and counts outcomes.
+-- The RTC event callback receiver (the format: docs/callbacks.md): signature check, envelope and
+-- EventData decoding into a policy event, and an nginx content handler that refuses events outside a
+-- time window, dedupes by EventId, answers at once, hands the event on from a timer and counts outcomes.
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
 local quote = require("rtcadmin.logtext").quote
@@ -12,8 +12,9 @@ local M = {}
 M.SIGNED = { "EventType", "EventData", "EventTime", "EventId", "AppId", "Version", "Nonce" }
 local ENVELOPE = { "EventType", "EventData", "EventTime", "EventId", "AppId", "Version", "Nonce", "Signature" }
 
--- The nonce: the 2024 docs call the field `Nonce`, the 2023 ones (and BytePlus) `Noce` (rtc-api.md
--- 5.2). Either is accepted; a body with both is refused, as it is not known which one was signed.
+-- The nonce: the vendor's 2024 docs call the field `Nonce`, the 2023 ones (and BytePlus) `Noce`
+-- (docs/callbacks.md). Either is accepted; a body with both is refused, as it is not known which one
+-- was signed.
 function M.nonce(fields)
   local v = fields.Nonce
   if v == nil then

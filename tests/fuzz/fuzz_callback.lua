@@ -1,6 +1,6 @@
 -- The RTC callback verifier (lua/rtcadmin/callback.lua over the C primitives rtcadmin.sha256 and
--- rtcadmin.secure_equal, rtc-api.md section 5). The input gives the seven signed field values and the
--- secret (any bytes). Checked: a signature is 64 lower-case hex digits and depends only on the sorted
+-- rtcadmin.secure_equal; the format: docs/callbacks.md). The input gives the seven signed field values
+-- and the secret (any bytes). Checked: a signature is 64 lower-case hex digits and depends only on the sorted
 -- values (swapping two fields' values keeps it); verify accepts exactly the right signature (any case)
 -- and rejects it with one byte changed, cut short or extended; secure_equal agrees with ==; decode
 -- and parse never raise on any body; the nonce moved to `Noce` (the 2023 docs' name) signs the same

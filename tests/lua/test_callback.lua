@@ -1,13 +1,14 @@
--- rtcadmin.callback outside nginx: the signature of rtc-api.md section 5.3, envelope and event
--- decoding, and the helpers behind them (rtcadmin.sha256, rtcadmin.secure_equal); the quoting of
--- request text for log lines (rtcadmin.logtext).
+-- rtcadmin.callback outside nginx: the signature (docs/callbacks.md), envelope and event decoding,
+-- and the helpers behind them (rtcadmin.sha256, rtcadmin.secure_equal); the quoting of request text
+-- for log lines (rtcadmin.logtext).
 local T = require "testlib"
 local rtcadmin = require "rtcadmin"
 local callback = require "rtcadmin.callback"
 local quote = require("rtcadmin.logtext").quote
 local cjson = require "cjson"
 
--- The worked example of rtc-api.md section 5.3.
+-- A synthetic example of the documented algorithm (values sorted, concatenated with the secret,
+-- SHA-256), computed independently of this module when the format was researched.
 local function example()
   return {
     EventType = "RecordStarted", EventData = '{"RoomId":"Room1","UserId":"User1"}',
@@ -18,9 +19,34 @@ local function example()
 end
 local SECRET = "MySecretKey"
 
-T.case("the section 5.3 example vector verifies", function()
+T.case("the synthetic example vector verifies", function()
   T.eq(callback.signature(example(), SECRET), example().Signature, "signature")
   T.eq(callback.verify(example(), SECRET), true, "verify")
+end)
+
+T.case("the worked example of docs/callbacks.md: its body, sorted values, concatenation and signature", function()
+  local doc = assert(T.read_file(T.source_dir .. "/docs/callbacks.md"))
+  local section = assert(doc:match("\n### A worked example\n(.-)\n## "), "the section")
+  local secret = assert(section:match("callback secret `([^`]+)`"), "the secret")
+  local fields = cjson.decode((assert(section:match("```json\n(.-)```"), "the body")))
+  local payload = assert(section:match("```text\n(.-)\n```"), "the concatenation")
+  local values = {}
+  for v in section:gmatch("\n| %d | `([^\n]-)` | ") do values[#values + 1] = v end
+  T.eq(#values, 8, "the sorted values")
+  local want = { secret }
+  for _, k in ipairs(callback.SIGNED) do want[#want + 1] = fields[k] end
+  table.sort(want)
+  T.same(values, want, "sorted as the table shows")
+  T.eq(table.concat(values), payload, "the concatenation shown")
+  T.eq(rtcadmin.sha256(payload), fields.Signature, "its SHA-256 is the body's Signature")
+  T.eq(callback.signature(fields, secret), fields.Signature, "signature")
+  T.eq(callback.verify(fields, secret), true, "verify")
+  T.match(section, "give `" .. fields.Signature .. "`", "the hex in the text")
+  fields.Noce, fields.Nonce = fields.Nonce, nil
+  T.eq(callback.verify(fields, secret), true, "the same body with Noce")
+  local ev = assert(callback.event(fields))
+  T.eq(ev.type, "UserJoinRoom", "type")
+  T.eq(ev.user_id, "raid_01", "user")
 end)
 
 T.case("values are sorted bytewise, not by field name", function()
@@ -61,7 +87,7 @@ end)
 T.case("the nonce as Noce (the 2023 docs' name) signs and verifies like Nonce", function()
   local f = example()
   f.Noce, f.Nonce = f.Nonce, nil
-  T.eq(callback.signature(f, SECRET), example().Signature, "the section 5.3 vector with Noce")
+  T.eq(callback.signature(f, SECRET), example().Signature, "the synthetic vector with Noce")
   T.eq(callback.verify(f, SECRET), true, "verify")
   T.eq(callback.nonce(f), "a1b2", "nonce")
   local wrong = f.Signature:sub(1, 63) .. (f.Signature:sub(64) == "a" and "b" or "a")
