@@ -27,6 +27,10 @@ test: bootstrap
 	@$(MAKE) --no-print-directory build
 	ctest --test-dir $(BUILD) --output-on-failure
 
+# The benchmarks (bench/RESULTS.md says what each measures).
+bench: build
+	bench/run.sh
+
 lint:
 	luacheck .
 
