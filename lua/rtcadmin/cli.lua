@@ -1,8 +1,8 @@
 -- The `rtcadmin` command line: one-off moderation calls, and the policy engine over event streams.
 -- bin/rtcadmin only sets the module paths and calls main(arg). See docs/cli.md.
--- A private encoder: a number JSON cannot hold (inf, NaN) is written as null, never raises.
+-- Events are decoded with a private lua-cjson instance; everything written as JSON goes through
+-- Cmd:json (rtcadmin.json_encode).
 local cjson = require("cjson").new()
-cjson.encode_invalid_numbers("null")
 
 local cli = {}
 
@@ -27,8 +27,8 @@ Policy (rules files: Lua files or directories of them; events: JSON Lines):
 
 Options:
   --endpoint URL   API endpoint (default: RTCADMIN_ENDPOINT, else https://rtc.volcengineapi.com)
+  --json           one JSON object per line on stdout, and nothing else there
   --dry-run        decide and record, send nothing (run)
-  --json           one JSON object per line on stdout
   --audit FILE     append the audit log (JSON Lines) to FILE (replay, run)
   --help           help for a command: rtcadmin COMMAND --help
 
@@ -62,13 +62,15 @@ Lists the users online in ROOM (GetRoomOnlineUsers).]],
   replay = [[
 usage: rtcadmin replay RULES... EVENTS [--json] [--audit FILE]
 Runs the rules over the recorded events (JSON Lines) without sending anything, and prints every
-decision (a table, or one JSON object per decision with --json) and a summary. RULES are Lua files
-or directories (their *.lua files, in name order); the last argument that is neither is EVENTS.]],
+decision (a table, or one JSON object per decision with --json) and a summary (with --json, the
+last object: {"kind":"summary",...}). RULES are Lua files or directories (their *.lua files, in name
+order); the last argument that is neither is EVENTS.]],
   run = [[
 usage: rtcadmin run RULES... [EVENTS|-] [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--drain SECONDS]
 Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absent; e.g. piped from a
-queue consumer), and acts on the decisions through the API, paced and retried. Failed actions are
-retried later; at the end of input it waits up to --drain seconds (default 30) for retries.]],
+queue consumer), and acts on the decisions through the API, paced and retried. Each row (or JSON
+object) is printed when its action is done. Failed actions are retried later; at the end of input
+it waits up to --drain seconds (default 30) for retries.]],
   check = [[
 usage: rtcadmin check RULES... [--json]
 Loads each rules file in the sandbox and reports syntax errors, bad rule definitions and warnings
@@ -113,13 +115,25 @@ local function parse(argv)
   return opts, pos
 end
 
--- Output goes through `out` and `err` so tests and embedders can capture it.
+-- Output goes through `out` and `err` so tests and embedders can capture it. Every record is
+-- flushed when written: a row appears when its action is done, also when stdout is a pipe.
 local Cmd = {}
 Cmd.__index = Cmd
 
-function Cmd:say(...) self.out:write(...) self.out:write("\n") end
+local function flush(fh) if fh.flush then fh:flush() end end
+
+function Cmd:say(...)
+  self.out:write(...)
+  self.out:write("\n")
+  flush(self.out)
+end
 function Cmd:warn(...) self.err:write(...) self.err:write("\n") end
-function Cmd:json(t) self.out:write(cjson.encode(t), "\n") end
+-- The one writer of JSON output: lists marked with rtcadmin.json_array are [] when empty.
+function Cmd:json(t)
+  self.out:write(require("rtcadmin").json_encode(t), "\n")
+  flush(self.out)
+end
+local function array(t) return require("rtcadmin").json_array(t or {}) end
 
 function Cmd:usage_error(msg, command)
   self:warn("rtcadmin: ", msg)
@@ -248,11 +262,12 @@ function Cmd:online()
   client:close()
   if not ok then return self:usage_error(tostring(room):gsub("^[^:]*:%d+: ", ""), "online") end
   if not room then self:warn("rtcadmin: ", tostring(err)) return EXIT_FAILED end
+  local users = {}
+  for i, u in ipairs(room.VisibleUserList or {}) do users[i] = u end
   if self.opts.json then
     self:json({ app_id = self.pos[1], room_id = self.pos[2], exists = room.RoomExists == true,
-                total = room.TotalUser or 0, users = room.VisibleUserList or {} })
+                total = room.TotalUser or 0, users = array(users) })
   else
-    local users = room.VisibleUserList or {}
     self:say(string.format("%s/%s: %d online%s%s", self.pos[1], self.pos[2], room.TotalUser or 0,
       #users > 0 and ": " or "", table.concat(users, " ")))
   end
@@ -292,21 +307,6 @@ local function split_rules(pos)
     end
   end
   return rules, rest
-end
-
-function Cmd:load_rules(engine, files, command)
-  if #files == 0 then return nil, self:usage_error("no rules files given", command) end
-  local ok = true
-  for _, f in ipairs(files) do
-    local loaded, errs = engine:load(f)
-    if not loaded then
-      ok = false
-      for _, e in ipairs(errs) do self:warn("rtcadmin: ", e) end
-    end
-  end
-  for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
-  if not ok then return nil, EXIT_RULES end
-  return true
 end
 
 -- JSON Lines reader: yields (line number, event table) or (line number, nil, error).
@@ -374,23 +374,48 @@ function Cmd:decision_row(d)
     evidence_text(d)))
 end
 
-function Cmd:summary(engine, extra)
+-- The summary: plain lines (stdout), or with --json the last JSON object of the output.
+function Cmd:summary(command, engine, status, live)
   local st = engine:stats()
-  local lines = {}
-  lines[#lines + 1] = string.format("%d events, %d decisions (%d dry-run), %d duplicates, %d allow-listed, %d invalid, "
-    .. "%d rule errors", st.events, st.decisions, st.dry_run, st.duplicates, st.allowed, st.invalid, st.rule_errors)
+  local waiting = #engine:pending()
+  if self.opts.json then
+    local by_rule, by_action, errors_by_rule, files = {}, {}, {}, {}
+    for _, r in ipairs(engine.rules) do by_rule[r.name] = st.by_rule[r.name] or 0 end
+    for k, v in pairs(st.by_action) do by_action[k] = v end
+    for k, v in pairs(st.errors_by_rule) do errors_by_rule[k] = v end
+    for i, f in ipairs(engine.files) do files[i] = f end
+    local o = {
+      kind = "summary", command = command, events = st.events, decisions = st.decisions, dry_run = st.dry_run,
+      duplicates = st.duplicates, allowed = st.allowed, invalid = st.invalid, rule_errors = st.rule_errors,
+      by_rule = by_rule, by_action = by_action, rule_errors_by_rule = errors_by_rule,
+      rules_files = array(files), exit = status,
+    }
+    if live then o.actions = { succeeded = st.succeeded, failed = st.failed, waiting = waiting } end
+    if self.opts.audit then o.audit = self.opts.audit end
+    return self:json(o)
+  end
+  self:say(string.format("%d events, %d decisions (%d dry-run), %d duplicates, %d allow-listed, %d invalid, "
+    .. "%d rule errors", st.events, st.decisions, st.dry_run, st.duplicates, st.allowed, st.invalid, st.rule_errors))
   local by = {}
   for _, r in ipairs(engine.rules) do
     if st.by_rule[r.name] > 0 then by[#by + 1] = string.format("%s %d", r.name, st.by_rule[r.name]) end
   end
-  if #by > 0 then lines[#lines + 1] = "by rule: " .. table.concat(by, ", ") end
+  if #by > 0 then self:say("by rule: " .. table.concat(by, ", ")) end
   local acts = {}
   for k, v in pairs(st.by_action) do acts[#acts + 1] = string.format("%s %d", k, v) end
   table.sort(acts)
-  if #acts > 0 then lines[#lines + 1] = "by action: " .. table.concat(acts, ", ") end
-  if extra then lines[#lines + 1] = extra end
-  -- With --json stdout carries only decisions; the summary goes to stderr.
-  for _, l in ipairs(lines) do if self.opts.json then self:warn(l) else self:say(l) end end
+  if #acts > 0 then self:say("by action: " .. table.concat(acts, ", ")) end
+  if live then
+    self:say(string.format("actions: %d succeeded, %d failed, %d still waiting for a retry%s", st.succeeded,
+      st.failed, waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or ""))
+  end
+end
+
+-- The exit status of replay and run once the input is done.
+function Cmd.policy_status(_, engine, live)
+  local st = engine:stats()
+  if live and (st.failed > 0 or #engine:pending() > 0) then return EXIT_FAILED end
+  return EXIT_OK
 end
 
 function Cmd:policy_engine(live)
@@ -398,7 +423,10 @@ function Cmd:policy_engine(live)
   local o = {
     dry_run = not live or self.opts["dry-run"] == true,
     audit = self.opts.audit,
-    on_error = function(rec) self:warn("rule error: ", rec.error) end,
+    on_error = function(rec)
+      self:warn("rule error: ", rec.error)
+      if self.opts.json then self:json(rec) end
+    end,
   }
   if not o.dry_run then
     local client, cerr = self:client()
@@ -417,6 +445,10 @@ function Cmd.open_events(_, path)
   return fh
 end
 
+-- Lines skipped are reported on stderr with their number (the first 10) and, with --json, each as
+-- {"kind":"invalid","line":N,"source":...,"reason":...} on stdout.
+local SKIPS_SHOWN = 10
+
 function Cmd:feed(engine, fh, after_line)
   local bad = 0
   for n, ev, err in events_from(fh) do
@@ -429,11 +461,31 @@ function Cmd:feed(engine, fh, after_line)
     end
     if err then
       bad = bad + 1
-      if bad <= 10 then self:warn(string.format("%s:%d: skipped: %s", self.events_name, n, err)) end
+      if bad <= SKIPS_SHOWN then
+        self:warn(string.format("%s:%d: skipped: %s", self.events_name, n, err))
+      elseif bad == SKIPS_SHOWN + 1 then
+        self:warn(string.format("%s: more lines skipped; not shown, counted in the summary", self.events_name))
+      end
+      if self.opts.json then self:json({ kind = "invalid", source = self.events_name, line = n, reason = err }) end
       if not ev then engine:note_invalid() end
     end
     if after_line then after_line(n) end
   end
+end
+
+function Cmd:load_rules(engine, files, command)
+  if #files == 0 then return nil, self:usage_error("no rules files given", command) end
+  local ok = true
+  for _, f in ipairs(files) do
+    local loaded, errs = engine:load(f)
+    if not loaded then
+      ok = false
+      for _, e in ipairs(errs) do self:warn("rtcadmin: ", e) end
+    end
+  end
+  for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
+  if not ok then return nil, EXIT_RULES end
+  return true
 end
 
 -- The common start of replay and run: engine, rules, events. Returns engine, fh or nil, exit status.
@@ -454,14 +506,20 @@ function Cmd:start_policy(command, live, events)
   return engine, fh
 end
 
+function Cmd:finish_policy(command, engine, fh, live)
+  if fh ~= io.stdin then fh:close() end
+  local status = self:policy_status(engine, live)
+  self:summary(command, engine, status, live)
+  if engine.client then engine.client:close() end
+  return status
+end
+
 function Cmd:replay()
   local engine, fh = self:start_policy("replay", false)
   if not engine then return fh end
   engine.on_decision = function(d) self:decision_row(d) end
   self:feed(engine, fh)
-  if fh ~= io.stdin then fh:close() end
-  self:summary(engine)
-  return EXIT_OK
+  return self:finish_policy("replay", engine, fh, false)
 end
 
 local function sleep(seconds)
@@ -486,7 +544,6 @@ function Cmd:run()
     end
   end
   self:feed(engine, fh, function(n) if n % every == 0 then act() end end)
-  if fh ~= io.stdin then fh:close() end
   if not dry then
     engine:flush({ progress = self:progress_fn(#engine.queue) })
     local deadline = os.time() + drain
@@ -495,16 +552,7 @@ function Cmd:run()
       engine:flush()
     end
   end
-  local st = engine:stats()
-  local waiting = #engine:pending()
-  local extra
-  if not dry then
-    extra = string.format("actions: %d succeeded, %d failed, %d still waiting for a retry%s", st.succeeded, st.failed,
-      waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or "")
-  end
-  self:summary(engine, extra)
-  if engine.client then engine.client:close() end
-  return (st.failed > 0 or waiting > 0) and EXIT_FAILED or EXIT_OK
+  return self:finish_policy("run", engine, fh, not dry)
 end
 
 function Cmd:check()
@@ -515,12 +563,14 @@ function Cmd:check()
   local status = EXIT_OK
   for _, f in ipairs(files) do
     local file, errs = policy.load_file(f)
+    local names = {}
+    for i, r in ipairs(file and file.rules or {}) do names[i] = r.name end
     if self.opts.json then
-      self:json({ file = f, ok = file ~= nil, errors = errs or {}, warnings = file and file.warnings or {},
-                  rules = file and #file.rules or 0 })
+      local warnings = {}
+      for i, w in ipairs(file and file.warnings or {}) do warnings[i] = w end
+      self:json({ file = f, ok = file ~= nil, errors = array(errs), warnings = array(warnings), rules = #names,
+                  names = array(names) })
     elseif file then
-      local names = {}
-      for _, r in ipairs(file.rules) do names[#names + 1] = r.name end
       local allows = #file.allow.roles + #file.allow.users + #file.allow.patterns
       self:say(string.format("%s: ok, %d rules%s%s%s", f, #file.rules, #names > 0 and ": " or "",
         table.concat(names, ", "), allows > 0 and string.format(" (%d allow-list entries)", allows) or ""))

@@ -20,11 +20,16 @@ for pattern in package.cpath:gmatch("[^;]+") do
   end
 end
 
+-- The shell command that runs bin/rtcadmin with `args` (a string) against the emulator, stderr to `errf`.
+local function command(args, errf)
+  return "VOLC_ACCESSKEY=" .. q(T.AK) .. " VOLC_SECRETKEY=" .. q(T.SK) .. " RTCADMIN_ENDPOINT=" .. q(emu.url)
+    .. " RTCADMIN_BUILD=" .. q(BUILD) .. " " .. q(LUA) .. " " .. q(BIN) .. " " .. args .. " 2>" .. q(errf)
+end
+
 -- Runs bin/rtcadmin with `args` (a string); returns exit status, stdout, stderr.
 local function rtcadmin(args, stdin)
   local errf = dir .. "/stderr"
-  local cmd = "VOLC_ACCESSKEY=" .. q(T.AK) .. " VOLC_SECRETKEY=" .. q(T.SK) .. " RTCADMIN_ENDPOINT=" .. q(emu.url)
-    .. " RTCADMIN_BUILD=" .. q(BUILD) .. " " .. q(LUA) .. " " .. q(BIN) .. " " .. args .. " 2>" .. q(errf)
+  local cmd = command(args, errf)
   if stdin then
     T.write_file(dir .. "/stdin", stdin)
     cmd = cmd .. " <" .. q(dir .. "/stdin")
@@ -145,11 +150,12 @@ T.case("replay is a dry run: decisions as a table or JSON, a summary, nothing se
   local events = T.source_dir .. "/examples/events/raid.jsonl"
   local code, out, err = rtcadmin("replay " .. q(rules) .. " " .. q(events) .. " --json")
   T.eq(code, 0, "replay")
-  local decisions = lines(out)
-  T.eq(#decisions, 24, "24 decisions")
+  local records = lines(out)
+  T.eq(#records, 25, "24 decisions and the summary")
   local by = {}
-  for _, l in ipairs(decisions) do
-    local d = cjson.decode(l)
+  for i = 1, 24 do
+    local d = cjson.decode(records[i])
+    T.eq(d.kind, "decision", "a decision")
     for _, f in ipairs({ "rule", "action", "app_id", "room_id", "user_id", "duration" }) do
       T.ok(d[f] ~= nil, "decision has " .. f)
     end
@@ -157,7 +163,15 @@ T.case("replay is a dry run: decisions as a table or JSON, a summary, nothing se
     by[d.rule] = (by[d.rule] or 0) + 1
   end
   T.same(by, { ["join-wave"] = 9, ["chat-flood"] = 10, ["loud-audio"] = 4, reported = 1 }, "by rule")
-  T.match(err, "143 events, 24 decisions %(24 dry%-run%), 1 duplicates, 12 allow%-listed", "summary on stderr")
+  local summary = cjson.decode(records[25])
+  T.eq(summary.kind, "summary", "the summary is the last object")
+  T.eq(summary.events, 143, "events")
+  T.eq(summary.decisions, 24, "decisions")
+  T.eq(summary.duplicates, 1, "duplicates")
+  T.eq(summary.allowed, 12, "allow-listed")
+  T.same(summary.by_rule, by, "by rule")
+  T.same(summary.by_action, { ban = 11, kick = 9, mute = 4 }, "by action")
+  T.eq(err, "", "nothing on stderr")
   T.eq(emu.stats().requests, 0, "nothing sent")
   code, out = rtcadmin("replay " .. q(rules) .. " " .. q(events))
   T.eq(code, 0, "replay, table form")
@@ -262,7 +276,7 @@ T.case("hostile numbers in events are invalid lines, never a crash: replay, run,
     for i, why in ipairs({ "out of range", "out of range", "out of range", "whole number", "milliseconds" }) do
       T.match(err, ":" .. i .. ": skipped: [^\n]*" .. why, args .. ": line " .. i .. " reported")
     end
-    T.match(out .. err, "5 invalid", args .. ": counted")
+    T.match(out, args:find("--json", 1, true) and '"invalid":5,' or "5 invalid", args .. ": counted")
     if args:find("--json", 1, true) then
       local decided = 0
       for _, l in ipairs(lines(out)) do
@@ -295,6 +309,133 @@ T.case("check reports ok files, warnings and errors with file:line", function()
   code, out = rtcadmin("check " .. q(T.source_dir .. "/examples/rules/00-allow.lua"))
   T.eq(code, 0, "allow-only file")
   T.match(out, "00%-allow%.lua: ok, 0 rules %(4 allow%-list entries%)", "counts allow entries")
+end)
+
+-- Starts bin/rtcadmin with `args`, its stdin a FIFO this test keeps open: returns the process's
+-- stdout, the FIFO's writing end, and finish() -> exit status, rest of stdout, stderr. A CLI that
+-- held its output back would be killed after 30 s and the reads would fail.
+local function rtcadmin_live(args)
+  local fifo, errf = dir .. "/live-stdin", dir .. "/live-stderr"
+  os.remove(fifo)
+  os.execute("mkfifo " .. q(fifo))
+  local p = assert(io.popen("(timeout -s KILL 30 sh -c " .. q(command(args, errf)) .. " <" .. q(fifo)
+    .. "); echo \"__exit=$?\"", "r"))
+  local w = assert(io.open(fifo, "w"))
+  return p, w, function()
+    w:close()
+    local rest = p:read("*a")
+    p:close()
+    local code
+    rest = rest:gsub("__exit=(%d+)\n$", function(c) code = tonumber(c) return "" end)
+    return code, rest, T.read_file(errf) or ""
+  end
+end
+
+T.case("run prints each row when its action is done, with stdin and stdout pipes (table and --json)", function()
+  local rules = T.write_file(dir .. "/stream.lua", 'rule "first-chat" { on = "chat", action = ban(600) }\n')
+  for _, json in ipairs({ false, true }) do
+    emu.reset()
+    local out, w, finish = rtcadmin_live("run " .. q(rules) .. (json and " --json" or ""))
+    if not json then T.match(out:read("*l") or "", "^time%s+rule%s+action", "the header comes at once") end
+    for i, user in ipairs({ "s1", "s2" }) do
+      w:write(event("chat", user, { id = "st-" .. tostring(json) .. i }), "\n")
+      w:flush()
+      local row = out:read("*l") or ""
+      if json then
+        local d = cjson.decode(row)
+        T.eq(d.kind, "decision", "a decision record")
+        T.eq(d.user_id, user, "the row of event " .. i .. " before event " .. (i + 1) .. " is sent")
+        T.eq(d.outcome, "ok", "its outcome")
+      else
+        T.match(row, "first%-chat%s+ban 600s%s+room1%s+" .. user .. "%s+ok", "the row of event " .. i)
+      end
+      T.ok(emu.room(APP, "room1").banned_users[user], user .. " is banned when the row appears")
+      if i == 1 then T.ok(not emu.room(APP, "room1").banned_users.s2, "event 2 not sent yet") end
+    end
+    local code, rest, err = finish()
+    T.eq(code, 0, "exit status")
+    if json then
+      local objs = lines(rest)
+      T.eq(#objs, 1, "only the summary is left")
+      local summary = cjson.decode(objs[1])
+      T.eq(summary.kind, "summary", "the summary is the last JSON object")
+      T.same(summary.actions, { succeeded = 2, failed = 0, waiting = 0 }, "actions")
+      T.same(summary.by_rule, { ["first-chat"] = 2 }, "by rule")
+      T.same(summary.by_action, { ban = 2 }, "by action")
+      T.eq(summary.exit, 0, "exit in the summary")
+      T.eq(err, "", "nothing on stderr")
+    else
+      T.match(rest, "actions: 2 succeeded, 0 failed, 0 still waiting", "the summary at the end")
+    end
+  end
+end)
+
+-- Every line of `out` parses as JSON; returns the decoded objects.
+local function json_lines(out, what)
+  local objs = {}
+  for _, l in ipairs(lines(out)) do
+    local ok, o = pcall(cjson.decode, l)
+    T.ok(ok and type(o) == "table", what .. ": a JSON object per line: " .. l)
+    objs[#objs + 1] = o
+  end
+  return objs
+end
+
+T.case("--json of every command: one JSON object per line, empty lists as []", function()
+  emu.reset()
+  emu.join(APP, "room1", "jo")
+  for _, c in ipairs({ "kick " .. APP .. " room1 jo", "ban " .. APP .. " room1 jo --duration 60",
+                       "unban " .. APP .. " room1 jo", "mute " .. APP .. " room1 jo --audio",
+                       "unmute " .. APP .. " room1 jo --audio", "kick nosuchapp room1 jo" }) do
+    local code, out = rtcadmin(c .. " --json")
+    local objs = json_lines(out, c)
+    T.eq(#objs, 1, c .. ": one object")
+    T.eq(objs[1].ok, code == 0, c .. ": ok as the exit status says")
+  end
+
+  local _, code, out
+  code, out = rtcadmin("online " .. APP .. " nosuch --json")
+  T.eq(code, 0, "online")
+  T.match(out, '"users":%[%]', "no users: an empty array")
+  T.same(json_lines(out, "online")[1].users, {}, "decodes to a table")
+  emu.join(APP, "room1", "jo")
+  _, out = rtcadmin("online " .. APP .. " room1 --json")
+  T.ok(T.contains(json_lines(out, "online")[1].users, "jo"), "a user")
+
+  local good = T.write_file(dir .. "/j-good.lua", 'rule "j" { on = "chat", action = kick }\n')
+  local none = T.write_file(dir .. "/j-none.lua", 'allow { users = { "x" } }\n')
+  local bad = T.write_file(dir .. "/j-bad.lua", 'rule "k" {\n')
+  code, out = rtcadmin("check " .. q(good) .. " " .. q(none) .. " " .. q(bad) .. " --json")
+  T.eq(code, 3, "check with a bad file")
+  local objs = json_lines(out, "check")
+  T.eq(#objs, 3, "an object per file")
+  T.match(lines(out)[1], '"errors":%[%]', "no errors: []")
+  T.match(lines(out)[1], '"warnings":%[%]', "no warnings: []")
+  T.same(objs[1].names, { "j" }, "rule names")
+  T.match(lines(out)[2], '"names":%[%]', "no rules: []")
+  T.eq(objs[3].ok, false, "the bad file")
+  T.match(objs[3].errors[1], "j%-bad%.lua:2:", "its error")
+  T.match(lines(out)[3], '"warnings":%[%]', "[] also for a file that does not load")
+
+  local events = T.write_file(dir .. "/j-events.jsonl", event("chat", "jo") .. "\nnot json\n")
+  for _, c in ipairs({ "replay " .. q(good) .. " " .. q(events), "run " .. q(good) .. " " .. q(events),
+                       "run --dry-run " .. q(good) .. " -" }) do
+    local err
+    code, out, err = rtcadmin(c .. " --json", T.read_file(events))
+    T.eq(code, 0, c)
+    objs = json_lines(out, c)
+    -- run from a file prints a decision when its action is done, after the lines read before it.
+    local kinds = { objs[1].kind, objs[2].kind }
+    table.sort(kinds)
+    T.same(kinds, { "decision", "invalid" }, c .. ": records")
+    T.eq(objs[3].kind, "summary", c .. ": the summary last")
+    T.eq(#objs, 3, c .. ": nothing else on stdout")
+    local invalid = objs[1].kind == "invalid" and objs[1] or objs[2]
+    T.eq(invalid.line, 2, c .. ": the invalid line's number")
+    T.match(invalid.reason, "^not JSON", c .. ": and why")
+    T.match(lines(out)[3], '"rule_errors_by_rule":{}', c .. ": maps stay objects")
+    T.match(err, ":2: skipped: not JSON", c .. ": the skip also on stderr")
+  end
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)
