@@ -11,6 +11,7 @@ cli.EXIT = { ok = EXIT_OK, failed = EXIT_FAILED, usage = EXIT_USAGE, rules = EXI
 
 local USAGE = [[
 usage: rtcadmin [options] COMMAND [ARGS]
+       rtcadmin help [COMMAND]
 
 Moderation calls (credentials from VOLC_ACCESSKEY/VOLC_SECRETKEY or ~/.volc/config):
   kick    APP ROOM USER...                  remove users from a room (they may rejoin)
@@ -30,7 +31,8 @@ Options:
   --json           one JSON object per line on stdout, and nothing else there
   --dry-run        decide and record, send nothing (run)
   --audit FILE     append the audit log (JSON Lines) to FILE (replay, run)
-  --help           help for a command: rtcadmin COMMAND --help
+  --drain SECONDS  at the end of the input, keep retrying failed actions this long (run; default 30)
+  --help           help for a command: rtcadmin COMMAND --help, or rtcadmin help COMMAND
 
 Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry); 2 usage;
 3 a rules file does not load.
@@ -64,7 +66,7 @@ usage: rtcadmin replay RULES... EVENTS [--json] [--audit FILE]
 Runs the rules over the recorded events (JSON Lines) without sending anything, and prints every
 decision (a table, or one JSON object per decision with --json) and a summary (with --json, the
 last object: {"kind":"summary",...}). RULES are Lua files or directories (their *.lua files, in name
-order); the last argument that is neither is EVENTS.]],
+order); the last argument is EVENTS.]],
   run = [[
 usage: rtcadmin run RULES... [EVENTS|-] [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--drain SECONDS]
 Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absent; e.g. piped from a
@@ -81,6 +83,22 @@ with file:line. Exit status 3 when a file does not load.]],
 local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
+}
+
+-- The commands an option is for (absent: every command). An option given to a command that does
+-- not use it is a usage error, never silently ignored (kick --dry-run would kick).
+local function set(...)
+  local s = {}
+  for _, v in ipairs({ ... }) do s[v] = true end
+  return s
+end
+local MODERATION_COMMANDS = set("kick", "ban", "unban", "mute", "unmute")
+local OPTION_COMMANDS = {
+  endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
+  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"),
+  drain = set("run"),
+  duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
+  video = MODERATION_COMMANDS,
 }
 
 local function parse(argv)
@@ -115,6 +133,19 @@ local function parse(argv)
   return opts, pos
 end
 
+-- A message raised inside rtcadmin, without the position in rtcadmin's own code that Lua or the C
+-- module put in front of it (the user's files keep theirs: rules errors point at the rules).
+local function plain(msg)
+  msg = tostring(msg)
+  local before
+  repeat
+    before = msg
+    msg = msg:gsub("^[^%s:]*rtcadmin/[%w_]+%.lua:%d+: ", ""):gsub("^[^%s:]*bin/rtcadmin:%d+: ", "")
+  until msg == before
+  return msg
+end
+cli.plain_message = plain
+
 -- Output goes through `out` and `err` so tests and embedders can capture it. Every record is
 -- flushed when written: a row appears when its action is done, also when stdout is a pipe.
 local Cmd = {}
@@ -135,9 +166,14 @@ function Cmd:json(t)
 end
 local function array(t) return require("rtcadmin").json_array(t or {}) end
 
-function Cmd:usage_error(msg, command)
+-- A usage error: the message, then the command's help (or, `brief`, where to find it).
+function Cmd:usage_error(msg, command, brief)
   self:warn("rtcadmin: ", msg)
-  self:warn(command and HELP[command] or "run 'rtcadmin --help' for usage")
+  if brief then
+    self:warn("run 'rtcadmin ", command and (command .. " ") or "", "--help' for usage")
+  else
+    self:warn(command and HELP[command] or "run 'rtcadmin --help' for usage")
+  end
   return EXIT_USAGE
 end
 
@@ -152,8 +188,26 @@ function Cmd:client()
   local o = {}
   if self.opts.endpoint then o.endpoint = self.opts.endpoint end
   local ok, c = pcall(rtcadmin.client, o)
-  if not ok then return nil, tostring(c) end
+  if not ok then return nil, (plain(c):gsub("^rtcadmin%.client: ", "")) end
   return c
+end
+
+-- A bad --endpoint (or RTCADMIN_ENDPOINT) is a usage error, found before anything else happens: a
+-- client made with placeholder keys (never used, nothing is sent) checks it exactly as the real one.
+function Cmd:check_endpoint(command)
+  local rtcadmin = require "rtcadmin"
+  local ok, c = pcall(rtcadmin.client, { endpoint = self.opts.endpoint, access_key = "-", secret_key = "-" })
+  if ok then c:close() return nil end
+  local msg = plain(c):gsub("^rtcadmin%.client: ", "")
+  local which, value = "--endpoint", self.opts.endpoint
+  local why = msg:match("^option 'endpoint':? ?(.*)$")
+  if not why then
+    which, value = "RTCADMIN_ENDPOINT", os.getenv("RTCADMIN_ENDPOINT") or ""
+    why = msg:match("^RTCADMIN_ENDPOINT:? ?(.*)$")
+    if not why then return nil end -- not about the endpoint: the real client reports it
+  end
+  why = why:gsub(", got \".*\"$", "")
+  return self:usage_error(string.format("bad %s %q: %s", which, value, why), command, true)
 end
 
 local function number_opt(self, name, command)
@@ -260,7 +314,7 @@ function Cmd:online()
   if not client then self:warn("rtcadmin: ", cerr) return EXIT_FAILED end
   local ok, room, err = pcall(client.online_users, client, self.pos[1], self.pos[2])
   client:close()
-  if not ok then return self:usage_error(tostring(room):gsub("^[^:]*:%d+: ", ""), "online") end
+  if not ok then return self:usage_error(plain(room), "online") end
   if not room then self:warn("rtcadmin: ", tostring(err)) return EXIT_FAILED end
   local users = {}
   for i, u in ipairs(room.VisibleUserList or {}) do users[i] = u end
@@ -287,26 +341,48 @@ local function list_lua(dir)
   local p = io.popen("ls -1 -- '" .. dir:gsub("'", [['\'']]) .. "' 2>/dev/null")
   local files = {}
   for name in p:lines() do
-    if name:match("%.lua$") then files[#files + 1] = dir .. "/" .. name end
+    if name:match("%.lua$") then files[#files + 1] = dir:gsub("/+$", "") .. "/" .. name end
   end
   p:close()
   table.sort(files)
   return files
 end
 
--- Splits positional arguments into rules files (*.lua, directories) and the rest.
-local function split_rules(pos)
-  local rules, rest = {}, {}
-  for _, a in ipairs(pos) do
-    if a ~= "-" and is_dir(a) then
-      for _, f in ipairs(list_lua(a)) do rules[#rules + 1] = f end
+-- "dir" or "file", or nil and what is wrong ("no such file: PATH").
+local function path_kind(path)
+  if is_dir(path) then return "dir" end
+  local f, err = io.open(path, "rb")
+  if f then f:close() return "file" end
+  local why = tostring(err):match(": ([^:]*)$") or tostring(err)
+  if why:find("No such file", 1, true) then return nil, "no such file: " .. path end
+  return nil, "cannot read " .. path .. ": " .. why
+end
+
+-- Splits positional arguments into rules files (*.lua files and directories of them) and, when
+-- `events` is set, the EVENTS argument: the last one, "-" or a file that is neither. Returns the
+-- files and the events argument, or nil and what is wrong.
+local function split_args(pos, events)
+  local files, ev = {}, nil
+  for i, a in ipairs(pos) do
+    local kind, why
+    if a ~= "-" then kind, why = path_kind(a) end
+    if kind == "dir" then
+      local found = list_lua(a)
+      if #found == 0 then return nil, "no rules files (*.lua) in directory " .. a end
+      for _, f in ipairs(found) do files[#files + 1] = f end
     elseif a:match("%.lua$") then
-      rules[#rules + 1] = a
+      if not kind then return nil, why end
+      files[#files + 1] = a
+    elseif events and i == #pos then
+      if a ~= "-" and not kind then return nil, why end
+      ev = a
+    elseif a ~= "-" and not kind then
+      return nil, why
     else
-      rest[#rest + 1] = a
+      return nil, "not a rules file or directory: " .. a .. (events and " (EVENTS is the last argument)" or "")
     end
   end
-  return rules, rest
+  return files, ev
 end
 
 -- JSON Lines reader: yields (line number, event table) or (line number, nil, error).
@@ -418,11 +494,11 @@ function Cmd.policy_status(_, engine, live)
   return EXIT_OK
 end
 
-function Cmd:policy_engine(live)
+function Cmd:policy_engine(live, audit)
   local policy = require "rtcadmin.policy"
   local o = {
     dry_run = not live or self.opts["dry-run"] == true,
-    audit = self.opts.audit,
+    audit = audit,
     on_error = function(rec)
       self:warn("rule error: ", rec.error)
       if self.opts.json then self:json(rec) end
@@ -434,7 +510,7 @@ function Cmd:policy_engine(live)
     o.client = client
   end
   local ok, engine = pcall(policy.new, o)
-  if not ok then return nil, tostring(engine) end
+  if not ok then return nil, plain(engine) end
   return engine
 end
 
@@ -456,7 +532,7 @@ function Cmd:feed(engine, fh, after_line)
       -- The engine refuses what is wrong with an event; anything it raises is reported with the
       -- line, and the input goes on.
       local ok, made, why = pcall(engine.process, engine, ev)
-      if not ok then err = "engine error: " .. tostring(made)
+      if not ok then err = "engine error: " .. plain(made)
       elseif not made then err = why end
     end
     if err then
@@ -473,8 +549,26 @@ function Cmd:feed(engine, fh, after_line)
   end
 end
 
-function Cmd:load_rules(engine, files, command)
+-- The common start of replay and run: arguments, events, audit log, engine, rules. Returns engine,
+-- events handle, or nil, exit status.
+function Cmd:start_policy(command, live)
+  local files, path = split_args(self.pos, true)
+  if not files then return nil, self:usage_error(path, command, true) end
   if #files == 0 then return nil, self:usage_error("no rules files given", command) end
+  if not live and path == nil then return nil, self:usage_error("expected RULES... EVENTS", command) end
+  path = path or "-"
+  local fh, ferr = self:open_events(path)
+  if not fh then return nil, self:usage_error(tostring(ferr), command, true) end
+  local audit
+  if self.opts.audit then
+    local aerr
+    audit, aerr = io.open(self.opts.audit, "a")
+    if not audit then return nil, self:usage_error("cannot open the audit log: " .. tostring(aerr), command, true) end
+    self.audit_fh = audit
+  end
+  local engine, eerr = self:policy_engine(live, audit)
+  if not engine then self:warn("rtcadmin: ", eerr) return nil, EXIT_FAILED end
+  self.engine = engine
   local ok = true
   for _, f in ipairs(files) do
     local loaded, errs = engine:load(f)
@@ -485,22 +579,6 @@ function Cmd:load_rules(engine, files, command)
   end
   for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
   if not ok then return nil, EXIT_RULES end
-  return true
-end
-
--- The common start of replay and run: engine, rules, events. Returns engine, fh or nil, exit status.
-function Cmd:start_policy(command, live, events)
-  local files, rest = split_rules(self.pos)
-  if (live and #rest > 1) or (not live and #rest ~= 1) then
-    return nil, self:usage_error(live and "expected RULES... [EVENTS|-]" or "expected RULES... EVENTS", command)
-  end
-  local engine, eerr = self:policy_engine(live)
-  if not engine then self:warn("rtcadmin: ", eerr) return nil, EXIT_FAILED end
-  local loaded, code = self:load_rules(engine, files, command)
-  if not loaded then return nil, code end
-  local path = rest[1] or events
-  local fh, ferr = self:open_events(path)
-  if not fh then self:warn("rtcadmin: ", ferr) return nil, EXIT_USAGE end
   self.events_name = path == "-" and "stdin" or path
   if not self.opts.json then self:decision_header() end
   return engine, fh
@@ -511,6 +589,7 @@ function Cmd:finish_policy(command, engine, fh, live)
   local status = self:policy_status(engine, live)
   self:summary(command, engine, status, live)
   if engine.client then engine.client:close() end
+  if self.audit_fh then self.audit_fh:close() end
   return status
 end
 
@@ -530,7 +609,7 @@ function Cmd:run()
   local drain, bad = number_opt(self, "drain", "run")
   if bad then return bad end
   drain = drain or 30
-  local engine, fh = self:start_policy("run", true, "-")
+  local engine, fh = self:start_policy("run", true)
   if not engine then return fh end
   local dry = engine.dry_run
   -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
@@ -556,8 +635,8 @@ function Cmd:run()
 end
 
 function Cmd:check()
-  local files, rest = split_rules(self.pos)
-  if #rest > 0 then return self:usage_error("not a rules file or directory: " .. rest[1], "check") end
+  local files, why = split_args(self.pos, false)
+  if not files then return self:usage_error(why, "check", true) end
   if #files == 0 then return self:usage_error("expected RULES...", "check") end
   local policy = require "rtcadmin.policy"
   local status = EXIT_OK
@@ -588,24 +667,54 @@ local COMMANDS = {
   online = Cmd.online, replay = Cmd.replay, run = Cmd.run, check = Cmd.check,
 }
 
--- main(argv, {out=, err=}) -> exit status
-function cli.main(argv, io_)
-  io_ = io_ or {}
-  local self = setmetatable({ out = io_.out or io.stdout, err = io_.err or io.stderr }, Cmd)
-  local opts, pos = parse(argv or {})
+local function dispatch(self, argv)
+  local opts, pos = parse(argv)
   if not opts then return self:usage_error(pos) end
   self.opts = opts
   local command = table.remove(pos, 1)
   self.pos = pos
-  if command == nil or command == "help" then
-    if command == "help" and pos[1] and HELP[pos[1]] then self:say(HELP[pos[1]]) return EXIT_OK end
+  if command == "help" then
+    local topic = pos[1]
+    if topic == nil then self.out:write(USAGE) return EXIT_OK end
+    if not HELP[topic] then return self:usage_error("unknown command '" .. topic .. "'") end
+    self:say(HELP[topic])
+    return EXIT_OK
+  end
+  if command == nil then
     (opts.help and self.out or self.err):write(USAGE)
     return opts.help and EXIT_OK or EXIT_USAGE
   end
   local fn = COMMANDS[command]
   if not fn then return self:usage_error("unknown command '" .. command .. "'") end
   if opts.help then self:say(HELP[command]) return EXIT_OK end
+  for name in pairs(opts) do
+    local only = OPTION_COMMANDS[name]
+    if only and not only[command] then return self:usage_error("--" .. name .. " is not an option of " .. command,
+      command) end
+  end
+  if OPTION_COMMANDS.endpoint[command] and not (command == "run" and opts["dry-run"]) then
+    local status = self:check_endpoint(command)
+    if status then return status end
+  end
   return fn(self, command)
+end
+
+-- main(argv, {out=, err=}) -> exit status. An error raised inside is reported in one line and
+-- exits 1: a module that cannot be loaded, or a bug.
+function cli.main(argv, io_)
+  io_ = io_ or {}
+  local self = setmetatable({ out = io_.out or io.stdout, err = io_.err or io.stderr }, Cmd)
+  local ok, status = pcall(dispatch, self, argv or {})
+  if ok then return status end
+  local msg = plain(status)
+  local missing = msg:match("^module '([^']+)' not found")
+  if missing then
+    self:warn("rtcadmin: cannot load the Lua module '", missing, "'", missing == "rtcadmin"
+      and " (in a source checkout, build it first: make)" or "")
+  else
+    self:warn("rtcadmin: internal error: ", msg)
+  end
+  return EXIT_FAILED
 end
 
 return cli

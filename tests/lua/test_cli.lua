@@ -20,16 +20,18 @@ for pattern in package.cpath:gmatch("[^;]+") do
   end
 end
 
--- The shell command that runs bin/rtcadmin with `args` (a string) against the emulator, stderr to `errf`.
-local function command(args, errf)
+-- The shell command that runs bin/rtcadmin with `args` (a string) against the emulator, stderr to `errf`;
+-- `env` ("NAME=value ...") overrides the environment.
+local function command(args, errf, env)
   return "VOLC_ACCESSKEY=" .. q(T.AK) .. " VOLC_SECRETKEY=" .. q(T.SK) .. " RTCADMIN_ENDPOINT=" .. q(emu.url)
-    .. " RTCADMIN_BUILD=" .. q(BUILD) .. " " .. q(LUA) .. " " .. q(BIN) .. " " .. args .. " 2>" .. q(errf)
+    .. " RTCADMIN_BUILD=" .. q(BUILD) .. " " .. (env and (env .. " ") or "") .. q(LUA) .. " " .. q(BIN) .. " " .. args
+    .. " 2>" .. q(errf)
 end
 
 -- Runs bin/rtcadmin with `args` (a string); returns exit status, stdout, stderr.
-local function rtcadmin(args, stdin)
+local function rtcadmin(args, stdin, env)
   local errf = dir .. "/stderr"
-  local cmd = command(args, errf)
+  local cmd = command(args, errf, env)
   if stdin then
     T.write_file(dir .. "/stdin", stdin)
     cmd = cmd .. " <" .. q(dir .. "/stdin")
@@ -44,6 +46,7 @@ local function rtcadmin(args, stdin)
   out = out:gsub("__exit=(%d+)\n$", function(c) code = tonumber(c) return "" end)
   local err = T.read_file(errf) or ""
   T.no_match(out .. err, T.SK, "output")
+  T.no_match(out .. err, "rtcadmin/cli.lua:", "output") -- never a position in the CLI's own code
   return code, out, err
 end
 
@@ -436,6 +439,69 @@ T.case("--json of every command: one JSON object per line, empty lists as []", f
     T.match(lines(out)[3], '"rule_errors_by_rule":{}', c .. ": maps stay objects")
     T.match(err, ":2: skipped: not JSON", c .. ": the skip also on stderr")
   end
+end)
+
+T.case("errors say what to fix: endpoint, paths, options, help; never a position in the CLI", function()
+  local _, code, out, err
+  code, _, err = rtcadmin("kick --endpoint foo " .. APP .. " room1 bob")
+  T.eq(code, 2, "a bad --endpoint is a usage error")
+  T.match(err, '^rtcadmin: bad %-%-endpoint "foo": must look like https://host%[:port%]\n', "message")
+  code, _, err = rtcadmin("run --endpoint ftp://x " .. q(T.source_dir .. "/examples/rules") .. " -", "")
+  T.eq(code, 2, "run with a bad --endpoint")
+  T.match(err, 'bad %-%-endpoint "ftp://x": scheme must be http or https', "message")
+  code, _, err = rtcadmin("online " .. APP .. " room1 --endpoint http://h:99999")
+  T.eq(code, 2, "a bad port")
+  T.match(err, 'bad %-%-endpoint "http://h:99999": "h:99999" is not a valid host%[:port%]', "message")
+  code = rtcadmin("online --endpoint=" .. q(emu.url .. "/") .. " " .. APP .. " room1")
+  T.eq(code, 0, "a trailing slash is fine")
+
+  code, out, err = rtcadmin("help")
+  T.eq(code, 0, "help")
+  T.match(out, "^usage: rtcadmin %[options%] COMMAND", "usage on stdout")
+  T.eq(err, "", "nothing on stderr")
+  code, out = rtcadmin("help replay")
+  T.eq(code, 0, "help COMMAND")
+  T.match(out, "^usage: rtcadmin replay", "the command's help")
+  code, _, err = rtcadmin("help nosuch")
+  T.eq(code, 2, "help for an unknown command")
+  T.match(err, "unknown command 'nosuch'", "message")
+
+  local rules, events = T.source_dir .. "/examples/rules", T.source_dir .. "/examples/events/raid.jsonl"
+  local R, E = T.literal(rules), T.literal(events)
+  local empty = dir .. "/empty"
+  os.execute("mkdir -p " .. q(empty))
+  for _, c in ipairs({
+    { "replay " .. q(rules .. "z") .. " " .. q(events), "no such file: " .. R .. "z\n" },
+    { "replay " .. q(rules .. "/typo.lua") .. " " .. q(events), "no such file: " .. R .. "/typo%.lua\n" },
+    { "replay " .. q(rules) .. " " .. q(events .. ".gz"), "no such file: " .. E .. "%.gz\n" },
+    { "run " .. q(rules .. "z"), "no such file: " .. R .. "z\n" },
+    { "check " .. q(rules .. "z"), "no such file: " .. R .. "z\n" },
+    { "replay " .. q(events) .. " " .. q(rules) .. " " .. q(events),
+      "not a rules file or directory: " .. E .. " %(EVENTS is the last argument%)" },
+    { "replay " .. q(empty) .. " " .. q(events), "no rules files %(%*%.lua%) in directory" },
+    { "replay " .. q(rules), "expected RULES%.%.%. EVENTS" },
+    { "kick --dry-run " .. APP .. " room1 bob", "%-%-dry%-run is not an option of kick" },
+    { "ban --audit x " .. APP .. " room1 bob --duration 60", "%-%-audit is not an option of ban" },
+    { "replay --endpoint " .. q(emu.url) .. " " .. q(rules) .. " " .. q(events),
+      "%-%-endpoint is not an option of replay" },
+    { "run --duration 5 " .. q(rules) .. " -", "%-%-duration is not an option of run" },
+    { "replay --audit " .. q(dir .. "/no/such/dir/audit.jsonl") .. " " .. q(rules) .. " " .. q(events),
+      "cannot open the audit log: .*No such file or directory" },
+  }) do
+    emu.reset()
+    code, out, err = rtcadmin(c[1], "")
+    T.eq(code, 2, c[1] .. ": usage")
+    T.match(err, "^rtcadmin: " .. c[2], c[1] .. ": message")
+    T.eq(out, "", c[1] .. ": nothing on stdout")
+    T.eq(emu.stats().requests, 0, c[1] .. ": nothing sent")
+  end
+
+  code, _, err = rtcadmin("online " .. APP .. " room1", nil, "RTCADMIN_ENDPOINT=bad")
+  T.eq(code, 2, "a bad RTCADMIN_ENDPOINT")
+  T.match(err, '^rtcadmin: bad RTCADMIN_ENDPOINT "bad": must look like https://host%[:port%]', "message")
+  code, _, err = rtcadmin("online " .. APP .. " room1", nil, "HOME=" .. q(dir) .. " VOLC_ACCESSKEY= VOLC_SECRETKEY=")
+  T.eq(code, 1, "no credentials")
+  T.match(err, "^rtcadmin: no credentials: ", "said plainly")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)
