@@ -425,29 +425,157 @@ local function evidence_text(d)
 end
 
 local function action_text(d)
-  local a = d.action
+  local a = tostring(d.action)
   if a == "kick" then return "kick" end
+  local duration = tonumber(d.duration) or 0
   if a == "mute" then
     local s = (d.audio and d.video) and "" or (d.audio and " audio" or " video")
-    return "mute" .. s .. (d.duration > 0 and (" " .. d.duration .. "s") or "")
+    return "mute" .. s .. (duration > 0 and (" " .. duration .. "s") or "")
   end
-  return a .. " " .. d.duration .. "s"
+  return a .. " " .. duration .. "s"
 end
 
-local TABLE_FMT = "%-8s %-14s %-16s %-12s %-22s %-10s %s"
+-- "CODE (HTTP n): message [request ID]" for an action's error.
+local function error_text(e)
+  local s = tostring(e.code or "Error")
+  if (tonumber(e.http_status) or 0) > 0 then s = s .. " (HTTP " .. e.http_status .. ")" end
+  if e.message and e.message ~= "" then s = s .. ": " .. tostring(e.message) end
+  if e.request_id then s = s .. " [request " .. tostring(e.request_id) .. "]" end
+  return s
+end
+
+-- Table cells: a fixed width in characters (UTF-8 aware). A longer value is cut with "…" (IDs in
+-- the middle, where the end that tells them apart survives); the full values are in --json and the
+-- audit log. Control characters become spaces.
+local function text_width(s) return #s - select(2, s:gsub("[\128-\191]", "")) end
+
+local function utf8_head(s, n)
+  local i, count = 1, 0
+  while i <= #s and count < n do
+    i = i + 1
+    while i <= #s and s:byte(i) >= 128 and s:byte(i) < 192 do i = i + 1 end
+    count = count + 1
+  end
+  return s:sub(1, i - 1)
+end
+
+local function utf8_tail(s, n)
+  local i, count = #s + 1, 0
+  while i > 1 and count < n do
+    i = i - 1
+    while i > 1 and s:byte(i) >= 128 and s:byte(i) < 192 do i = i - 1 end
+    count = count + 1
+  end
+  return s:sub(i)
+end
+
+local function cell(s, width, middle)
+  s = tostring(s):gsub("%c", " ")
+  local n = text_width(s)
+  if n > width then
+    if middle then
+      local head = math.ceil((width - 1) / 2)
+      s = utf8_head(s, head) .. "…" .. utf8_tail(s, width - 1 - head)
+    else
+      s = utf8_head(s, width - 1) .. "…"
+    end
+    n = width
+  end
+  return s .. (" "):rep(width - n)
+end
+
+local COLUMNS = {
+  { "time", 8 }, { "rule", 14, max = 32 }, { "action", 16, max = 24 }, { "room", 12, middle = true },
+  { "user", 22, middle = true }, { "outcome", 10 },
+}
+
+-- Column widths for this run: wide enough for every rule name and action the rules can take (up to
+-- a maximum), and for the longest outcome ("failed 8/8").
+function Cmd:table_widths(engine)
+  local w = {}
+  for i, c in ipairs(COLUMNS) do w[i] = c[2] end
+  local function widen(i, s) w[i] = math.max(w[i], math.min(COLUMNS[i].max or w[i], text_width(s))) end
+  for _, r in ipairs(engine.rules) do
+    widen(2, tostring(r.name))
+    local act = type(r.action) == "table" and r.action or {}
+    for _, a in ipairs(act.steps or { act }) do
+      if type(a) == "table" and a.kind then
+        widen(3, action_text({ action = a.kind, duration = a.duration, audio = a.audio, video = a.video }))
+      end
+    end
+  end
+  local m = engine.cfg.max_attempts
+  w[6] = math.max(w[6], #("failed " .. m .. "/" .. m))
+  self.widths = w
+end
+
+function Cmd:table_row(values, last)
+  local parts = {}
+  for i, c in ipairs(COLUMNS) do parts[i] = cell(values[i], self.widths[i], c.middle) end
+  parts[#parts + 1] = (tostring(last):gsub("%c", " "))
+  self:say((table.concat(parts, " "):gsub("%s+$", "")))
+end
 
 function Cmd:decision_header()
-  self:say(string.format(TABLE_FMT, "time", "rule", "action", "room", "user", "outcome", "evidence"))
+  local names = {}
+  for i, c in ipairs(COLUMNS) do names[i] = c[1] end
+  self:table_row(names, "evidence")
 end
 
 function Cmd:decision_row(d)
   if self.opts.json then return self:json(d) end
-  local outcome = d.outcome
+  local outcome, max = tostring(d.outcome), self.engine.cfg.max_attempts
+  local last = evidence_text(d)
   if outcome == "retry" or outcome == "failed" then
-    outcome = outcome .. " (" .. tostring(d.error and d.error.code) .. ")"
+    if outcome == "retry" or d.attempts > 1 then outcome = string.format("%s %d/%d", outcome, d.attempts, max) end
+    if d.error then last = (last ~= "" and (last .. "; ") or "") .. "error: " .. error_text(d.error) end
   end
-  self:say(string.format(TABLE_FMT, clock(d.event_ts), d.rule, action_text(d), d.room_id, d.user_id, outcome,
-    evidence_text(d)))
+  self:table_row({ clock(d.event_ts), d.rule, action_text(d), d.room_id, d.user_id, outcome }, last)
+end
+
+-- Transport failures: the endpoint was not reached at all.
+local UNREACHABLE = {
+  ConnectionFailed = "connection refused or host unreachable", DNSFailure = "host name not found",
+  Timeout = "no answer in time", ConnectionReset = "connection closed or reset",
+  TLSError = "TLS handshake or certificate check failed", ProtocolError = "not an HTTP answer",
+  TransportError = "transport error",
+}
+
+-- The longest a failed action can still be retried: the engine's remaining backoff, and after the
+-- input has ended no longer than the drain time left.
+function Cmd:retry_horizon(d)
+  local cfg, t = self.engine.cfg, 0
+  for a = d.attempts, cfg.max_attempts - 1 do t = t + math.min(cfg.retry_cap, cfg.retry_base * 2 ^ (a - 1)) end
+  if self.drain_deadline then
+    t = math.min(t, math.max(0, self.drain_deadline - os.time()))
+  elseif self.input_done then
+    t = math.min(t, self.drain)
+  end
+  return math.ceil(t)
+end
+
+-- Says once, at the first transport failure, that the endpoint cannot be reached (and again when
+-- it can).
+function Cmd:note_reachable(d)
+  local e = d.error
+  if d.outcome == "ok" then
+    if self.unreachable then
+      self.unreachable = false
+      self:warn("rtcadmin: ", self.endpoint, " answers again")
+    end
+  elseif e and UNREACHABLE[e.code] and (tonumber(e.http_status) or 0) == 0 and not self.unreachable then
+    self.unreachable = true
+    local next_step
+    if d.outcome == "retry" then
+      next_step = string.format("retrying for up to %d s", self:retry_horizon(d))
+    elseif e.retryable then
+      next_step = string.format("gave up on this action after %d attempts", d.attempts)
+    else
+      next_step = "not retried"
+    end
+    self:warn(string.format("rtcadmin: cannot reach %s: %s (%s: %s); %s", self.endpoint, UNREACHABLE[e.code],
+      e.code, tostring(e.message), next_step))
+  end
 end
 
 -- The summary: plain lines (stdout), or with --json the last JSON object of the output.
@@ -508,6 +636,7 @@ function Cmd:policy_engine(live, audit)
     local client, cerr = self:client()
     if not client then return nil, cerr end
     o.client = client
+    self.endpoint = client:info().endpoint
   end
   local ok, engine = pcall(policy.new, o)
   if not ok then return nil, plain(engine) end
@@ -580,6 +709,7 @@ function Cmd:start_policy(command, live)
   for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
   if not ok then return nil, EXIT_RULES end
   self.events_name = path == "-" and "stdin" or path
+  self:table_widths(engine)
   if not self.opts.json then self:decision_header() end
   return engine, fh
 end
@@ -608,13 +738,19 @@ end
 function Cmd:run()
   local drain, bad = number_opt(self, "drain", "run")
   if bad then return bad end
-  drain = drain or 30
+  self.drain = drain or 30
   local engine, fh = self:start_policy("run", true)
   if not engine then return fh end
   local dry = engine.dry_run
   -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
-  if dry then engine.on_decision = function(d) self:decision_row(d) end
-  else engine.on_result = function(d) self:decision_row(d) end end
+  if dry then
+    engine.on_decision = function(d) self:decision_row(d) end
+  else
+    engine.on_result = function(d)
+      self:note_reachable(d)
+      self:decision_row(d)
+    end
+  end
   -- From stdin act after every line (events arrive live); from a file, in batches of 256 lines.
   local every = fh == io.stdin and 1 or 256
   local function act()
@@ -623,11 +759,12 @@ function Cmd:run()
     end
   end
   self:feed(engine, fh, function(n) if n % every == 0 then act() end end)
+  self.input_done = true
   if not dry then
     engine:flush({ progress = self:progress_fn(#engine.queue) })
-    local deadline = os.time() + drain
-    while #engine:pending() > 0 and os.time() < deadline do
-      sleep(math.min(engine:next_retry_in() or 1, deadline - os.time()))
+    self.drain_deadline = os.time() + self.drain
+    while #engine:pending() > 0 and os.time() < self.drain_deadline do
+      sleep(math.min(engine:next_retry_in() or 1, self.drain_deadline - os.time()))
       engine:flush()
     end
   end

@@ -50,9 +50,10 @@ local function rtcadmin(args, stdin, env)
   return code, out, err
 end
 
-local function lines(s)
+-- The lines of `s` (or its pieces matching `pattern`).
+local function lines(s, pattern)
   local t = {}
-  for l in s:gmatch("[^\n]+") do t[#t + 1] = l end
+  for l in s:gmatch(pattern or "[^\n]+") do t[#t + 1] = l end
   return t
 end
 
@@ -228,7 +229,7 @@ T.case("run keeps a failed action, retries it after the input ends, and reports 
     event("chat", "zed") .. "\n")
   T.eq(code, 0, "done in the end")
   local rows = lines(out)
-  T.match(rows[2], "k%s+kick%s+room1%s+zed%s+retry %(InternalError%)", "first outcome")
+  T.match(rows[2], "k%s+kick%s+room1%s+zed%s+retry 1/8%s+error: InternalError %(HTTP 500%)", "first outcome")
   T.match(rows[3], "k%s+kick%s+room1%s+zed%s+ok", "then ok")
   T.match(out, "actions: 1 succeeded, 0 failed, 0 still waiting", "summary")
   T.ok(not T.contains(emu.room(APP, "room1").users, "zed"), "zed kicked")
@@ -245,7 +246,7 @@ T.case("run exits 1 when an action fails for good, 3 when a rules file does not 
     cjson.encode({ type = "chat", app_id = "nosuchapp", room_id = "room1", user_id = "bob", ts = 1 }) .. "\n")
   local code, out = rtcadmin("run " .. q(rules) .. " " .. q(events) .. " --drain 0")
   T.eq(code, 1, "failed action")
-  T.match(out, "failed %(InvalidParameter.NotExistAppId%)", "the row says why")
+  T.match(out, "bob%s+failed%s+error: InvalidParameter.NotExistAppId %(HTTP 400%): AppId nosuchapp", "the row says why")
   T.match(out, "actions: 0 succeeded, 1 failed", "summary")
 
   local broken = T.write_file(dir .. "/broken.lua", 'rule "a" { on = "chat", action = kick }\nrule "b" {\n')
@@ -502,6 +503,75 @@ T.case("errors say what to fix: endpoint, paths, options, help; never a position
   code, _, err = rtcadmin("online " .. APP .. " room1", nil, "HOME=" .. q(dir) .. " VOLC_ACCESSKEY= VOLC_SECRETKEY=")
   T.eq(code, 1, "no credentials")
   T.match(err, "^rtcadmin: no credentials: ", "said plainly")
+end)
+
+-- The characters of a line (UTF-8), so that columns are counted as a terminal shows them.
+local function chars(s) return lines(s, "[%z\1-\127\194-\244][\128-\191]*") end
+
+-- Checks that every row's cells start where the header's column names do.
+local function aligned(out, what)
+  local rows = lines(out)
+  local header = chars(rows[1])
+  local starts = {}
+  for i = 1, #header do
+    if header[i] ~= " " and (i == 1 or header[i - 1] == " ") then starts[#starts + 1] = i end
+  end
+  T.eq(#starts, 7, what .. ": seven columns")
+  for r = 2, #rows do
+    local row = chars(rows[r])
+    if not rows[r]:match("^%d+ events") and rows[r]:match("^%d%d:") then
+      for c = 2, row[starts[#starts]] and #starts or #starts - 1 do -- (no evidence: no last column)
+        T.ok(row[starts[c] - 1] == " " and row[starts[c]] ~= " ",
+          what .. ": row " .. r .. " column " .. c .. " starts under its header: " .. rows[r])
+      end
+    end
+  end
+end
+
+T.case("run against an unreachable endpoint says so once, early; retry rows show attempt and error, aligned",
+  function()
+  local port = T.free_port() -- a local port nothing listens on
+  local rules = T.write_file(dir .. "/unreach.lua", 'rule "k" { on = "chat", action = kick, cooldown = 0 }\n')
+  local long = ("u"):rep(40) .. "-end"
+  local input = event("chat", "ua") .. "\n" .. event("chat", long) .. "\n"
+  local t0 = T.wall_now()
+  local code, out, err = rtcadmin("run --drain 2 --endpoint http://127.0.0.1:" .. port .. " " .. q(rules) .. " -",
+    input)
+  local took = T.wall_now() - t0
+  T.eq(code, 1, "actions still waiting: exit 1")
+  T.ok(took < 15, "the drain bounds the run: " .. took .. " s")
+  local endpoint = "http://127%.0%.0%.1:" .. port
+  T.match(err, "^rtcadmin: cannot reach " .. endpoint .. ": connection refused or host unreachable %(ConnectionFailed: "
+    .. "[^\n]+%); retrying for up to %d+ s\n", "said early, with what is wrong")
+  T.eq(select(2, err:gsub("cannot reach", "")), 1, "said once")
+  T.match(out, "k%s+kick%s+room1%s+ua%s+retry 1/8%s+error: ConnectionFailed: [^\n]*%S", "attempt and error text")
+  T.match(out, ("u"):rep(11) .. "…uuuuuu%-end retry 1/8", "a long user id is cut in the middle")
+  T.match(out, "actions: 0 succeeded, 0 failed, 2 still waiting for a retry", "summary")
+  aligned(out, "run")
+
+  -- Connections closed without an answer, then answers: said when it fails and when it is back.
+  emu.reset()
+  emu.faults({ { action = "KickUser", kind = "drop", count = 4 } })
+  code, out, err = rtcadmin("run --drain 10 " .. q(rules) .. " -", event("chat", "ub") .. "\n")
+  T.eq(code, 0, "done in the end")
+  T.match(err, "cannot reach " .. T.literal(emu.url) .. ": connection closed or reset %(ConnectionReset: ", "reset")
+  T.match(err, "rtcadmin: " .. T.literal(emu.url) .. " answers again", "and back")
+  T.match(out, "ub%s+retry 1/8%s+error: ConnectionReset: [^\n]*\n[^\n]*ub%s+ok", "the rows")
+end)
+
+T.case("the decision table keeps its columns for long rule names, actions and IDs", function()
+  local name = "a-rule-name-longer-than-fourteen"
+  local rules = T.write_file(dir .. "/wide.lua", 'rule "' .. name .. '" { on = "chat", action = escalate { kick, '
+    .. 'ban_everywhere(days(7)) }, cooldown = 0 }\nrule "r2" { on = "join", action = mute(60, { video = true }) }\n')
+  local events = T.write_file(dir .. "/wide.jsonl", table.concat({
+    event("chat", "short"), event("chat", "short", { room_id = ("r"):rep(60) }),
+    event("chat", ("x"):rep(128)), event("chat", ("x"):rep(128)), event("join", "j"),
+  }, "\n") .. "\n")
+  local code, out = rtcadmin("replay " .. q(rules) .. " " .. q(events))
+  T.eq(code, 0, "replay")
+  T.match(out, T.literal(name) .. " kick", "the rule column is as wide as the longest rule name")
+  T.match(out, "ban_everywhere 604800s rrrrrr…rrrrr short", "and the action column as the longest action")
+  aligned(out, "replay")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)
