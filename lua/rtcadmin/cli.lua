@@ -24,7 +24,7 @@ Moderation calls (credentials from VOLC_ACCESSKEY/VOLC_SECRETKEY or ~/.volc/conf
 Policy (rules files: Lua files or directories of them; events: JSON Lines):
   replay  RULES... EVENTS                   dry-run: print the decisions the rules make
   run     RULES... [EVENTS|-]               live: act on the decisions (stdin when EVENTS is - or absent)
-  check   RULES...                          load and lint rules files
+  check   RULES...                          load and lint rules files (together, as replay and run do)
 
 Options:
   --endpoint URL   API endpoint (default: RTCADMIN_ENDPOINT, else https://rtc.volcengineapi.com)
@@ -75,8 +75,9 @@ object) is printed when its action is done. Failed actions are retried later; at
 it waits up to --drain seconds (default 30) for retries.]],
   check = [[
 usage: rtcadmin check RULES... [--json]
-Loads each rules file in the sandbox and reports syntax errors, bad rule definitions and warnings
-with file:line. Exit status 3 when a file does not load.]],
+Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
+rule definitions, rule names defined twice and warnings with file:line. Exit status 3 when a file
+does not load.]],
 }
 
 -- Options: name -> takes a value?
@@ -771,14 +772,16 @@ function Cmd:run()
   return self:finish_policy("run", engine, fh, not dry)
 end
 
+-- Loads the files into one engine, as replay and run do, so that what does not load together (a
+-- rule name defined in two files) is reported as it would be there.
 function Cmd:check()
   local files, why = split_args(self.pos, false)
   if not files then return self:usage_error(why, "check", true) end
   if #files == 0 then return self:usage_error("expected RULES...", "check") end
-  local policy = require "rtcadmin.policy"
+  local engine = require("rtcadmin.policy").new({ dry_run = true })
   local status = EXIT_OK
   for _, f in ipairs(files) do
-    local file, errs = policy.load_file(f)
+    local file, errs = engine:load(f)
     local names = {}
     for i, r in ipairs(file and file.rules or {}) do names[i] = r.name end
     if self.opts.json then
