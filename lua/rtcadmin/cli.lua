@@ -6,8 +6,8 @@ local cjson = require("cjson").new()
 
 local cli = {}
 
-local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RULES = 0, 1, 2, 3
-cli.EXIT = { ok = EXIT_OK, failed = EXIT_FAILED, usage = EXIT_USAGE, rules = EXIT_RULES }
+local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RULES, EXIT_STRICT = 0, 1, 2, 3, 4
+cli.EXIT = { ok = EXIT_OK, failed = EXIT_FAILED, usage = EXIT_USAGE, rules = EXIT_RULES, strict = EXIT_STRICT }
 
 local USAGE = [[
 usage: rtcadmin [options] COMMAND [ARGS]
@@ -32,10 +32,11 @@ Options:
   --dry-run        decide and record, send nothing (run)
   --audit FILE     append the audit log (JSON Lines) to FILE (replay, run)
   --drain SECONDS  at the end of the input, keep retrying failed actions this long (run; default 30)
+  --strict         exit 4 when input lines were invalid or rules raised errors (replay, run)
   --help           help for a command: rtcadmin COMMAND --help, or rtcadmin help COMMAND
 
 Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry); 2 usage;
-3 a rules file does not load.
+3 a rules file does not load; 4 (--strict) invalid input lines or rule errors.
 ]]
 
 local HELP = {
@@ -62,17 +63,19 @@ Lifts stream bans (UnbanUserStream): --audio and/or --video (neither: both).]],
 usage: rtcadmin online APP ROOM [--endpoint URL] [--json]
 Lists the users online in ROOM (GetRoomOnlineUsers).]],
   replay = [[
-usage: rtcadmin replay RULES... EVENTS [--json] [--audit FILE]
+usage: rtcadmin replay RULES... EVENTS [--json] [--audit FILE] [--strict]
 Runs the rules over the recorded events (JSON Lines) without sending anything, and prints every
 decision (a table, or one JSON object per decision with --json) and a summary (with --json, the
 last object: {"kind":"summary",...}). RULES are Lua files or directories (their *.lua files, in name
-order); the last argument is EVENTS.]],
+order); the last argument is EVENTS. --strict: exit 4 when lines were invalid or rules raised errors.]],
   run = [[
 usage: rtcadmin run RULES... [EVENTS|-] [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--drain SECONDS]
+                    [--strict]
 Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absent; e.g. piped from a
 queue consumer), and acts on the decisions through the API, paced and retried. Each row (or JSON
 object) is printed when its action is done. Failed actions are retried later; at the end of input
-it waits up to --drain seconds (default 30) for retries.]],
+it waits up to --drain seconds (default 30) for retries. --strict: exit 4 when lines were invalid or
+rules raised errors (1, an action failed, comes first).]],
   check = [[
 usage: rtcadmin check RULES... [--json]
 Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
@@ -84,6 +87,7 @@ does not load.]],
 local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
+  strict = false,
 }
 
 -- The commands an option is for (absent: every command). An option given to a command that does
@@ -96,7 +100,7 @@ end
 local MODERATION_COMMANDS = set("kick", "ban", "unban", "mute", "unmute")
 local OPTION_COMMANDS = {
   endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
-  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"),
+  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay"),
   drain = set("run"),
   duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
   video = MODERATION_COMMANDS,
@@ -583,6 +587,7 @@ end
 function Cmd:summary(command, engine, status, live)
   local st = engine:stats()
   local waiting = #engine:pending()
+  local strict_bad = st.invalid > 0 or st.rule_errors > 0
   if self.opts.json then
     local by_rule, by_action, errors_by_rule, files = {}, {}, {}, {}
     for _, r in ipairs(engine.rules) do by_rule[r.name] = st.by_rule[r.name] or 0 end
@@ -593,7 +598,7 @@ function Cmd:summary(command, engine, status, live)
       kind = "summary", command = command, events = st.events, decisions = st.decisions, dry_run = st.dry_run,
       duplicates = st.duplicates, allowed = st.allowed, invalid = st.invalid, rule_errors = st.rule_errors,
       by_rule = by_rule, by_action = by_action, rule_errors_by_rule = errors_by_rule,
-      rules_files = array(files), exit = status,
+      rules_files = array(files), strict = self.opts.strict == true, exit = status,
     }
     if live then o.actions = { succeeded = st.succeeded, failed = st.failed, waiting = waiting } end
     if self.opts.audit then o.audit = self.opts.audit end
@@ -614,12 +619,17 @@ function Cmd:summary(command, engine, status, live)
     self:say(string.format("actions: %d succeeded, %d failed, %d still waiting for a retry%s", st.succeeded,
       st.failed, waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or ""))
   end
+  if self.opts.strict and strict_bad then
+    self:say(string.format("strict: %d invalid, %d rule errors%s", st.invalid, st.rule_errors,
+      status == EXIT_STRICT and " (exit 4)" or ""))
+  end
 end
 
 -- The exit status of replay and run once the input is done.
-function Cmd.policy_status(_, engine, live)
+function Cmd:policy_status(engine, live)
   local st = engine:stats()
   if live and (st.failed > 0 or #engine:pending() > 0) then return EXIT_FAILED end
+  if self.opts.strict and (st.invalid > 0 or st.rule_errors > 0) then return EXIT_STRICT end
   return EXIT_OK
 end
 

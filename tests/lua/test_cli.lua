@@ -485,6 +485,7 @@ T.case("errors say what to fix: endpoint, paths, options, help; never a position
     { "ban --audit x " .. APP .. " room1 bob --duration 60", "%-%-audit is not an option of ban" },
     { "replay --endpoint " .. q(emu.url) .. " " .. q(rules) .. " " .. q(events),
       "%-%-endpoint is not an option of replay" },
+    { "check --strict " .. q(rules), "%-%-strict is not an option of check" },
     { "run --duration 5 " .. q(rules) .. " -", "%-%-duration is not an option of run" },
     { "replay --audit " .. q(dir .. "/no/such/dir/audit.jsonl") .. " " .. q(rules) .. " " .. q(events),
       "cannot open the audit log: .*No such file or directory" },
@@ -592,6 +593,45 @@ T.case("check loads the files together: a rule name defined in two files is an e
   T.eq(objs[1].ok, true, "a ok")
   T.eq(objs[2].ok, false, "b not")
   T.match(objs[2].errors[1], "dup%-b%.lua:3: rule 'spam' already defined at .*dup%-a%.lua:1", "the error")
+end)
+
+T.case("--strict: replay and run exit 4 on invalid lines or rule errors; without it the summary counts them", function()
+  emu.reset()
+  local rules = T.write_file(dir .. "/strict.lua", 'rule "boom" { on = "join", when = function(ev) return ev.x.y end, '
+    .. 'action = kick }\nrule "k" { on = "chat", action = kick }\n')
+  local bad_events = T.write_file(dir .. "/strict-bad.jsonl", table.concat({
+    event("join", "a"), "{", event("chat", "b"), event("join", "c"),
+  }, "\n") .. "\n")
+  local good_events = T.write_file(dir .. "/strict-good.jsonl", event("chat", "b") .. "\n")
+  local code, out, err = rtcadmin("replay " .. q(rules) .. " " .. q(bad_events))
+  T.eq(code, 0, "without --strict: 0")
+  T.match(out, "4 events, 1 decisions %(1 dry%-run%), 0 duplicates, 0 allow%-listed, 1 invalid, 2 rule errors",
+    "the summary says how many")
+  T.match(err, "rule error: [^\n]*strict%.lua:1:", "rule errors on stderr")
+  code, out = rtcadmin("replay --strict " .. q(rules) .. " " .. q(bad_events))
+  T.eq(code, 4, "--strict: 4")
+  T.match(out, "strict: 1 invalid, 2 rule errors %(exit 4%)", "and says why")
+  code = rtcadmin("replay --strict " .. q(rules) .. " " .. q(good_events))
+  T.eq(code, 0, "--strict with nothing wrong: 0")
+  code, out = rtcadmin("replay --strict --json " .. q(rules) .. " " .. q(bad_events))
+  T.eq(code, 4, "--json --strict: 4")
+  local objs = json_lines(out, "replay --strict --json")
+  local kinds = {}
+  for i, o in ipairs(objs) do kinds[i] = o.kind end
+  T.same(kinds, { "rule_error", "invalid", "decision", "rule_error", "summary" }, "records in order")
+  local summary = objs[#objs]
+  T.eq(summary.exit, 4, "the summary's exit")
+  T.eq(summary.strict, true, "strict")
+  T.same(summary.rule_errors_by_rule, { boom = 2 }, "rule errors by rule")
+  code, out = rtcadmin("run --strict " .. q(rules) .. " -", T.read_file(bad_events))
+  T.eq(code, 4, "run --strict: 4")
+  T.match(out, "actions: 1 succeeded, 0 failed", "the action was still taken")
+  code = rtcadmin("run --strict " .. q(rules) .. " -", T.read_file(good_events))
+  T.eq(code, 0, "run --strict, nothing wrong: 0")
+  local failing = T.write_file(dir .. "/strict-fail.jsonl", table.concat({ "{",
+    cjson.encode({ type = "chat", app_id = "nosuchapp", room_id = "room1", user_id = "b", ts = 1 }) }, "\n") .. "\n")
+  code = rtcadmin("run --strict --drain 0 " .. q(rules) .. " " .. q(failing))
+  T.eq(code, 1, "a failed action (1) comes before --strict (4)")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)
