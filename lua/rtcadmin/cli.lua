@@ -353,37 +353,38 @@ local function list_lua(dir)
   return files
 end
 
--- "dir" or "file", or nil and what is wrong ("no such file: PATH").
-local function path_kind(path)
-  if is_dir(path) then return "dir" end
-  local f, err = io.open(path, "rb")
-  if f then f:close() return "file" end
+-- What is wrong when io.open(path) failed with `err`: "no such file: PATH" or "cannot read PATH: ...".
+local function open_problem(path, err)
   local why = tostring(err):match(": ([^:]*)$") or tostring(err)
-  if why:find("No such file", 1, true) then return nil, "no such file: " .. path end
-  return nil, "cannot read " .. path .. ": " .. why
+  if why:find("No such file", 1, true) then return "no such file: " .. path end
+  return "cannot read " .. path .. ": " .. why
+end
+
+local function readable(path)
+  local f, err = io.open(path, "rb")
+  if f then f:close() return true end
+  return nil, open_problem(path, err)
 end
 
 -- Splits positional arguments into rules files (*.lua files and directories of them) and, when
--- `events` is set, the EVENTS argument: the last one, "-" or a file that is neither. Returns the
--- files and the events argument, or nil and what is wrong.
+-- `events` is set, the EVENTS argument: the last one, "-" or a file that is neither (not opened
+-- here: it may be a FIFO). Returns the files and the events argument, or nil and what is wrong.
 local function split_args(pos, events)
   local files, ev = {}, nil
   for i, a in ipairs(pos) do
-    local kind, why
-    if a ~= "-" then kind, why = path_kind(a) end
-    if kind == "dir" then
+    if a ~= "-" and is_dir(a) then
       local found = list_lua(a)
       if #found == 0 then return nil, "no rules files (*.lua) in directory " .. a end
       for _, f in ipairs(found) do files[#files + 1] = f end
     elseif a:match("%.lua$") then
-      if not kind then return nil, why end
+      local ok, why = readable(a)
+      if not ok then return nil, why end
       files[#files + 1] = a
     elseif events and i == #pos then
-      if a ~= "-" and not kind then return nil, why end
       ev = a
-    elseif a ~= "-" and not kind then
-      return nil, why
     else
+      local ok, why = readable(a)
+      if a ~= "-" and not ok then return nil, why end
       return nil, "not a rules file or directory: " .. a .. (events and " (EVENTS is the last argument)" or "")
     end
   end
@@ -694,11 +695,11 @@ end
 function Cmd:start_policy(command, live)
   local files, path = split_args(self.pos, true)
   if not files then return nil, self:usage_error(path, command, true) end
-  if #files == 0 then return nil, self:usage_error("no rules files given", command) end
   if not live and path == nil then return nil, self:usage_error("expected RULES... EVENTS", command) end
   path = path or "-"
   local fh, ferr = self:open_events(path)
-  if not fh then return nil, self:usage_error(tostring(ferr), command, true) end
+  if not fh then return nil, self:usage_error(open_problem(path, ferr), command, true) end
+  if #files == 0 then return nil, self:usage_error("no rules files given", command) end
   local audit
   if self.opts.audit then
     local aerr

@@ -331,7 +331,9 @@ local function rtcadmin_live(args)
     p:close()
     local code
     rest = rest:gsub("__exit=(%d+)\n$", function(c) code = tonumber(c) return "" end)
-    return code, rest, T.read_file(errf) or ""
+    local err = T.read_file(errf) or ""
+    T.no_match(rest .. err, T.SK, "output")
+    return code, rest, err
   end
 end
 
@@ -632,6 +634,21 @@ T.case("--strict: replay and run exit 4 on invalid lines or rule errors; without
     cjson.encode({ type = "chat", app_id = "nosuchapp", room_id = "room1", user_id = "b", ts = 1 }) }, "\n") .. "\n")
   code = rtcadmin("run --strict --drain 0 " .. q(rules) .. " " .. q(failing))
   T.eq(code, 1, "a failed action (1) comes before --strict (4)")
+end)
+
+T.case("replay reads EVENTS from a named pipe: the file is opened once", function()
+  local fifo, errf = dir .. "/events-fifo", dir .. "/fifo-stderr"
+  os.remove(fifo)
+  os.execute("mkfifo " .. q(fifo))
+  local rules = T.write_file(dir .. "/fifo.lua", 'rule "k" { on = "chat", action = kick }\n')
+  -- The writer gives up after 20 s if nothing opens the pipe for reading.
+  os.execute("timeout -s KILL 20 sh -c " .. q("printf '%s\\n' " .. q(event("chat", "f1")) .. " >" .. q(fifo)) .. " &")
+  local p = assert(io.popen("timeout -s KILL 20 sh -c " .. q(command("replay " .. q(rules) .. " " .. q(fifo), errf))
+    .. "; echo \"__exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  T.match(out, "k%s+kick%s+room1%s+f1%s+dry_run", "the decision")
+  T.match(out, "__exit=0\n$", "exit 0")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)
