@@ -1,16 +1,17 @@
 -- The `rtcadmin` command line: one-off moderation calls, and the policy engine over event streams.
 -- bin/rtcadmin only sets the module paths and calls main(arg). See docs/cli.md.
--- A private encoder: a number JSON cannot hold (inf, NaN) is written as null, never raises.
+-- Events are decoded with a private lua-cjson instance; everything written as JSON goes through
+-- Cmd:json (rtcadmin.json_encode).
 local cjson = require("cjson").new()
-cjson.encode_invalid_numbers("null")
 
 local cli = {}
 
-local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RULES = 0, 1, 2, 3
-cli.EXIT = { ok = EXIT_OK, failed = EXIT_FAILED, usage = EXIT_USAGE, rules = EXIT_RULES }
+local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RULES, EXIT_STRICT = 0, 1, 2, 3, 4
+cli.EXIT = { ok = EXIT_OK, failed = EXIT_FAILED, usage = EXIT_USAGE, rules = EXIT_RULES, strict = EXIT_STRICT }
 
 local USAGE = [[
 usage: rtcadmin [options] COMMAND [ARGS]
+       rtcadmin help [COMMAND]
 
 Moderation calls (credentials from VOLC_ACCESSKEY/VOLC_SECRETKEY or ~/.volc/config):
   kick    APP ROOM USER...                  remove users from a room (they may rejoin)
@@ -23,17 +24,19 @@ Moderation calls (credentials from VOLC_ACCESSKEY/VOLC_SECRETKEY or ~/.volc/conf
 Policy (rules files: Lua files or directories of them; events: JSON Lines):
   replay  RULES... EVENTS                   dry-run: print the decisions the rules make
   run     RULES... [EVENTS|-]               live: act on the decisions (stdin when EVENTS is - or absent)
-  check   RULES...                          load and lint rules files
+  check   RULES...                          load and lint rules files (together, as replay and run do)
 
 Options:
   --endpoint URL   API endpoint (default: RTCADMIN_ENDPOINT, else https://rtc.volcengineapi.com)
+  --json           one JSON object per line on stdout, and nothing else there
   --dry-run        decide and record, send nothing (run)
-  --json           one JSON object per line on stdout
   --audit FILE     append the audit log (JSON Lines) to FILE (replay, run)
-  --help           help for a command: rtcadmin COMMAND --help
+  --drain SECONDS  at the end of the input, keep retrying failed actions this long (run; default 30)
+  --strict         exit 4 when input lines were invalid or rules raised errors (replay, run)
+  --help           help for a command: rtcadmin COMMAND --help, or rtcadmin help COMMAND
 
 Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry); 2 usage;
-3 a rules file does not load.
+3 a rules file does not load; 4 (--strict) invalid input lines or rule errors.
 ]]
 
 local HELP = {
@@ -60,25 +63,47 @@ Lifts stream bans (UnbanUserStream): --audio and/or --video (neither: both).]],
 usage: rtcadmin online APP ROOM [--endpoint URL] [--json]
 Lists the users online in ROOM (GetRoomOnlineUsers).]],
   replay = [[
-usage: rtcadmin replay RULES... EVENTS [--json] [--audit FILE]
+usage: rtcadmin replay RULES... EVENTS [--json] [--audit FILE] [--strict]
 Runs the rules over the recorded events (JSON Lines) without sending anything, and prints every
-decision (a table, or one JSON object per decision with --json) and a summary. RULES are Lua files
-or directories (their *.lua files, in name order); the last argument that is neither is EVENTS.]],
+decision (a table, or one JSON object per decision with --json) and a summary (with --json, the
+last object: {"kind":"summary",...}). RULES are Lua files or directories (their *.lua files, in name
+order); the last argument is EVENTS. --strict: exit 4 when lines were invalid or rules raised errors.]],
   run = [[
 usage: rtcadmin run RULES... [EVENTS|-] [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--drain SECONDS]
+                    [--strict]
 Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absent; e.g. piped from a
-queue consumer), and acts on the decisions through the API, paced and retried. Failed actions are
-retried later; at the end of input it waits up to --drain seconds (default 30) for retries.]],
+queue consumer), and acts on the decisions through the API, paced and retried. Each row (or JSON
+object) is printed when its action is done. Failed actions are retried later; at the end of input
+it waits up to --drain seconds (default 30) for retries. --strict: exit 4 when lines were invalid or
+rules raised errors (1, an action failed, comes first).]],
   check = [[
 usage: rtcadmin check RULES... [--json]
-Loads each rules file in the sandbox and reports syntax errors, bad rule definitions and warnings
-with file:line. Exit status 3 when a file does not load.]],
+Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
+rule definitions, rule names defined twice and warnings with file:line. Exit status 3 when a file
+does not load.]],
 }
 
 -- Options: name -> takes a value?
 local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
+  strict = false,
+}
+
+-- The commands an option is for (absent: every command). An option given to a command that does
+-- not use it is a usage error, never silently ignored (kick --dry-run would kick).
+local function set(...)
+  local s = {}
+  for _, v in ipairs({ ... }) do s[v] = true end
+  return s
+end
+local MODERATION_COMMANDS = set("kick", "ban", "unban", "mute", "unmute")
+local OPTION_COMMANDS = {
+  endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
+  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay"),
+  drain = set("run"),
+  duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
+  video = MODERATION_COMMANDS,
 }
 
 local function parse(argv)
@@ -113,17 +138,47 @@ local function parse(argv)
   return opts, pos
 end
 
--- Output goes through `out` and `err` so tests and embedders can capture it.
+-- A message raised inside rtcadmin, without the position in rtcadmin's own code that Lua or the C
+-- module put in front of it (the user's files keep theirs: rules errors point at the rules).
+local function plain(msg)
+  msg = tostring(msg)
+  local before
+  repeat
+    before = msg
+    msg = msg:gsub("^[^%s:]*rtcadmin/[%w_]+%.lua:%d+: ", ""):gsub("^[^%s:]*bin/rtcadmin:%d+: ", "")
+  until msg == before
+  return msg
+end
+cli.plain_message = plain
+
+-- Output goes through `out` and `err` so tests and embedders can capture it. Every record is
+-- flushed when written: a row appears when its action is done, also when stdout is a pipe.
 local Cmd = {}
 Cmd.__index = Cmd
 
-function Cmd:say(...) self.out:write(...) self.out:write("\n") end
-function Cmd:warn(...) self.err:write(...) self.err:write("\n") end
-function Cmd:json(t) self.out:write(cjson.encode(t), "\n") end
+local function flush(fh) if fh.flush then fh:flush() end end
 
-function Cmd:usage_error(msg, command)
+function Cmd:say(...)
+  self.out:write(...)
+  self.out:write("\n")
+  flush(self.out)
+end
+function Cmd:warn(...) self.err:write(...) self.err:write("\n") end
+-- The one writer of JSON output: lists marked with rtcadmin.json_array are [] when empty.
+function Cmd:json(t)
+  self.out:write(require("rtcadmin").json_encode(t), "\n")
+  flush(self.out)
+end
+local function array(t) return require("rtcadmin").json_array(t or {}) end
+
+-- A usage error: the message, then the command's help (or, `brief`, where to find it).
+function Cmd:usage_error(msg, command, brief)
   self:warn("rtcadmin: ", msg)
-  self:warn(command and HELP[command] or "run 'rtcadmin --help' for usage")
+  if brief then
+    self:warn("run 'rtcadmin ", command and (command .. " ") or "", "--help' for usage")
+  else
+    self:warn(command and HELP[command] or "run 'rtcadmin --help' for usage")
+  end
   return EXIT_USAGE
 end
 
@@ -138,8 +193,26 @@ function Cmd:client()
   local o = {}
   if self.opts.endpoint then o.endpoint = self.opts.endpoint end
   local ok, c = pcall(rtcadmin.client, o)
-  if not ok then return nil, tostring(c) end
+  if not ok then return nil, (plain(c):gsub("^rtcadmin%.client: ", "")) end
   return c
+end
+
+-- A bad --endpoint (or RTCADMIN_ENDPOINT) is a usage error, found before anything else happens: a
+-- client made with placeholder keys (never used, nothing is sent) checks it exactly as the real one.
+function Cmd:check_endpoint(command)
+  local rtcadmin = require "rtcadmin"
+  local ok, c = pcall(rtcadmin.client, { endpoint = self.opts.endpoint, access_key = "-", secret_key = "-" })
+  if ok then c:close() return nil end
+  local msg = plain(c):gsub("^rtcadmin%.client: ", "")
+  local which, value = "--endpoint", self.opts.endpoint
+  local why = msg:match("^option 'endpoint':? ?(.*)$")
+  if not why then
+    which, value = "RTCADMIN_ENDPOINT", os.getenv("RTCADMIN_ENDPOINT") or ""
+    why = msg:match("^RTCADMIN_ENDPOINT:? ?(.*)$")
+    if not why then return nil end -- not about the endpoint: the real client reports it
+  end
+  why = why:gsub(", got \".*\"$", "")
+  return self:usage_error(string.format("bad %s %q: %s", which, value, why), command, true)
 end
 
 local function number_opt(self, name, command)
@@ -246,13 +319,14 @@ function Cmd:online()
   if not client then self:warn("rtcadmin: ", cerr) return EXIT_FAILED end
   local ok, room, err = pcall(client.online_users, client, self.pos[1], self.pos[2])
   client:close()
-  if not ok then return self:usage_error(tostring(room):gsub("^[^:]*:%d+: ", ""), "online") end
+  if not ok then return self:usage_error(plain(room), "online") end
   if not room then self:warn("rtcadmin: ", tostring(err)) return EXIT_FAILED end
+  local users = {}
+  for i, u in ipairs(room.VisibleUserList or {}) do users[i] = u end
   if self.opts.json then
     self:json({ app_id = self.pos[1], room_id = self.pos[2], exists = room.RoomExists == true,
-                total = room.TotalUser or 0, users = room.VisibleUserList or {} })
+                total = room.TotalUser or 0, users = array(users) })
   else
-    local users = room.VisibleUserList or {}
     self:say(string.format("%s/%s: %d online%s%s", self.pos[1], self.pos[2], room.TotalUser or 0,
       #users > 0 and ": " or "", table.concat(users, " ")))
   end
@@ -272,41 +346,49 @@ local function list_lua(dir)
   local p = io.popen("ls -1 -- '" .. dir:gsub("'", [['\'']]) .. "' 2>/dev/null")
   local files = {}
   for name in p:lines() do
-    if name:match("%.lua$") then files[#files + 1] = dir .. "/" .. name end
+    if name:match("%.lua$") then files[#files + 1] = dir:gsub("/+$", "") .. "/" .. name end
   end
   p:close()
   table.sort(files)
   return files
 end
 
--- Splits positional arguments into rules files (*.lua, directories) and the rest.
-local function split_rules(pos)
-  local rules, rest = {}, {}
-  for _, a in ipairs(pos) do
-    if a ~= "-" and is_dir(a) then
-      for _, f in ipairs(list_lua(a)) do rules[#rules + 1] = f end
-    elseif a:match("%.lua$") then
-      rules[#rules + 1] = a
-    else
-      rest[#rest + 1] = a
-    end
-  end
-  return rules, rest
+-- What is wrong when io.open(path) failed with `err`: "no such file: PATH" or "cannot read PATH: ...".
+local function open_problem(path, err)
+  local why = tostring(err):match(": ([^:]*)$") or tostring(err)
+  if why:find("No such file", 1, true) then return "no such file: " .. path end
+  return "cannot read " .. path .. ": " .. why
 end
 
-function Cmd:load_rules(engine, files, command)
-  if #files == 0 then return nil, self:usage_error("no rules files given", command) end
-  local ok = true
-  for _, f in ipairs(files) do
-    local loaded, errs = engine:load(f)
-    if not loaded then
-      ok = false
-      for _, e in ipairs(errs) do self:warn("rtcadmin: ", e) end
+local function readable(path)
+  local f, err = io.open(path, "rb")
+  if f then f:close() return true end
+  return nil, open_problem(path, err)
+end
+
+-- Splits positional arguments into rules files (*.lua files and directories of them) and, when
+-- `events` is set, the EVENTS argument: the last one, "-" or a file that is neither (not opened
+-- here: it may be a FIFO). Returns the files and the events argument, or nil and what is wrong.
+local function split_args(pos, events)
+  local files, ev = {}, nil
+  for i, a in ipairs(pos) do
+    if a ~= "-" and is_dir(a) then
+      local found = list_lua(a)
+      if #found == 0 then return nil, "no rules files (*.lua) in directory " .. a end
+      for _, f in ipairs(found) do files[#files + 1] = f end
+    elseif a:match("%.lua$") then
+      local ok, why = readable(a)
+      if not ok then return nil, why end
+      files[#files + 1] = a
+    elseif events and i == #pos then
+      ev = a
+    else
+      local ok, why = readable(a)
+      if a ~= "-" and not ok then return nil, why end
+      return nil, "not a rules file or directory: " .. a .. (events and " (EVENTS is the last argument)" or "")
     end
   end
-  for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
-  if not ok then return nil, EXIT_RULES end
-  return true
+  return files, ev
 end
 
 -- JSON Lines reader: yields (line number, event table) or (line number, nil, error).
@@ -349,64 +431,227 @@ local function evidence_text(d)
 end
 
 local function action_text(d)
-  local a = d.action
+  local a = tostring(d.action)
   if a == "kick" then return "kick" end
+  local duration = tonumber(d.duration) or 0
   if a == "mute" then
     local s = (d.audio and d.video) and "" or (d.audio and " audio" or " video")
-    return "mute" .. s .. (d.duration > 0 and (" " .. d.duration .. "s") or "")
+    return "mute" .. s .. (duration > 0 and (" " .. duration .. "s") or "")
   end
-  return a .. " " .. d.duration .. "s"
+  return a .. " " .. duration .. "s"
 end
 
-local TABLE_FMT = "%-8s %-14s %-16s %-12s %-22s %-10s %s"
+-- "CODE (HTTP n): message [request ID]" for an action's error.
+local function error_text(e)
+  local s = tostring(e.code or "Error")
+  if (tonumber(e.http_status) or 0) > 0 then s = s .. " (HTTP " .. e.http_status .. ")" end
+  if e.message and e.message ~= "" then s = s .. ": " .. tostring(e.message) end
+  if e.request_id then s = s .. " [request " .. tostring(e.request_id) .. "]" end
+  return s
+end
+
+-- Table cells: a fixed width in characters (UTF-8 aware). A longer value is cut with "…" (IDs in
+-- the middle, where the end that tells them apart survives); the full values are in --json and the
+-- audit log. Control characters become spaces.
+local function text_width(s) return #s - select(2, s:gsub("[\128-\191]", "")) end
+
+local function utf8_head(s, n)
+  local i, count = 1, 0
+  while i <= #s and count < n do
+    i = i + 1
+    while i <= #s and s:byte(i) >= 128 and s:byte(i) < 192 do i = i + 1 end
+    count = count + 1
+  end
+  return s:sub(1, i - 1)
+end
+
+local function utf8_tail(s, n)
+  local i, count = #s + 1, 0
+  while i > 1 and count < n do
+    i = i - 1
+    while i > 1 and s:byte(i) >= 128 and s:byte(i) < 192 do i = i - 1 end
+    count = count + 1
+  end
+  return s:sub(i)
+end
+
+local function cell(s, width, middle)
+  s = tostring(s):gsub("%c", " ")
+  local n = text_width(s)
+  if n > width then
+    if middle then
+      local head = math.ceil((width - 1) / 2)
+      s = utf8_head(s, head) .. "…" .. utf8_tail(s, width - 1 - head)
+    else
+      s = utf8_head(s, width - 1) .. "…"
+    end
+    n = width
+  end
+  return s .. (" "):rep(width - n)
+end
+
+local COLUMNS = {
+  { "time", 8 }, { "rule", 14, max = 32 }, { "action", 16, max = 24 }, { "room", 12, middle = true },
+  { "user", 22, middle = true }, { "outcome", 10 },
+}
+
+-- Column widths for this run: wide enough for every rule name and action the rules can take (up to
+-- a maximum), and for the longest outcome ("failed 8/8").
+function Cmd:table_widths(engine)
+  local w = {}
+  for i, c in ipairs(COLUMNS) do w[i] = c[2] end
+  local function widen(i, s) w[i] = math.max(w[i], math.min(COLUMNS[i].max or w[i], text_width(s))) end
+  for _, r in ipairs(engine.rules) do
+    widen(2, tostring(r.name))
+    local act = type(r.action) == "table" and r.action or {}
+    for _, a in ipairs(act.steps or { act }) do
+      if type(a) == "table" and a.kind then
+        widen(3, action_text({ action = a.kind, duration = a.duration, audio = a.audio, video = a.video }))
+      end
+    end
+  end
+  local m = engine.cfg.max_attempts
+  w[6] = math.max(w[6], #("failed " .. m .. "/" .. m))
+  self.widths = w
+end
+
+function Cmd:table_row(values, last)
+  local parts = {}
+  for i, c in ipairs(COLUMNS) do parts[i] = cell(values[i], self.widths[i], c.middle) end
+  parts[#parts + 1] = (tostring(last):gsub("%c", " "))
+  self:say((table.concat(parts, " "):gsub("%s+$", "")))
+end
 
 function Cmd:decision_header()
-  self:say(string.format(TABLE_FMT, "time", "rule", "action", "room", "user", "outcome", "evidence"))
+  local names = {}
+  for i, c in ipairs(COLUMNS) do names[i] = c[1] end
+  self:table_row(names, "evidence")
 end
 
 function Cmd:decision_row(d)
   if self.opts.json then return self:json(d) end
-  local outcome = d.outcome
+  local outcome, max = tostring(d.outcome), self.engine.cfg.max_attempts
+  local last = evidence_text(d)
   if outcome == "retry" or outcome == "failed" then
-    outcome = outcome .. " (" .. tostring(d.error and d.error.code) .. ")"
+    if outcome == "retry" or d.attempts > 1 then outcome = string.format("%s %d/%d", outcome, d.attempts, max) end
+    if d.error then last = (last ~= "" and (last .. "; ") or "") .. "error: " .. error_text(d.error) end
   end
-  self:say(string.format(TABLE_FMT, clock(d.event_ts), d.rule, action_text(d), d.room_id, d.user_id, outcome,
-    evidence_text(d)))
+  self:table_row({ clock(d.event_ts), d.rule, action_text(d), d.room_id, d.user_id, outcome }, last)
 end
 
-function Cmd:summary(engine, extra)
+-- Transport failures: the endpoint was not reached at all.
+local UNREACHABLE = {
+  ConnectionFailed = "connection refused or host unreachable", DNSFailure = "host name not found",
+  Timeout = "no answer in time", ConnectionReset = "connection closed or reset",
+  TLSError = "TLS handshake or certificate check failed", ProtocolError = "not an HTTP answer",
+  TransportError = "transport error",
+}
+
+-- The longest a failed action can still be retried: the engine's remaining backoff, and after the
+-- input has ended no longer than the drain time left.
+function Cmd:retry_horizon(d)
+  local cfg, t = self.engine.cfg, 0
+  for a = d.attempts, cfg.max_attempts - 1 do t = t + math.min(cfg.retry_cap, cfg.retry_base * 2 ^ (a - 1)) end
+  if self.drain_deadline then
+    t = math.min(t, math.max(0, self.drain_deadline - os.time()))
+  elseif self.input_done then
+    t = math.min(t, self.drain)
+  end
+  return math.ceil(t)
+end
+
+-- Says once, at the first transport failure, that the endpoint cannot be reached (and again when
+-- it can).
+function Cmd:note_reachable(d)
+  local e = d.error
+  if d.outcome == "ok" then
+    if self.unreachable then
+      self.unreachable = false
+      self:warn("rtcadmin: ", self.endpoint, " answers again")
+    end
+  elseif e and UNREACHABLE[e.code] and (tonumber(e.http_status) or 0) == 0 and not self.unreachable then
+    self.unreachable = true
+    local next_step
+    if d.outcome == "retry" then
+      next_step = string.format("retrying for up to %d s", self:retry_horizon(d))
+    elseif e.retryable then
+      next_step = string.format("gave up on this action after %d attempts", d.attempts)
+    else
+      next_step = "not retried"
+    end
+    self:warn(string.format("rtcadmin: cannot reach %s: %s (%s: %s); %s", self.endpoint, UNREACHABLE[e.code],
+      e.code, tostring(e.message), next_step))
+  end
+end
+
+-- The summary: plain lines (stdout), or with --json the last JSON object of the output.
+function Cmd:summary(command, engine, status, live)
   local st = engine:stats()
-  local lines = {}
-  lines[#lines + 1] = string.format("%d events, %d decisions (%d dry-run), %d duplicates, %d allow-listed, %d invalid, "
-    .. "%d rule errors", st.events, st.decisions, st.dry_run, st.duplicates, st.allowed, st.invalid, st.rule_errors)
+  local waiting = #engine:pending()
+  local strict_bad = st.invalid > 0 or st.rule_errors > 0
+  if self.opts.json then
+    local by_rule, by_action, errors_by_rule, files = {}, {}, {}, {}
+    for _, r in ipairs(engine.rules) do by_rule[r.name] = st.by_rule[r.name] or 0 end
+    for k, v in pairs(st.by_action) do by_action[k] = v end
+    for k, v in pairs(st.errors_by_rule) do errors_by_rule[k] = v end
+    for i, f in ipairs(engine.files) do files[i] = f end
+    local o = {
+      kind = "summary", command = command, events = st.events, decisions = st.decisions, dry_run = st.dry_run,
+      duplicates = st.duplicates, allowed = st.allowed, invalid = st.invalid, rule_errors = st.rule_errors,
+      by_rule = by_rule, by_action = by_action, rule_errors_by_rule = errors_by_rule,
+      rules_files = array(files), strict = self.opts.strict == true, exit = status,
+    }
+    if live then o.actions = { succeeded = st.succeeded, failed = st.failed, waiting = waiting } end
+    if self.opts.audit then o.audit = self.opts.audit end
+    return self:json(o)
+  end
+  self:say(string.format("%d events, %d decisions (%d dry-run), %d duplicates, %d allow-listed, %d invalid, "
+    .. "%d rule errors", st.events, st.decisions, st.dry_run, st.duplicates, st.allowed, st.invalid, st.rule_errors))
   local by = {}
   for _, r in ipairs(engine.rules) do
     if st.by_rule[r.name] > 0 then by[#by + 1] = string.format("%s %d", r.name, st.by_rule[r.name]) end
   end
-  if #by > 0 then lines[#lines + 1] = "by rule: " .. table.concat(by, ", ") end
+  if #by > 0 then self:say("by rule: " .. table.concat(by, ", ")) end
   local acts = {}
   for k, v in pairs(st.by_action) do acts[#acts + 1] = string.format("%s %d", k, v) end
   table.sort(acts)
-  if #acts > 0 then lines[#lines + 1] = "by action: " .. table.concat(acts, ", ") end
-  if extra then lines[#lines + 1] = extra end
-  -- With --json stdout carries only decisions; the summary goes to stderr.
-  for _, l in ipairs(lines) do if self.opts.json then self:warn(l) else self:say(l) end end
+  if #acts > 0 then self:say("by action: " .. table.concat(acts, ", ")) end
+  if live then
+    self:say(string.format("actions: %d succeeded, %d failed, %d still waiting for a retry%s", st.succeeded,
+      st.failed, waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or ""))
+  end
+  if self.opts.strict and strict_bad then
+    self:say(string.format("strict: %d invalid, %d rule errors%s", st.invalid, st.rule_errors,
+      status == EXIT_STRICT and " (exit 4)" or ""))
+  end
 end
 
-function Cmd:policy_engine(live)
+-- The exit status of replay and run once the input is done.
+function Cmd:policy_status(engine, live)
+  local st = engine:stats()
+  if live and (st.failed > 0 or #engine:pending() > 0) then return EXIT_FAILED end
+  if self.opts.strict and (st.invalid > 0 or st.rule_errors > 0) then return EXIT_STRICT end
+  return EXIT_OK
+end
+
+function Cmd:policy_engine(live, audit)
   local policy = require "rtcadmin.policy"
   local o = {
     dry_run = not live or self.opts["dry-run"] == true,
-    audit = self.opts.audit,
-    on_error = function(rec) self:warn("rule error: ", rec.error) end,
+    audit = audit,
+    on_error = function(rec)
+      self:warn("rule error: ", rec.error)
+      if self.opts.json then self:json(rec) end
+    end,
   }
   if not o.dry_run then
     local client, cerr = self:client()
     if not client then return nil, cerr end
     o.client = client
+    self.endpoint = client:info().endpoint
   end
   local ok, engine = pcall(policy.new, o)
-  if not ok then return nil, tostring(engine) end
+  if not ok then return nil, plain(engine) end
   return engine
 end
 
@@ -417,6 +662,10 @@ function Cmd.open_events(_, path)
   return fh
 end
 
+-- Lines skipped are reported on stderr with their number (the first 10) and, with --json, each as
+-- {"kind":"invalid","line":N,"source":...,"reason":...} on stdout.
+local SKIPS_SHOWN = 10
+
 function Cmd:feed(engine, fh, after_line)
   local bad = 0
   for n, ev, err in events_from(fh) do
@@ -424,34 +673,66 @@ function Cmd:feed(engine, fh, after_line)
       -- The engine refuses what is wrong with an event; anything it raises is reported with the
       -- line, and the input goes on.
       local ok, made, why = pcall(engine.process, engine, ev)
-      if not ok then err = "engine error: " .. tostring(made)
+      if not ok then err = "engine error: " .. plain(made)
       elseif not made then err = why end
     end
     if err then
       bad = bad + 1
-      if bad <= 10 then self:warn(string.format("%s:%d: skipped: %s", self.events_name, n, err)) end
+      if bad <= SKIPS_SHOWN then
+        self:warn(string.format("%s:%d: skipped: %s", self.events_name, n, err))
+      elseif bad == SKIPS_SHOWN + 1 then
+        self:warn(string.format("%s: more lines skipped; not shown, counted in the summary", self.events_name))
+      end
+      if self.opts.json then self:json({ kind = "invalid", source = self.events_name, line = n, reason = err }) end
       if not ev then engine:note_invalid() end
     end
     if after_line then after_line(n) end
   end
 end
 
--- The common start of replay and run: engine, rules, events. Returns engine, fh or nil, exit status.
-function Cmd:start_policy(command, live, events)
-  local files, rest = split_rules(self.pos)
-  if (live and #rest > 1) or (not live and #rest ~= 1) then
-    return nil, self:usage_error(live and "expected RULES... [EVENTS|-]" or "expected RULES... EVENTS", command)
-  end
-  local engine, eerr = self:policy_engine(live)
-  if not engine then self:warn("rtcadmin: ", eerr) return nil, EXIT_FAILED end
-  local loaded, code = self:load_rules(engine, files, command)
-  if not loaded then return nil, code end
-  local path = rest[1] or events
+-- The common start of replay and run: arguments, events, audit log, engine, rules. Returns engine,
+-- events handle, or nil, exit status.
+function Cmd:start_policy(command, live)
+  local files, path = split_args(self.pos, true)
+  if not files then return nil, self:usage_error(path, command, true) end
+  if not live and path == nil then return nil, self:usage_error("expected RULES... EVENTS", command) end
+  path = path or "-"
   local fh, ferr = self:open_events(path)
-  if not fh then self:warn("rtcadmin: ", ferr) return nil, EXIT_USAGE end
+  if not fh then return nil, self:usage_error(open_problem(path, ferr), command, true) end
+  if #files == 0 then return nil, self:usage_error("no rules files given", command) end
+  local audit
+  if self.opts.audit then
+    local aerr
+    audit, aerr = io.open(self.opts.audit, "a")
+    if not audit then return nil, self:usage_error("cannot open the audit log: " .. tostring(aerr), command, true) end
+    self.audit_fh = audit
+  end
+  local engine, eerr = self:policy_engine(live, audit)
+  if not engine then self:warn("rtcadmin: ", eerr) return nil, EXIT_FAILED end
+  self.engine = engine
+  local ok = true
+  for _, f in ipairs(files) do
+    local loaded, errs = engine:load(f)
+    if not loaded then
+      ok = false
+      for _, e in ipairs(errs) do self:warn("rtcadmin: ", e) end
+    end
+  end
+  for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
+  if not ok then return nil, EXIT_RULES end
   self.events_name = path == "-" and "stdin" or path
+  self:table_widths(engine)
   if not self.opts.json then self:decision_header() end
   return engine, fh
+end
+
+function Cmd:finish_policy(command, engine, fh, live)
+  if fh ~= io.stdin then fh:close() end
+  local status = self:policy_status(engine, live)
+  self:summary(command, engine, status, live)
+  if engine.client then engine.client:close() end
+  if self.audit_fh then self.audit_fh:close() end
+  return status
 end
 
 function Cmd:replay()
@@ -459,9 +740,7 @@ function Cmd:replay()
   if not engine then return fh end
   engine.on_decision = function(d) self:decision_row(d) end
   self:feed(engine, fh)
-  if fh ~= io.stdin then fh:close() end
-  self:summary(engine)
-  return EXIT_OK
+  return self:finish_policy("replay", engine, fh, false)
 end
 
 local function sleep(seconds)
@@ -471,13 +750,19 @@ end
 function Cmd:run()
   local drain, bad = number_opt(self, "drain", "run")
   if bad then return bad end
-  drain = drain or 30
-  local engine, fh = self:start_policy("run", true, "-")
+  self.drain = drain or 30
+  local engine, fh = self:start_policy("run", true)
   if not engine then return fh end
   local dry = engine.dry_run
   -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
-  if dry then engine.on_decision = function(d) self:decision_row(d) end
-  else engine.on_result = function(d) self:decision_row(d) end end
+  if dry then
+    engine.on_decision = function(d) self:decision_row(d) end
+  else
+    engine.on_result = function(d)
+      self:note_reachable(d)
+      self:decision_row(d)
+    end
+  end
   -- From stdin act after every line (events arrive live); from a file, in batches of 256 lines.
   local every = fh == io.stdin and 1 or 256
   local function act()
@@ -486,41 +771,36 @@ function Cmd:run()
     end
   end
   self:feed(engine, fh, function(n) if n % every == 0 then act() end end)
-  if fh ~= io.stdin then fh:close() end
+  self.input_done = true
   if not dry then
     engine:flush({ progress = self:progress_fn(#engine.queue) })
-    local deadline = os.time() + drain
-    while #engine:pending() > 0 and os.time() < deadline do
-      sleep(math.min(engine:next_retry_in() or 1, deadline - os.time()))
+    self.drain_deadline = os.time() + self.drain
+    while #engine:pending() > 0 and os.time() < self.drain_deadline do
+      sleep(math.min(engine:next_retry_in() or 1, self.drain_deadline - os.time()))
       engine:flush()
     end
   end
-  local st = engine:stats()
-  local waiting = #engine:pending()
-  local extra
-  if not dry then
-    extra = string.format("actions: %d succeeded, %d failed, %d still waiting for a retry%s", st.succeeded, st.failed,
-      waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or "")
-  end
-  self:summary(engine, extra)
-  if engine.client then engine.client:close() end
-  return (st.failed > 0 or waiting > 0) and EXIT_FAILED or EXIT_OK
+  return self:finish_policy("run", engine, fh, not dry)
 end
 
+-- Loads the files into one engine, as replay and run do, so that what does not load together (a
+-- rule name defined in two files) is reported as it would be there.
 function Cmd:check()
-  local files, rest = split_rules(self.pos)
-  if #rest > 0 then return self:usage_error("not a rules file or directory: " .. rest[1], "check") end
+  local files, why = split_args(self.pos, false)
+  if not files then return self:usage_error(why, "check", true) end
   if #files == 0 then return self:usage_error("expected RULES...", "check") end
-  local policy = require "rtcadmin.policy"
+  local engine = require("rtcadmin.policy").new({ dry_run = true })
   local status = EXIT_OK
   for _, f in ipairs(files) do
-    local file, errs = policy.load_file(f)
+    local file, errs = engine:load(f)
+    local names = {}
+    for i, r in ipairs(file and file.rules or {}) do names[i] = r.name end
     if self.opts.json then
-      self:json({ file = f, ok = file ~= nil, errors = errs or {}, warnings = file and file.warnings or {},
-                  rules = file and #file.rules or 0 })
+      local warnings = {}
+      for i, w in ipairs(file and file.warnings or {}) do warnings[i] = w end
+      self:json({ file = f, ok = file ~= nil, errors = array(errs), warnings = array(warnings), rules = #names,
+                  names = array(names) })
     elseif file then
-      local names = {}
-      for _, r in ipairs(file.rules) do names[#names + 1] = r.name end
       local allows = #file.allow.roles + #file.allow.users + #file.allow.patterns
       self:say(string.format("%s: ok, %d rules%s%s%s", f, #file.rules, #names > 0 and ": " or "",
         table.concat(names, ", "), allows > 0 and string.format(" (%d allow-list entries)", allows) or ""))
@@ -538,24 +818,54 @@ local COMMANDS = {
   online = Cmd.online, replay = Cmd.replay, run = Cmd.run, check = Cmd.check,
 }
 
--- main(argv, {out=, err=}) -> exit status
-function cli.main(argv, io_)
-  io_ = io_ or {}
-  local self = setmetatable({ out = io_.out or io.stdout, err = io_.err or io.stderr }, Cmd)
-  local opts, pos = parse(argv or {})
+local function dispatch(self, argv)
+  local opts, pos = parse(argv)
   if not opts then return self:usage_error(pos) end
   self.opts = opts
   local command = table.remove(pos, 1)
   self.pos = pos
-  if command == nil or command == "help" then
-    if command == "help" and pos[1] and HELP[pos[1]] then self:say(HELP[pos[1]]) return EXIT_OK end
+  if command == "help" then
+    local topic = pos[1]
+    if topic == nil then self.out:write(USAGE) return EXIT_OK end
+    if not HELP[topic] then return self:usage_error("unknown command '" .. topic .. "'") end
+    self:say(HELP[topic])
+    return EXIT_OK
+  end
+  if command == nil then
     (opts.help and self.out or self.err):write(USAGE)
     return opts.help and EXIT_OK or EXIT_USAGE
   end
   local fn = COMMANDS[command]
   if not fn then return self:usage_error("unknown command '" .. command .. "'") end
   if opts.help then self:say(HELP[command]) return EXIT_OK end
+  for name in pairs(opts) do
+    local only = OPTION_COMMANDS[name]
+    if only and not only[command] then return self:usage_error("--" .. name .. " is not an option of " .. command,
+      command) end
+  end
+  if OPTION_COMMANDS.endpoint[command] and not (command == "run" and opts["dry-run"]) then
+    local status = self:check_endpoint(command)
+    if status then return status end
+  end
   return fn(self, command)
+end
+
+-- main(argv, {out=, err=}) -> exit status. An error raised inside is reported in one line and
+-- exits 1: a module that cannot be loaded, or a bug.
+function cli.main(argv, io_)
+  io_ = io_ or {}
+  local self = setmetatable({ out = io_.out or io.stdout, err = io_.err or io.stderr }, Cmd)
+  local ok, status = pcall(dispatch, self, argv or {})
+  if ok then return status end
+  local msg = plain(status)
+  local missing = msg:match("^module '([^']+)' not found")
+  if missing then
+    self:warn("rtcadmin: cannot load the Lua module '", missing, "'", missing == "rtcadmin"
+      and " (in a source checkout, build it first: make)" or "")
+  else
+    self:warn("rtcadmin: internal error: ", msg)
+  end
+  return EXIT_FAILED
 end
 
 return cli

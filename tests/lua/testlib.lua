@@ -398,6 +398,7 @@ local function free_port()
   p:close()
   return assert(port, "no free port")
 end
+T.free_port = free_port -- (nothing listens on it: also a closed port)
 
 -- A zombie counts as gone: an orphaned server is reaped by whatever runs as PID 1, maybe late.
 local function alive(pid)
