@@ -102,6 +102,19 @@ static int json_string_lossy(rtc_buf *b, const char *s, size_t n) {
     return rtc_buf_addc(b, '"');
 }
 
+/* The shortest of %.15g, %.16g, %.17g that reads back as the same double: 1764064847.6, not
+ * 1764064847.5999999. */
+static int json_number_short(rtc_buf *b, double v) {
+    char tmp[40];
+    int prec;
+    for (prec = 15; prec < 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    if (prec == 17) snprintf(tmp, sizeof tmp, "%.17g", v);
+    return rtc_buf_adds(b, tmp);
+}
+
 static int key_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -221,6 +234,7 @@ static int encode(lua_State *L, int idx, rtc_buf *b, int depth, json_mode *m) {
             snprintf(m->err, m->errlen, "NaN and infinity cannot be sent as JSON");
             return -1;
         }
+        if (m->output) return json_number_short(b, (double)lua_tonumber(L, idx));
         return rtc_buf_addf(b, "%.17g", (double)lua_tonumber(L, idx));
     case LUA_TSTRING:
         s = lua_tolstring(L, idx, &n);

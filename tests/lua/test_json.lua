@@ -14,6 +14,7 @@ T.case("empty lists are [] when marked; objects have sorted keys; values round-t
   T.eq(array(t), t, "json_array returns its table")
   local v = { s = 'q"\\\n\t\1', n = 1.5, i = -7, big = 2 ^ 53, list = { 1, { x = "y" } } }
   T.same(cjson.decode(enc(v)), v, "round trip")
+  T.eq(enc({ 1764064847.6, 0.1, 1 / 3 }), "[1764064847.6,0.1,0.3333333333333333]", "shortest digits that read back")
 end)
 
 T.case("output never fails on numbers or bytes: NaN and infinities are null, bad UTF-8 is U+FFFD", function()
