@@ -325,6 +325,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     int i;
 
     rtc_error_register(L);
+    rtc_meta_register(L);
     rtc_client_register(L, rtc_action_methods);
     rtc_batch_register(L, rtc_action_methods);
 
