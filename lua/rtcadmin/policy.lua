@@ -260,40 +260,56 @@ end
 ---------------------------------------------------------------------------------------------------
 -- The rule DSL, as seen from a rules file.
 
--- An error at the rules file's line that called the DSL.
-local function dsl_error(msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if info.what ~= "C" and string_sub(info.source, 1, 1) == "@" and info.currentline > 0
-      and not string_find(info.source, "rtcadmin[/\\]policy%.lua$") then
-      error(info.short_src .. ":" .. info.currentline .. ": " .. msg, 0)
-    end
-    level = level + 1
+-- The line of field `key` in the table constructor of a rule that starts at line `from` of
+-- `source`: the first `key =` from there (nil when there is none, e.g. a key that is no name). The
+-- table a constructor makes keeps no lines, so the text is searched; only for error messages.
+local function field_line(source, from, key)
+  if type(source) ~= "string" or type(key) ~= "string" or not key:find("^[%a_][%w_]*$") then return nil end
+  local pos, line = 1, 1
+  while line < from do
+    local nl = string_find(source, "\n", pos, true)
+    if not nl then return nil end
+    pos, line = nl + 1, line + 1
   end
-  error(msg, 0)
-end
-
-local function check_seconds(what, v)
-  if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
-    dsl_error(string_format("%s: expected seconds (a number >= 0), got %s", what, tostring(v)))
-  end
-  return v
+  local at = string_find(source, "%f[%w_]" .. key .. "%s*=[^=]", pos)
+  if not at then return nil end
+  local _, breaks = string.gsub(string_sub(source, pos, at), "\n", "")
+  return from + breaks
 end
 
 -- Builds the DSL for one file; `file` collects what it defines.
 local function make_dsl(file)
-  local dsl = {}
+  local chunk = "@" .. file.name
+  -- The line of the rules file that called the DSL (the innermost frame of the file's code).
+  local function caller_line()
+    local level = 2
+    while true do
+      local info = debug.getinfo(level, "Sl")
+      if not info then return nil end
+      if info.source == chunk and info.currentline > 0 then return info.currentline end
+      level = level + 1
+    end
+  end
+  -- An error "file:line: msg" at `line`, or at the line that called the DSL.
+  local function fail(msg, line)
+    line = line or caller_line()
+    error(line and (file.name .. ":" .. line .. ": " .. msg) or (file.name .. ": " .. msg), 0)
+  end
   local function warn(msg)
-    local ok, e = pcall(dsl_error, msg)
-    if not ok then file.warnings[#file.warnings + 1] = e end
+    local line = caller_line()
+    file.warnings[#file.warnings + 1] = line and (file.name .. ":" .. line .. ": " .. msg) or (file.name .. ": " .. msg)
+  end
+  local function check_seconds(what, v, line)
+    if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
+      fail(string_format("%s: expected seconds (a number >= 0), got %s", what, tostring(v)), line)
+    end
+    return v
   end
   local function capped(what, seconds, min, max, allow_zero)
     check_seconds(what, seconds)
     if seconds == 0 and allow_zero then return 0 end
     if seconds < min then
-      dsl_error(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
+      fail(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
     end
     if seconds > max then
       warn(string_format("%s: %.10g s capped at the API maximum of %d s", what, seconds, max))
@@ -302,6 +318,7 @@ local function make_dsl(file)
     return math.ceil(seconds)
   end
 
+  local dsl = {}
   function dsl.seconds(n) return check_seconds("seconds", n) end
   function dsl.minutes(n) return check_seconds("minutes", n) * 60 end
   function dsl.hours(n) return check_seconds("hours", n) * 3600 end
@@ -318,10 +335,10 @@ local function make_dsl(file)
     seconds = capped("mute", seconds or 0, policy.MUTE_MIN, policy.MUTE_MAX, true)
     local audio, video
     if streams ~= nil then
-      if type(streams) ~= "table" then dsl_error("mute: expected {audio = bool, video = bool}") end
+      if type(streams) ~= "table" then fail("mute: expected {audio = bool, video = bool}") end
       for k, v in pairs(streams) do
         if (k ~= "audio" and k ~= "video") or type(v) ~= "boolean" then
-          dsl_error("mute: unknown stream option '" .. tostring(k) .. "' (audio, video: booleans)")
+          fail("mute: unknown stream option '" .. tostring(k) .. "' (audio, video: booleans)")
         end
       end
       audio, video = streams.audio, streams.video
@@ -330,39 +347,61 @@ local function make_dsl(file)
     return { kind = "mute", duration = seconds, audio = audio == true, video = video == true }
   end
   function dsl.escalate(steps)
-    if type(steps) ~= "table" or #steps == 0 then dsl_error("escalate: expected a list of actions") end
+    if type(steps) ~= "table" or #steps == 0 then fail("escalate: expected a list of actions") end
     return { kind = "escalate", steps = steps }
   end
 
   function dsl.allow(spec)
-    if not file.loading then dsl_error("allow: only while the rules file loads") end
-    if type(spec) ~= "table" then dsl_error("allow: expected a table {roles=, users=, patterns=}") end
+    if not file.loading then fail("allow: only while the rules file loads") end
+    if type(spec) ~= "table" then fail("allow: expected a table {roles=, users=, patterns=}") end
     for k, v in pairs(spec) do
       if k ~= "roles" and k ~= "users" and k ~= "patterns" then
-        dsl_error("allow: unknown field '" .. tostring(k) .. "'")
+        fail("allow: unknown field '" .. tostring(k) .. "'")
       end
-      if type(v) ~= "table" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
+      if type(v) ~= "table" then fail("allow: '" .. k .. "' must be a list of strings") end
       for _, s in ipairs(v) do
-        if type(s) ~= "string" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
+        if type(s) ~= "string" then fail("allow: '" .. k .. "' must be a list of strings") end
         if k == "patterns" and not pcall(string_find, "", s) then
-          dsl_error("allow: bad pattern " .. string_format("%q", s))
+          fail("allow: bad pattern " .. string_format("%q", s))
         end
         file.allow[k][#file.allow[k] + 1] = s
       end
     end
   end
 
+  -- How to write each DSL function as an action, for `action = ban` (the function, not called).
+  local ACTION_FORMS = {
+    ban = "ban(seconds), e.g. ban(600) or ban(minutes(10))",
+    ban_everywhere = "ban_everywhere(seconds), e.g. ban_everywhere(hours(1))",
+    mute = "mute(seconds) or mute(seconds, { audio = true }), e.g. mute(minutes(5))",
+    escalate = "escalate { kick, ban(minutes(10)), ban(hours(24)) }",
+  }
+  local function_name = {}
+  for k, v in pairs(dsl) do if type(v) == "function" then function_name[v] = k end end
+  local ACTIONS = "kick, ban(seconds), ban_everywhere(seconds), mute(seconds) or escalate { ... }"
+
   local rule_fields = { on = true, when = true, action = true, cooldown = true, dry_run = true, description = true }
-  local function normalize_action(a, top)
+  -- `a` as an action, or fail(what is wrong) (`where`: "action", "escalate step 2", ...).
+  local function normalize_action(a, top, where, fail_at)
+    if type(a) == "function" then
+      local fname = function_name[a]
+      if ACTION_FORMS[fname] then
+        fail_at(string_format("%s is the %s function, not an action: write %s",
+          where == "action" and ("action = " .. fname) or where, fname, ACTION_FORMS[fname]))
+      end
+      fail_at(string_format("%s must be %s, got %s", where, ACTIONS,
+        fname and ("the function " .. fname) or "a function"))
+    end
     if type(a) ~= "table" then
-      dsl_error("rule: 'action' must be kick, ban(s), ban_everywhere(s), mute(s) or escalate{...}")
+      fail_at(string_format("%s must be %s, got %s", where, ACTIONS,
+        type(a) == "string" and string_format("the string %q", a) or tostring(a)))
     end
     local k = a.kind
     if k == "escalate" then
-      if type(a.steps) ~= "table" or #a.steps == 0 then dsl_error("escalate: expected a list of actions") end
-      if not top then dsl_error("escalate: steps cannot escalate") end
+      if type(a.steps) ~= "table" or #a.steps == 0 then fail_at("escalate: expected a list of actions") end
+      if not top then fail_at(where .. ": steps cannot escalate") end
       local steps = {}
-      for i, s in ipairs(a.steps) do steps[i] = normalize_action(s, false) end
+      for i, st in ipairs(a.steps) do steps[i] = normalize_action(st, false, "escalate step " .. i, fail_at) end
       return { kind = "escalate", steps = steps }
     elseif k == "kick" then return { kind = "kick", duration = 0 }
     elseif k == "ban" or k == "ban_everywhere" then
@@ -371,73 +410,91 @@ local function make_dsl(file)
       return { kind = "mute", duration = capped("mute", a.duration, policy.MUTE_MIN, policy.MUTE_MAX, true),
                audio = a.audio == true, video = a.video == true }
     end
-    dsl_error("rule: unknown action kind '" .. tostring(k) .. "'")
+    fail_at(string_format("%s must be %s (a table without an action kind)", where, ACTIONS))
   end
 
   function dsl.rule(name)
-    if not file.loading then dsl_error("rule: only while the rules file loads") end
-    if type(name) ~= "string" or name == "" or #name > 64 then dsl_error("rule: expected a name (1-64 characters)") end
+    if not file.loading then fail("rule: only while the rules file loads") end
+    if type(name) ~= "string" or name == "" or #name > 64 then fail("rule: expected a name (1-64 characters)") end
+    local line = caller_line()
     return function(spec)
-      if type(spec) ~= "table" then dsl_error("rule '" .. name .. "': expected a table") end
+      local label = "rule '" .. name .. "': "
+      -- An error about field `key`, at its line when the source shows it (else the rule's).
+      local function field_fail(key, msg)
+        fail(label .. msg, field_line(file.source, line or 1, key) or line)
+      end
+      if type(spec) ~= "table" then fail(label .. "expected a table", line) end
       for k in pairs(spec) do
-        if not rule_fields[k] then dsl_error("rule '" .. name .. "': unknown field '" .. tostring(k) .. "'") end
+        if not rule_fields[k] then
+          field_fail(k, "unknown field '" .. tostring(k) .. "'" .. sandbox.did_you_mean(k, rule_fields))
+        end
       end
       local on = spec.on
       if type(on) == "string" then on = { on } end
-      if type(on) ~= "table" or #on == 0 then
-        dsl_error("rule '" .. name .. "': 'on' must be an event type or a list")
-      end
+      if type(on) ~= "table" or #on == 0 then field_fail("on", "'on' must be an event type or a list") end
       local types = {}
       for i, t in ipairs(on) do
-        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then
-          dsl_error("rule '" .. name .. "': bad event type")
-        end
+        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then field_fail("on", "bad event type") end
         types[i] = t
       end
       if spec.when ~= nil and type(spec.when) ~= "function" then
-        dsl_error("rule '" .. name .. "': 'when' must be a function(ev, ctx)")
+        field_fail("when", "'when' must be a function(ev, ctx)")
       end
-      if spec.action == nil then dsl_error("rule '" .. name .. "': 'action' is required") end
+      if spec.action == nil then fail(label .. "'action' is required: " .. ACTIONS, line) end
       local cooldown = spec.cooldown
-      if cooldown ~= nil then check_seconds("rule '" .. name .. "': cooldown", cooldown) end
+      if cooldown ~= nil then
+        check_seconds(label .. "cooldown", cooldown, field_line(file.source, line or 1, "cooldown") or line)
+      end
       if spec.dry_run ~= nil and type(spec.dry_run) ~= "boolean" then
-        dsl_error("rule '" .. name .. "': 'dry_run' must be a boolean")
+        field_fail("dry_run", "'dry_run' must be a boolean")
       end
-      local at
-      do
-        local ok, e = pcall(dsl_error, "")
-        at = not ok and string.match(e, "^(.-): $") or file.name
-      end
+      local action = normalize_action(spec.action, true, "action",
+        function(msg) field_fail("action", msg) end)
       file.rules[#file.rules + 1] = {
-        name = name, on = types, when = spec.when, action = normalize_action(spec.action, true),
+        name = name, on = types, when = spec.when, action = action,
         cooldown = cooldown, dry_run = spec.dry_run == true, description = spec.description,
-        at = at, file = file.name,
+        at = file.name .. ":" .. (line or 0), file = file.name,
       }
     end
   end
   return dsl
 end
 
--- Loads one rules file into a fresh sandbox. Returns {rules, allow, warnings} or nil, {errors}.
+-- The errors of a load: a list of "file:line: message" strings whose tostring is the messages, one
+-- a line (so `assert(engine:load(path))` and a REPL show them).
+local Errors = { __name = "rtcadmin.policy.errors" }
+function Errors.__tostring(list) return table.concat(list, "\n") end
+local function errors(list) return setmetatable(list, Errors) end
+
+-- A chunk name as the file's name: "@path" and "=name" (Lua's forms) are "path" and "name".
+local function file_name(name)
+  if name == nil then return "rules" end
+  return (string.gsub(tostring(name), "^[@=]", ""))
+end
+
+-- Loads one rules file into a fresh sandbox. Returns {rules, allow, warnings} or nil, errors.
+-- `name` is the file's name in messages and in rule_at ("@path" and "=name" are taken as "path"
+-- and "name").
 function policy.load_source(source, name, limits)
+  name = file_name(name)
   local file = { name = name, rules = {}, allow = { roles = {}, users = {}, patterns = {} }, warnings = {},
-                 loading = true }
+                 loading = true, source = source }
   local env = sandbox.env(make_dsl(file), limits)
   local fn, err = sandbox.compile(source, name, env)
-  if not fn then return nil, { err } end
+  if not fn then return nil, errors { err } end
   local runner = sandbox.runner(limits)
   local ok, e = runner.call(fn)
-  file.loading = false
+  file.loading, file.source = false, nil
   sandbox.freeze(env)
   if not ok then
     -- Memory errors carry no position (Lua raises them without a message handler).
     if not e:find("^[^\n]-:%d+:") then e = name .. ": " .. e .. " while the file loaded" end
-    return nil, { e }
+    return nil, errors { e }
   end
   local seen = {}
   for _, r in ipairs(file.rules) do
     if seen[r.name] then
-      return nil, { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
+      return nil, errors { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
     end
     seen[r.name] = r.at
   end
@@ -446,7 +503,7 @@ end
 
 function policy.load_file(path, limits)
   local f, err = io.open(path, "rb")
-  if not f then return nil, { tostring(err) } end
+  if not f then return nil, errors { tostring(err) } end
   local source = f:read("*a")
   f:close()
   return policy.load_source(source, path, limits)
@@ -568,7 +625,7 @@ local function add_file(self, file)
   for _, r in ipairs(self.rules) do names[r.name] = r.at end
   for _, r in ipairs(file.rules) do
     if names[r.name] then
-      return nil, { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
+      return nil, errors { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
     end
   end
   for _, r in ipairs(file.rules) do
@@ -599,7 +656,7 @@ function Engine:load(path)
 end
 
 function Engine:load_source(source, name)
-  local file, errs = policy.load_source(source, name or "=rules", self.limits)
+  local file, errs = policy.load_source(source, name, self.limits)
   if not file then return nil, errs end
   return add_file(self, file)
 end

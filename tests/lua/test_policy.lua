@@ -30,6 +30,16 @@ local function ev(t, typ, user, extra)
   return e
 end
 
+-- Each {source, text} of `cases`: loading the source into engine `e` fails, and the first error
+-- contains the text.
+local function refused(e, cases)
+  for _, c in ipairs(cases) do
+    local ok, errs = e:load(rules_file(c[1]))
+    T.eq(ok, nil, c[1])
+    T.ok(errs[1]:find(c[2], 1, true), errs[1] .. " contains " .. c[2])
+  end
+end
+
 -- Collects decisions through on_decision.
 local function collector()
   local list = {}
@@ -459,7 +469,7 @@ T.case("rules files: syntax and definition errors name file:line and nothing fro
   T.eq(ok, nil, "refused")
   T.match(errs[1], "rules%d+%.lua:2: unexpected symbol", "syntax error with file:line")
   T.eq(#e.rules, 0, "not even the good rule was applied")
-  for _, c in ipairs({
+  refused(e, {
     { 'rule "a" { on = "chat", action = kick, colour = "red" }', ":1: rule 'a': unknown field 'colour'" },
     { 'rule "a" { on = "chat" }', ":1: rule 'a': 'action' is required" },
     { '\n\nrule "a" { on = "chat", action = ban(5) }', ":3: ban: 5 s is below the API minimum of 10 s" },
@@ -470,11 +480,7 @@ T.case("rules files: syntax and definition errors name file:line and nothing fro
     { 'while true do end', ":1: instruction budget exceeded" },
     { 'allow { roles = "host" }', ":1: allow: 'roles' must be a list of strings" },
     { 'allow { patterns = { "[" } }', ":1: allow: bad pattern" },
-  }) do
-    local ok2, errs2 = e:load(rules_file(c[1]))
-    T.eq(ok2, nil, c[1])
-    T.ok(errs2[1]:find(c[2], 1, true), errs2[1] .. " contains " .. c[2])
-  end
+  })
   T.eq(#e.rules, 0, "no rules")
   -- Rule names are unique across files.
   assert(e:load(rules_file('rule "same" { on = "chat", action = kick }')))
@@ -555,6 +561,39 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   e2.on_error = function(r) errs[#errs + 1] = r.error end
   e2:process(ev(1, "chat", "u"))
   T.match(errs[1], "rules%d+%.lua:1: ctx:count: expected an event type", "a bad ctx call is the rule's error")
+end)
+
+T.case("rule-file mistakes name the name, the rule and the line, at load and at run time", function()
+  local e = engine()
+  refused(e, {
+    { 'rule "a" { on = "chat", action = kik }', ":1: unknown name 'kik' (did you mean 'kick'?)" },
+    { 'rule "a" {\n  on = "chat",\n  action = ban,\n}',
+      ":3: rule 'a': action = ban is the ban function, not an action: write ban(seconds), e.g. ban(600)" },
+    { 'rule "a" {\n  on = "chat",\n  action = escalate { kick, mute },\n}',
+      ":3: rule 'a': escalate step 2 is the mute function, not an action: write mute(seconds)" },
+    { 'rule "a" {\n  on = "chat",\n  action = "kick",\n}', ":3: rule 'a': action must be kick, ban(seconds), " },
+    { 'rule "a" {\n  on = "chat",\n  action = kick,\n  cooldwon = 5,\n}',
+      ":4: rule 'a': unknown field 'cooldwon' (did you mean 'cooldown'?)" },
+    { 'rule "a" {\n  on = "chat",\n  action = kick,\n  cooldown = -5,\n}', ":4: rule 'a': cooldown: expected seconds" },
+    { 'rule "a" {\n  on = "chat",\n  when = 1,\n  action = kick }', ":3: rule 'a': 'when' must be a function" },
+    { 'rule "a" {\n  on = "chat" }', ":1: rule 'a': 'action' is required" },
+    { 'local lower = strnig.lower', ":1: unknown name 'strnig' (did you mean 'string'?)" },
+    { 'if undefined_flag then end', ":1: unknown name 'undefined_flag'" },
+  })
+  -- At run time reading an undefined name is the rule's error; globals a file sets while it loads
+  -- are its own.
+  local errors = {}
+  e.on_error = function(r) errors[#errors + 1] = r.error end
+  assert(e:load(rules_file([[
+limit = 2
+rule "typo" { on = "chat", action = kick, cooldown = 0, when = function(ev, ctx)
+  return ctx:count("chat", 10) > treshold end }
+rule "fine" { on = "chat", action = kick, cooldown = 0, when = function(ev, ctx)
+  return ctx:count("chat", 10) > limit end }
+]])))
+  for i = 1, 3 do e:process(ev(i, "chat", "u")) end
+  T.match(errors[1], "rules%d+%.lua:3: unknown name 'treshold'", "a run-time typo")
+  T.eq(e:stats().by_rule.fine, 1, "the file's own global")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
