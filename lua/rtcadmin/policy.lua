@@ -61,6 +61,43 @@ local function valid_app(s)
   return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^\33-\126]")
 end
 
+-- A value from an event for a message: a string quoted (cut at 40 bytes, bytes outside printable
+-- ASCII as \ddd), anything else with its type.
+local function shown(v)
+  if type(v) == "string" then
+    local cut = #v > 40 and string_sub(v, 1, 40) .. "..." or v
+    return '"' .. cut:gsub('["\\]', "\\%0"):gsub("[^ -~]", function(c) return "\\" .. string.byte(c) end) .. '"'
+  end
+  if type(v) == "number" or type(v) == "boolean" then return type(v) .. " " .. tostring(v) end
+  return "a " .. type(v)
+end
+
+-- What is wrong with field `f` of an event (one of type, app_id, room_id, user_id), nil if nothing:
+-- the reasons engine:process gives for an invalid event, only ever computed on that path.
+local ID_CHARS = "A-Z a-z 0-9 @ . _ -"
+local function field_problem(ev, f)
+  local v = ev[f]
+  if v == nil then
+    local near = sandbox.nearest(f, ev)
+    return "missing " .. f .. (near and (" (the event has '" .. near .. "')") or "")
+  end
+  if type(v) ~= "string" then return f .. " must be a string, got " .. shown(v) end
+  if f == "type" then return nil end -- (a type no rule watches is ignored, whatever it is)
+  if #v == 0 then return f .. " is empty" end
+  if #v > 128 then return string_format("%s is %d bytes long: at most 128", f, #v) end
+  local bad = f == "app_id" and string_find(v, "[^\33-\126]") or f ~= "app_id" and string_find(v, "[^A-Za-z0-9@._-]")
+  if bad then
+    return string_format("%s %s has a character outside %s (%s at byte %d)", f, shown(v),
+      f == "app_id" and "printable ASCII without spaces" or ID_CHARS, shown(string_sub(v, bad, bad)), bad)
+  end
+end
+
+-- Why an event's type, app_id, room_id and user_id cannot be taken (the first that is wrong).
+local function ids_problem(ev)
+  return field_problem(ev, "type") or field_problem(ev, "app_id") or field_problem(ev, "room_id")
+    or field_problem(ev, "user_id") or "invalid event"
+end
+
 -- What is wrong with an event's ts (nil when nothing is).
 local function ts_problem(ts)
   if type(ts) ~= "number" or ts ~= ts then return "event ts must be a number (seconds since 1970)" end
@@ -924,7 +961,7 @@ function Engine:_make_hot()
     local rules, slot, rslot = by_type[typ], track[typ], track_room[typ]
     local watched = rules or slot or rslot -- then typ is a string: only strings are registered
     if not watched and type(typ) ~= "string" then
-      return invalid_event(event_problem(ev) or "event needs a string field type")
+      return invalid_event(event_problem(ev) or field_problem(ev, "type"))
     end
     local ts, sec = ev.ts, sec_of
     if ts == nil then ts = now_ts end
@@ -967,13 +1004,8 @@ function Engine:_make_hot()
     if not rec then rec = keys:promote(app, room, user, ts) end
     local ver = E.allow_ver
     if not rec or rec[REC_ALLOW] < ver then -- versions only grow
-      if not rec then
-        if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
-          return invalid_event("event needs string fields type, app_id, room_id, user_id")
-        end
-        if not (valid_app(app) and valid_id(room) and valid_id(user)) then
-          return invalid_event("event has an invalid app_id, room_id or user_id")
-        end
+      if not rec and not (valid_app(app) and valid_id(room) and valid_id(user)) then
+        return invalid_event(ids_problem(ev))
       end
       -- The allow-list verdict for the user id is kept in its record until the list changes.
       if E:_allowed_user(user) then st.allowed = st.allowed + 1; return end

@@ -535,10 +535,10 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   local e = engine([[rule "r" { on = "chat", action = kick }]])
   local n, why = e:process({ type = "chat", app_id = APP, room_id = "room1" })
   T.eq(n, nil, "no user_id")
-  T.match(why, "user_id", "reason")
+  T.eq(why, "missing user_id", "reason")
   n, why = e:process(ev(1, "chat", "bad user!"))
   T.eq(n, nil, "bad characters")
-  T.match(why, "invalid", "reason")
+  T.eq(why, 'user_id "bad user!" has a character outside A-Z a-z 0-9 @ . _ - (" " at byte 4)', "reason")
   n = e:process(ev("soon", "chat", "u"))
   T.eq(n, nil, "ts not a number")
   for _, id in ipairs({ {}, 0 / 0, true }) do
@@ -548,7 +548,7 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   end
   n, why = e:process({ type = "chat", app_id = APP, room_id = 7, user_id = "u" })
   T.eq(n, nil, "room_id not a string")
-  T.match(why, "string fields", "reason")
+  T.eq(why, "room_id must be a string, got number 7", "reason")
   T.eq(e:stats().invalid, 7, "counted")
   T.eq(e:process(ev(1, "chat", "u", { id = 5 })), 1, "a valid event still acts")
   T.raises("a 'client' is required unless dry_run = true", policy.new, {})
@@ -594,6 +594,35 @@ rule "fine" { on = "chat", action = kick, cooldown = 0, when = function(ev, ctx)
   for i = 1, 3 do e:process(ev(i, "chat", "u")) end
   T.match(errors[1], "rules%d+%.lua:3: unknown name 'treshold'", "a run-time typo")
   T.eq(e:stats().by_rule.fine, 1, "the file's own global")
+end)
+
+T.case("an invalid event's reason names the field and what is wrong with it", function()
+  local e = engine([[rule "r" { on = "chat", action = kick }]])
+  local base = { type = "chat", app_id = APP, room_id = "room1", user_id = "u" }
+  local function why(changes)
+    local x = {}
+    for k, v in pairs(base) do x[k] = v end
+    for k, v in pairs(changes) do if v == false then x[k] = nil else x[k] = v end end
+    local n, reason = e:process(x)
+    T.eq(n, nil, "refused")
+    return reason
+  end
+  T.eq(why({ user_id = false, usr_id = "u" }), "missing user_id (the event has 'usr_id')", "a misspelt field")
+  T.eq(why({ room_id = false }), "missing room_id", "a missing field")
+  T.eq(why({ room_id = "bad room" }),
+    'room_id "bad room" has a character outside A-Z a-z 0-9 @ . _ - (" " at byte 4)', "a bad character")
+  T.eq(why({ user_id = ("x"):rep(129) }), "user_id is 129 bytes long: at most 128", "too long")
+  T.eq(why({ user_id = "" }), "user_id is empty", "empty")
+  T.eq(why({ user_id = true }), "user_id must be a string, got boolean true", "not a string")
+  T.eq(why({ app_id = "my app" }),
+    'app_id "my app" has a character outside printable ASCII without spaces (" " at byte 3)', "app_id")
+  T.eq(why({ type = 7 }), "type must be a string, got number 7", "type")
+  T.eq(why({ type = false }), "missing type", "no type")
+  T.eq(why({ user_id = "caf\195\169" }),
+    'user_id "caf\\195\\169" has a character outside A-Z a-z 0-9 @ . _ - ("\\195" at byte 4)', "bytes shown")
+  T.eq(why({ ts = 1.7e12 }), "event ts 1700000000000 looks like milliseconds: expected seconds since 1970 "
+    .. "(divide by 1000)", "milliseconds")
+  T.eq(e:process(base), 1, "the valid event decides")
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
