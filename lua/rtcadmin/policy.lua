@@ -11,9 +11,22 @@
 -- prior offences), applies cooldowns and allow-lists, records every decision and outcome in a JSON
 -- Lines audit log, keeps failed actions for retry, and bounds its memory. See docs/policy.md.
 local sandbox = require "rtcadmin.sandbox"
--- A private encoder: numbers JSON cannot hold (inf, NaN) become null instead of raising.
-local cjson = require("cjson").new()
-cjson.encode_invalid_numbers("null")
+
+-- From the C module when it is there: the JSON writer of audit records (sorted keys, lists marked
+-- with json_array written as [] even when empty, NaN and infinities as null) and the wall clock to
+-- the microsecond. Without it (the Lua files alone): a private lua-cjson encoder (inf and NaN as
+-- null; an empty list is {}) and os.time (whole seconds).
+local json_encode, json_array, wall_clock
+do
+  local ok, core = pcall(require, "rtcadmin")
+  if ok and type(core) == "table" and core.json_encode then
+    json_encode, json_array, wall_clock = core.json_encode, core.json_array, core.time or os.time
+  else
+    local cjson = require("cjson").new()
+    cjson.encode_invalid_numbers("null")
+    json_encode, json_array, wall_clock = cjson.encode, function(t) return t end, os.time
+  end
+end
 
 local policy = {}
 
@@ -557,6 +570,17 @@ local function iso_time(t)
   return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. string_format(".%03dZ", math.floor((t - whole) * 1000))
 end
 
+-- A run id for the audit records of one engine: its start time to the microsecond and 24 bits of a
+-- heap address (which differs from process to process), so runs that append to one audit file
+-- keep their decision ids apart (a decision is (run, id)).
+local function new_run_id()
+  local t = wall_clock()
+  local whole = math_floor(t)
+  local addr = tonumber(string.match(tostring({}), "0x(%x+)") or string.match(tostring({}), "(%x+)$") or "0", 16) or 0
+  return os.date("!%Y%m%dT%H%M%S", whole) .. string_format(".%06dZ-%06x", math_floor((t - whole) * 1e6),
+    math_floor(addr / 16) % 16777216)
+end
+
 local function audit_sink(a)
   if a == nil or a == false then return nil end
   if type(a) == "function" then return a end
@@ -570,14 +594,14 @@ local function audit_sink(a)
     error("rtcadmin.policy: 'audit' must be a file name, a file handle or a function", 3)
   end
   return function(record)
-    fh:write(cjson.encode(record), "\n")
+    fh:write(json_encode(record), "\n")
     fh:flush()
   end
 end
 
 local known_opts = {
   client = true, now = true, dry_run = true, audit = true, limits = true, allow = true,
-  on_decision = true, on_error = true, on_result = true,
+  on_decision = true, on_error = true, on_result = true, run = true,
 }
 for k in pairs(policy.DEFAULTS) do known_opts[k] = true end
 
@@ -596,6 +620,9 @@ function policy.new(opts)
     error("rtcadmin.policy.new: a 'client' is required unless dry_run = true", 2)
   end
   if opts.now ~= nil and type(opts.now) ~= "function" then error("rtcadmin.policy.new: 'now' must be a function", 2) end
+  if opts.run ~= nil and (type(opts.run) ~= "string" or opts.run == "") then
+    error("rtcadmin.policy.new: 'run' must be a non-empty string", 2)
+  end
   if opts.limits ~= nil then
     if type(opts.limits) ~= "table" then error("rtcadmin.policy.new: 'limits' must be a table", 2) end
     for k, v in pairs(opts.limits) do
@@ -611,7 +638,8 @@ function policy.new(opts)
   for k, v in pairs(policy.DEFAULTS) do cfg[k] = opts[k] or v end
 
   local E = setmetatable({
-    cfg = cfg, client = opts.client, now = opts.now or os.time, dry_run = opts.dry_run == true,
+    cfg = cfg, client = opts.client, now = opts.now or wall_clock, dry_run = opts.dry_run == true,
+    run = opts.run or new_run_id(),
     audit = audit_sink(opts.audit), on_decision = opts.on_decision, on_error = opts.on_error,
     on_result = opts.on_result,
     limits = opts.limits or sandbox.DEFAULTS,
@@ -1203,8 +1231,8 @@ function Engine:_rule_error(r, msg, ev)
   st.errors_by_rule[r.name] = n
   if n > self.cfg.rule_error_reports then return end
   if not msg:find("^[^\n]-:%d+:") then msg = r.at .. ": " .. msg end
-  local rec = { kind = "rule_error", time = iso_time(self.now()), rule = r.name, rule_at = r.at, error = msg,
-                event_id = ev.id, event_type = ev.type }
+  local rec = { kind = "rule_error", run = self.run, time = iso_time(wall_clock()), rule = r.name, rule_at = r.at,
+                error = msg, event_id = ev.id, event_type = ev.type }
   self:_emit(rec)
   if self.on_error then self.on_error(rec) end
 end
@@ -1242,8 +1270,8 @@ function Engine:_decision(o)
   self.next_decision = self.next_decision + 1
   local dry = self.dry_run or r.dry_run
   local d = {
-    kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = o.ts,
-    event_type = o.type, rule = r.name, rule_at = r.at, evidence = o.evidence,
+    kind = "decision", run = self.run, id = self.next_decision, time = iso_time(wall_clock()), event_id = ev.id,
+    event_ts = o.ts, event_type = o.type, rule = r.name, rule_at = r.at, evidence = json_array(o.evidence),
     action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
     app_id = o.app, room_id = o.room, user_id = o.user, duration = act.duration,
     audio = act.kind == "mute" and act.audio or nil, video = act.kind == "mute" and act.video or nil,
@@ -1336,7 +1364,7 @@ function Engine:flush(opts)
   for i, d in ipairs(batch) do
     local r = ok and results[i] or { ok = false, err = { code = "BatchError", message = tostring(results) } }
     d.attempts = d.attempts + 1
-    d.time = iso_time(now)
+    d.time = iso_time(wall_clock())
     d.next_retry, d.next_retry_at = nil, nil
     if d.attempts > 1 then st.retried = st.retried + 1 end
     if r.ok then

@@ -625,4 +625,40 @@ T.case("an invalid event's reason names the field and what is wrong with it", fu
   T.eq(e:process(base), 1, "the valid event decides")
 end)
 
+T.case("audit records: real milliseconds, a run id per engine, rule_at without '@', sorted keys, [] lists", function()
+  local path = dir .. "/runs.jsonl"
+  os.remove(path)
+  local runs = {}
+  for run = 1, 2 do
+    local e = policy.new { dry_run = true, audit = path }
+    assert(e:load_source('rule "k" { on = "chat", cooldown = 0, action = kick }', "@" .. dir .. "/inline.lua"))
+    for i = 1, 3 do e:process(ev(i, "chat", "u" .. i)) end
+    runs[run] = e.run
+    T.sleep(0.0137)
+  end
+  T.ok(runs[1] ~= runs[2], "two runs, two run ids")
+  local seen, millis, n = {}, {}, 0
+  for line in io.lines(path) do
+    n = n + 1
+    local r = cjson.decode(line)
+    T.ok(r.run == runs[1] or r.run == runs[2], "the record names its run")
+    local key = r.run .. "/" .. r.id
+    T.eq(seen[key], nil, "(run, id) is unique in the file")
+    seen[key] = true
+    T.eq(r.rule_at, dir .. "/inline.lua:1", "rule_at is file:line")
+    T.match(line, '"evidence":%[%]', "an empty list is []")
+    local keys = {}
+    for k in line:gmatch('"([%w_]+)":') do keys[#keys + 1] = k end
+    for i = 2, #keys do T.ok(keys[i - 1] < keys[i], "keys sorted: " .. keys[i - 1] .. " < " .. keys[i]) end
+    millis[r.time:match("%.(%d%d%d)Z$")] = true
+  end
+  T.eq(n, 6, "six records")
+  millis["000"] = nil
+  T.ok(next(millis), "times carry milliseconds")
+  -- The run id may be given.
+  local e = policy.new { dry_run = true, run = "nightly-42" }
+  T.eq(e.run, "nightly-42", "run option")
+  T.raises("'run' must be a non%-empty string", policy.new, { dry_run = true, run = 42 })
+end)
+
 T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
