@@ -11,6 +11,7 @@
 -- prior offences), applies cooldowns and allow-lists, records every decision and outcome in a JSON
 -- Lines audit log, keeps failed actions for retry, and bounds its memory. See docs/policy.md.
 local sandbox = require "rtcadmin.sandbox"
+local bans = require "rtcadmin.bans"
 
 -- From the C module when it is there: the JSON writer of audit records (sorted keys, lists marked
 -- with json_array written as [] even when empty, NaN and infinities as null) and the wall clock to
@@ -657,12 +658,15 @@ function policy.new(opts)
     allow_ver = 0,     -- bumped when the allow-list changes (records cache their user's verdict)
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
-              succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0,
+              succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0, bans_extended = 0,
+              bans_already = 0,
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
   E.seen = { map = {}, ring = {} } -- the last `dedupe` event ids (see Engine:_make_hot)
   E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
+  -- The bans the engine made, the most recent max_offenders: ban_key(...) -> {ends = engine time}.
+  E.bans = recent_new(cfg.max_offenders)
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
   E.ctx, E._batch, E._take = E:_make_hot()
@@ -1340,11 +1344,27 @@ local function plain_error(err)
     return { code = "Error", message = tostring(err), retryable = false }
   end
   return { code = err.code, message = err.message, http_status = err.http_status, request_id = err.request_id,
-           retryable = err.retryable == true }
+           retryable = err.retryable == true, action = err.action }
+end
+
+-- The bans the engine made (see Engine:flush): keyed by app, room ("" for app-wide) and user.
+local function ban_key(d)
+  return d.app_id .. "\n" .. (d.action == "ban" and d.room_id or "") .. "\n" .. d.user_id
+end
+
+-- When the engine's own ban of a decision's target ends (engine time), if it knows of one.
+function Engine:_ban_ends(d)
+  local b = self.bans.map[ban_key(d)]
+  return b and b.ends
 end
 
 -- Sends the queued decisions and the retries that are due through client:batch. Returns a summary
 -- {sent, succeeded, failed, waiting}. `opts.progress` is passed to client:batch.
+--
+-- Bans go through rtcadmin.bans: a ban whose target is banned already (BanRoomUser leaves that ban
+-- as it is) is extended with UpdateBanRoomUserRule in a follow-up batch (outcome "extended"),
+-- unless the engine made that ban itself and it ends no earlier than the new one would (outcome
+-- "already": nothing more is sent). `ban_until` is when the ban ends, as far as the engine knows.
 function Engine:flush(opts)
   local now = self.now()
   local batch = self.queue
@@ -1356,20 +1376,40 @@ function Engine:flush(opts)
   self.waiting = still
   local summary = { sent = #batch, succeeded = 0, failed = 0, waiting = 0 }
   if #batch == 0 then summary.waiting = #self.waiting; return summary end
-  local calls = {}
-  for i, d in ipairs(batch) do calls[i] = decision_call(d) end
-  local ok, results = pcall(self.client.batch, self.client, calls, { progress = opts and opts.progress })
-  now = self.now()
+  local calls, ends = {}, {}
+  for i, d in ipairs(batch) do
+    calls[i] = decision_call(d)
+    if d.action == "ban" or d.action == "ban_everywhere" then ends[i] = self:_ban_ends(d) end
+  end
+  -- A ban the engine knows to end no earlier than this one would (from now) is kept as it is.
+  local function keep(i) return ends[i] ~= nil and ends[i] >= now + batch[i].duration end
+  local ok, results = pcall(bans.batch, self.client, calls, { progress = opts and opts.progress }, keep)
+  local after = self.now()
   local st, cfg = self.st, self.cfg
   for i, d in ipairs(batch) do
     local r = ok and results[i] or { ok = false, err = { code = "BatchError", message = tostring(results) } }
     d.attempts = d.attempts + 1
     d.time = iso_time(wall_clock())
-    d.next_retry, d.next_retry_at = nil, nil
+    d.next_retry, d.next_retry_at, d.ban_until, d.extend_request_id = nil, nil, nil, nil
     if d.attempts > 1 then st.retried = st.retried + 1 end
     if r.ok then
       d.outcome, d.error = "ok", nil
       d.request_id = r.meta and r.meta.request_id
+      local ban = r.ban
+      if ban == "already" then
+        d.outcome = "already"
+        d.ban_until = ends[i] and iso_time(ends[i])
+        st.bans_already = st.bans_already + 1
+      elseif ban then
+        if ban == "extended" then
+          d.outcome = "extended"
+          d.extend_request_id = r.extend.meta and r.extend.meta.request_id
+          st.bans_extended = st.bans_extended + 1
+        end
+        -- It ends `duration` after the request reached the service: after `now` (a lower bound).
+        self.bans:put(ban_key(d), { ends = now + d.duration })
+        d.ban_until = iso_time(now + d.duration)
+      end
       st.succeeded = st.succeeded + 1
       summary.succeeded = summary.succeeded + 1
     else
@@ -1377,7 +1417,7 @@ function Engine:flush(opts)
       d.error, d.request_id = e, e.request_id
       if e.retryable and d.attempts < cfg.max_attempts then
         d.outcome = "retry"
-        d.next_retry_at = now + math_min(cfg.retry_cap, cfg.retry_base * 2 ^ (d.attempts - 1))
+        d.next_retry_at = after + math_min(cfg.retry_cap, cfg.retry_base * 2 ^ (d.attempts - 1))
         d.next_retry = iso_time(d.next_retry_at)
         self.waiting[#self.waiting + 1] = d
       else

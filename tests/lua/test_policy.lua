@@ -4,6 +4,8 @@
 local T = require "testlib"
 local cjson = require "cjson"
 local policy = require "rtcadmin.policy"
+local rtcadmin = require "rtcadmin"
+local bans = require "rtcadmin.bans"
 
 local emu = T.emulator()
 local APP = T.APP
@@ -659,6 +661,137 @@ T.case("audit records: real milliseconds, a run id per engine, rule_at without '
   local e = policy.new { dry_run = true, run = "nightly-42" }
   T.eq(e.run, "nightly-42", "run option")
   T.raises("'run' must be a non%-empty string", policy.new, { dry_run = true, run = 42 })
+end)
+
+-- Seconds left of a ban that ends at `expiry` (the emulator's epoch seconds), or nil when none.
+local function left(expiry) return expiry and expiry - rtcadmin.time() end
+-- ... of `user`'s ban in room1, and of their app-wide ban.
+local function room_left(user) return left(emu.room(APP, "room1").banned_users[user]) end
+local function app_left(user) return left(emu.state().apps[APP].user_bans[user]) end
+local function near(value, want, slack, what)
+  T.ok(type(value) == "number" and math.abs(value - want) <= slack,
+    string.format("%s: %s not within %g of %g", what, tostring(value), slack, want))
+end
+
+-- A live engine on the real clock (bans run on the service's clock) with its audit records.
+local function live(src, client, opts)
+  local audit = {}
+  local o = { dry_run = false, client = client, now = rtcadmin.time, audit = function(r) audit[#audit + 1] = r end }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return engine(src, o), audit
+end
+
+-- Gives a live engine one event and sends what it decided: returns the last audit record.
+local function act(e, audit, event)
+  e:process(event)
+  e:flush()
+  return audit[#audit]
+end
+
+T.case("an escalated ban lasts its new duration: kick, ban 600 s, ban 24 h leaves the user banned 24 h", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local e, audit = live([[rule "reported" { on = "report", cooldown = 0,
+    action = escalate { kick, ban(minutes(10)), ban(hours(24)) } }
+rule "short" { on = "chat", cooldown = 0, action = ban(600) }]], client)
+  local done = {}
+  for i = 1, 3 do
+    e:process(ev(i, "report", "troll"))
+    T.eq(e:flush().succeeded, 1, "step " .. i .. " done")
+    done[i] = audit[#audit]
+  end
+  T.same({ done[1].action, done[1].outcome, done[2].action, done[2].outcome, done[3].action, done[3].outcome },
+    { "kick", "ok", "ban", "ok", "ban", "extended" }, "the ladder's outcomes")
+  T.match(done[2].ban_until, "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", "a new ban says when it ends")
+  T.match(done[3].request_id, "^%d+%x+$", "BanRoomUser's request id")
+  T.match(done[3].extend_request_id, "^%d+%x+$", "UpdateBanRoomUserRule's request id")
+  T.ok(done[3].request_id ~= done[3].extend_request_id, "two requests")
+  near(room_left("troll"), 86400, 5, "banned for 24 h, not the 10 minutes left")
+  local by = emu.stats().by_action
+  T.eq(by.BanRoomUser.ok, 2, "two BanRoomUser")
+  T.eq(by.UpdateBanRoomUserRule.ok, 1, "one extension")
+
+  -- A shorter ban after it leaves it as it is: the service says banned, the engine knows until when.
+  local d = act(e, audit, ev(4, "chat", "troll"))
+  T.eq(d.outcome, "already", "already banned")
+  T.eq(d.ban_until, done[3].ban_until, "until the 24 h ban ends")
+  T.eq(d.extend_request_id, nil, "no extension")
+  near(room_left("troll"), 86400, 5, "still banned for 24 h")
+  T.eq(emu.stats().by_action.UpdateBanRoomUserRule.ok, 1, "nothing extended")
+  local st = e:stats()
+  T.eq(st.bans_extended, 1, "stats: extended")
+  T.eq(st.bans_already, 1, "stats: already")
+
+  -- Lifted by hand: the service bans anew, and the engine says so (it never trusts its memory alone).
+  assert(client:unban_user { app_id = APP, room_id = "room1", user_id = "troll" })
+  T.eq(act(e, audit, ev(5, "chat", "troll")).outcome, "ok", "a new ban")
+  near(room_left("troll"), 600, 5, "banned for 600 s")
+
+  -- A ban the engine did not make: the API does not say when it ends, so it is set to the new
+  -- duration from now (docs/policy.md).
+  assert(client:ban_user { app_id = APP, room_id = "room1", user_id = "vip", duration = 60 })
+  T.eq(act(e, audit, ev(6, "chat", "vip")).outcome, "extended", "extended")
+  near(room_left("vip"), 600, 5, "to 600 s")
+  client:close()
+end)
+
+T.case("app-wide bans (ban_everywhere) are extended and never shortened the same way", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local e, audit = live([[rule "raid" { on = "raid", cooldown = 0,
+    action = escalate { ban_everywhere(600), ban_everywhere(days(7)) } }
+rule "again" { on = "spam", cooldown = 0, action = ban_everywhere(3600) }]], client)
+  for i = 1, 2 do e:process(ev(i, "raid", "raider")) end
+  e:flush()
+  T.same({ audit[#audit - 1].outcome, audit[#audit].outcome }, { "ok", "extended" }, "outcomes")
+  T.eq(audit[#audit].scope, "app_user", "app-wide")
+  near(app_left("raider"), 604800, 5, "banned for 7 days")
+  T.eq(act(e, audit, ev(3, "spam", "raider")).outcome, "already", "an hour after 7 days")
+  near(app_left("raider"), 604800, 5, "still 7 days")
+  -- A room ban of the same user is another ban.
+  e:load(rules_file([[rule "room" { on = "flood", cooldown = 0, action = ban(600) }]]))
+  T.eq(act(e, audit, ev(4, "flood", "raider")).outcome, "ok", "a room ban of its own")
+  near(room_left("raider"), 600, 5, "600 s in room1")
+  client:close()
+end)
+
+T.case("a failed extension fails the decision: retried later, then extended", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local e, audit = live([[rule "b" { on = "chat", cooldown = 0, action = ban(3600) }]], client,
+    { retry_base = 0.01, retry_cap = 0.01 })
+  assert(client:ban_user { app_id = APP, room_id = "room1", user_id = "flaky", duration = 60 })
+  emu.faults({ { action = "UpdateBanRoomUserRule", kind = "status500", count = 1 } })
+  e:process(ev(1, "chat", "flaky"))
+  local s = e:flush()
+  T.eq(s.succeeded, 0, "not done")
+  T.eq(s.waiting, 1, "waiting for a retry")
+  local d = audit[#audit]
+  T.eq(d.outcome, "retry", "retry")
+  T.eq(d.error.action, "UpdateBanRoomUserRule", "the extension failed")
+  T.eq(d.error.code, "InternalError", "with its error")
+  near(room_left("flaky"), 60, 5, "still the old ban")
+  T.sleep(0.05)
+  T.eq(e:flush().succeeded, 1, "the retry")
+  T.eq(audit[#audit].outcome, "extended", "extended")
+  T.eq(audit[#audit].error, nil, "no error left")
+  near(room_left("flaky"), 3600, 5, "to an hour")
+  client:close()
+end)
+
+T.case("rtcadmin.bans extends a ban of a whole room too", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local call = { "ban_user", { app_id = APP, room_id = "room9", duration = 60 } }
+  local r = bans.batch(client, { call })[1]
+  T.eq(r.ban, "new", "banned")
+  call[2].duration = 3600
+  r = bans.batch(client, { call })[1]
+  T.eq(r.ban, "extended", "extended")
+  near(left(emu.room(APP, "room9").banned_until), 3600, 5, "the room is banned for an hour")
+  r = bans.batch(client, { call }, nil, function(i) return i == 1 end)[1]
+  T.eq(r.ban, "already", "kept when the caller knows it ends later")
+  client:close()
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
