@@ -1462,6 +1462,33 @@ end
 -- Decisions that failed for good (non-retryable error, or out of attempts).
 function Engine:failed() return self.failures end
 
+-- The counters stats() returns, in the order its tostring shows them.
+local STATS_SHOWN = { "events", "ignored", "duplicates", "allowed", "invalid", "decisions", "dry_run", "queued",
+  "waiting", "succeeded", "failed", "retried", "bans_extended", "bans_already", "cooldown", "rule_errors", "keys",
+  "keys_dropped" }
+
+-- "{a=1, b=2}" for a map of names to counts, names sorted.
+local function counts_text(t)
+  local names = {}
+  for k in pairs(t) do names[#names + 1] = tostring(k) end
+  table.sort(names)
+  for i, k in ipairs(names) do names[i] = k .. "=" .. tostring(t[k]) end
+  return "{" .. table.concat(names, ", ") .. "}"
+end
+
+-- stats(): a plain table of counters whose tostring is one line, `name=value` for each.
+local Stats = { __name = "rtcadmin.policy.stats" }
+function Stats.__tostring(st)
+  local parts = {}
+  for _, k in ipairs(STATS_SHOWN) do
+    if st[k] ~= nil then parts[#parts + 1] = k .. "=" .. tostring(st[k]) end
+  end
+  for _, k in ipairs({ "by_action", "by_rule", "errors_by_rule" }) do
+    if type(st[k]) == "table" and next(st[k]) ~= nil then parts[#parts + 1] = k .. "=" .. counts_text(st[k]) end
+  end
+  return table.concat(parts, " ")
+end
+
 function Engine:stats()
   local st = {}
   for k, v in pairs(self.st) do st[k] = v end
@@ -1469,7 +1496,14 @@ function Engine:stats()
   st.keys_dropped = self.keys.dropped
   st.waiting = #self.waiting
   st.queued = #self.queue
-  return st
+  return setmetatable(st, Stats)
+end
+
+-- "rtcadmin.policy{rules=4, events=143, decisions=24, ...}": what a REPL shows of an engine.
+function Engine:__tostring()
+  local st = self.st
+  return string_format("rtcadmin.policy{rules=%d, events=%d, decisions=%d, queued=%d, waiting=%d, failed=%d%s}",
+    #self.rules, st.events, st.decisions, #self.queue, #self.waiting, st.failed, self.dry_run and ", dry_run" or "")
 end
 
 policy.Engine = Engine

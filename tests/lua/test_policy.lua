@@ -794,4 +794,28 @@ T.case("rtcadmin.bans extends a ban of a whole room too", function()
   client:close()
 end)
 
+T.case("what a REPL shows: the engine, its stats and the errors of a load", function()
+  local e = engine([[rule "k" { on = "chat", action = kick }
+rule "m" { on = "chat", action = mute(600), cooldown = 0 }]])
+  e:process(ev(1, "chat", "u"))
+  e:process({ type = "chat" })
+  T.eq(tostring(e), "rtcadmin.policy{rules=2, events=2, decisions=2, queued=0, waiting=0, failed=0, dry_run}",
+    "tostring(engine)")
+  local st = e:stats()
+  T.eq(st.decisions, 2, "stats is a table of counters")
+  T.match(tostring(st), "^events=2 ignored=0 duplicates=0 allowed=0 invalid=1 decisions=2 dry_run=2 ", "its line")
+  T.match(tostring(st), " by_action={kick=1, mute=1} by_rule={k=1, m=1}$", "with the maps")
+  local ok, errs = e:load(rules_file('rule "a" { on = "chat", action = kik }'))
+  T.eq(ok, nil, "refused")
+  T.eq(#errs, 1, "a list")
+  T.match(errs[1], "rules%d+%.lua:1: unknown name 'kik'", "indexable")
+  T.eq(tostring(errs), errs[1], "tostring is the messages")
+  -- (Lua 5.1's assert takes only a string message.)
+  if _VERSION ~= "Lua 5.1" or rawget(_G, "jit") then
+    local ok2, err2 = pcall(function() assert(e:load(rules_file('rule "b" { on = "chat", action = ban(1) }'))) end)
+    T.eq(ok2, false, "assert raises")
+    T.match(tostring(err2), "rules%d+%.lua:1: ban: 1 s is below the API minimum of 10 s", "with the message")
+  end
+end)
+
 T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
