@@ -258,6 +258,15 @@ static int l_sleep(lua_State *L) {
     return 0;
 }
 
+/* rtcadmin.time() -> seconds since 1970 on the wall clock, to the microsecond (os.time has whole
+ * seconds): the time of audit records. */
+static int l_time(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)(ts.tv_nsec / 1000) / 1e6);
+    return 1;
+}
+
 /* Inside nginx (the ngx API is loaded) the Lua layer rtcadmin.nginx takes over the methods, so
  * calls in cosocket-capable phases go out through nginx's own non-blocking I/O. */
 static void install_nginx_layer(lua_State *L, int module) {
@@ -320,11 +329,13 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
                                    {"sha256", l_sha256},
                                    {"secure_equal", l_secure_equal},
                                    {"sleep", l_sleep},
+                                   {"time", l_time},
                                    {NULL, NULL}};
     rtc_signer **sp;
     int i;
 
     rtc_error_register(L);
+    rtc_meta_register(L);
     rtc_client_register(L, rtc_action_methods);
     rtc_batch_register(L, rtc_action_methods);
 

@@ -299,6 +299,8 @@ rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *ca
     lua_setfield(L, -2, "attempts");
     lua_pushnumber(L, (lua_Number)elapsed);
     lua_setfield(L, -2, "elapsed");
+    luaL_getmetatable(L, RTC_META_MT);
+    lua_setmetatable(L, -2);
     lua_replace(L, base + 1);
     lua_settop(L, base + 1);
     memset(&o, 0, sizeof o);
@@ -406,4 +408,47 @@ int rtc_client_stats_method(lua_State *L) {
     rtc_client *c = rtc_check_client(L, 1, "stats");
     rtc_stats_push(L, &c->stats);
     return 1;
+}
+
+/* "KickUser 2020-12-01 200 request=<id> attempts=1 0.012s": the fields as they are now (a caller may
+ * have changed them), each left out when absent or of another type. */
+static int meta_tostring(lua_State *L) {
+    static const char *const keys[] = {"action", "version", "http_status", "request_id", "attempts", "elapsed"};
+    static const char *const labels[] = {"", "", "", "request=", "attempts=", ""};
+    static const int numeric[] = {0, 0, 1, 0, 1, 1};
+    char nums[6][48];
+    const char *parts[6];
+    luaL_Buffer b;
+    int i, n = 0;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    for (i = 0; i < 6; i++) { /* every value on the stack before the buffer uses it */
+        lua_getfield(L, 1, keys[i]);
+        parts[i] = NULL;
+        if (numeric[i] && lua_type(L, -1) == LUA_TNUMBER) {
+            snprintf(nums[i], sizeof nums[i], i == 5 ? "%.3fs" : "%.0f", (double)lua_tonumber(L, -1));
+            parts[i] = nums[i];
+        } else if (!numeric[i] && lua_type(L, -1) == LUA_TSTRING) {
+            parts[i] = lua_tostring(L, -1);
+        }
+    }
+    luaL_buffinit(L, &b);
+    for (i = 0; i < 6; i++) {
+        if (!parts[i]) continue;
+        if (n++) luaL_addchar(&b, ' ');
+        luaL_addstring(&b, labels[i]);
+        luaL_addstring(&b, parts[i]);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+void rtc_meta_register(lua_State *L) {
+    if (luaL_newmetatable(L, RTC_META_MT)) {
+        lua_pushcfunction(L, meta_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushstring(L, RTC_META_MT);
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
 }

@@ -19,6 +19,7 @@
 #endif
 #define RTC_CLIENT_MT "rtcadmin.client"
 #define RTC_ERROR_MT "rtcadmin.error"
+#define RTC_META_MT "rtcadmin.meta"
 /* Registry flag: this Lua state runs inside nginx (the limiter defaults to the host scope there). */
 #define RTC_IN_NGINX_KEY "rtcadmin.in_nginx"
 #define RTC_MAX_VERSION_OVERRIDES 16
@@ -131,6 +132,8 @@ long rtc_attempt_timeout_ms(int64_t deadline_ns, int64_t now_ns);
 /* Turns a finished transfer into `result, meta` or `nil, err` on the stack; frees resp. */
 rtc_outcome rtc_push_outcome(lua_State *L, rtc_client *c, const rtc_api_call *call, int transfer_rc,
                              rtc_http_response *resp, int attempt, double elapsed);
+/* The metatable of `meta` (RTC_META_MT): a __tostring for the REPL and logs. */
+void rtc_meta_register(lua_State *L);
 /* Backoff before attempt `attempt + 1`: full jitter in [0, min(cap, base * 2^(attempt-1))]. */
 double rtc_backoff(rtc_client *c, int attempt);
 /* Reserves a send slot: 0 and *start_ns, or -1 when the limiter failed (message in err). */

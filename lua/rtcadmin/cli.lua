@@ -46,16 +46,18 @@ Kicks each USER out of ROOM (KickUser). They may rejoin at once; use ban to keep
   ban = [[
 usage: rtcadmin ban APP ROOM USER... --duration SECONDS [--endpoint URL] [--json]
        rtcadmin ban --everywhere APP USER... --duration SECONDS
-Removes each USER from ROOM and bans them from it for SECONDS (10..604800; BanRoomUser).
---everywhere bans them from every room of the app.]],
+Removes each USER from ROOM and bans them from it for SECONDS, whole seconds from 10 to 604800
+(BanRoomUser). --everywhere bans them from every room of the app. A user who is banned already
+has the ban set to SECONDS from now (UpdateBanRoomUserRule): the API does not say when a ban
+ends, so this extends a shorter ban and also shortens a longer one.]],
   unban = [[
 usage: rtcadmin unban APP ROOM USER... [--endpoint URL] [--json]
        rtcadmin unban --everywhere APP USER...
 Lifts the bans (UpdateBanRoomUserRule with interval 0).]],
   mute = [[
 usage: rtcadmin mute APP ROOM USER... [--audio] [--video] [--duration SECONDS] [--endpoint URL] [--json]
-Bans the users' streams (BanUserStream): --audio and/or --video (neither: both), for SECONDS
-(60..259200; default until unmuted).]],
+Bans the users' streams (BanUserStream): --audio and/or --video (neither: both), for SECONDS,
+whole seconds from 60 to 259200, or 0 (the default): until unmuted.]],
   unmute = [[
 usage: rtcadmin unmute APP ROOM USER... [--audio] [--video] [--endpoint URL] [--json]
 Lifts stream bans (UnbanUserStream): --audio and/or --video (neither: both).]],
@@ -250,6 +252,10 @@ local MODERATION = {
   unmute = { verb = "unmuted", room = true, streams = true },
 }
 
+-- The durations the API takes (whole seconds): BanRoomUser 10..604800; BanUserStream 60..259200,
+-- or 0 for "until unmuted". (The C module also takes 0 for a ban, which bans nobody: refused here.)
+local DURATIONS = { ban = { 10, 604800 }, mute = { 60, 259200, zero = "until unmuted" } }
+
 function Cmd:moderate(command)
   local spec = MODERATION[command]
   local pos, opts = self.pos, self.opts
@@ -269,6 +275,12 @@ function Cmd:moderate(command)
   end
   if spec.duration == "required" and not duration then
     return self:usage_error("--duration SECONDS is required", command)
+  end
+  local range = DURATIONS[command]
+  if duration and not (duration % 1 == 0 and ((duration >= range[1] and duration <= range[2])
+                                              or (duration == 0 and range.zero))) then
+    return self:usage_error(string.format("--duration must be whole seconds from %d to %d%s, got %s", range[1],
+      range[2], range.zero and (" (or 0: " .. range.zero .. ")") or "", self.opts.duration), command)
   end
   local app, room = pos[1], (not everywhere) and pos[2] or nil
   local users = {}
@@ -292,19 +304,30 @@ function Cmd:moderate(command)
   end
   local client, cerr = self:client()
   if not client then self:warn("rtcadmin: ", cerr) return EXIT_FAILED end
-  -- Bad IDs and out-of-range durations raise before anything is sent: a usage error.
-  local ok, results = pcall(client.batch, client, calls, { progress = self:progress_fn(#calls) })
+  -- Bad IDs raise before anything is sent: a usage error. A ban whose user is banned already is
+  -- extended in a second batch (rtcadmin.bans).
+  local ok, results = pcall(require("rtcadmin.bans").batch, client, calls, { progress = self:progress_fn(#calls) })
   client:close()
   if not ok then return self:usage_error(tostring(results):gsub("^[^:]*:%d+: ", ""), command) end
   local failed = 0
+  local where = room and (" in " .. room) or " everywhere"
   for i, r in ipairs(results) do
+    local ext = r.extend and r.extend.meta.request_id
     if self.opts.json then
-      local o = { command = command, app_id = app, room_id = room, user_id = users[i], ok = r.ok }
-      if r.ok then o.request_id = r.meta.request_id else o.error = err_fields(r.err) end
+      local o = { command = command, app_id = app, room_id = room, user_id = users[i], ok = r.ok, duration = duration,
+                  ban = r.ban }
+      if r.ok then o.request_id, o.extend_request_id = r.meta.request_id, ext else o.error = err_fields(r.err) end
       self:json(o)
+    elseif r.ok and r.ban == "extended" then
+      self:say(string.format("extended the ban of %s%s to %d s from now (already banned; request %s)", users[i], where,
+        duration, ext))
+    elseif r.ok and command == "ban" then
+      self:say(string.format("banned %s%s for %d s (request %s)", users[i], where, duration, r.meta.request_id))
     elseif r.ok then
-      self:say(string.format("%s %s%s (request %s)", spec.verb, users[i], room and (" in " .. room) or " everywhere",
-        r.meta.request_id))
+      self:say(string.format("%s %s%s (request %s)", spec.verb, users[i], where, r.meta.request_id))
+    elseif r.ban == "extend" then
+      self:warn(string.format("FAILED %s: banned already, and the ban was not extended: %s", users[i],
+        tostring(r.err)))
     else
       self:warn(string.format("FAILED %s: %s", users[i], tostring(r.err)))
     end

@@ -11,9 +11,23 @@
 -- prior offences), applies cooldowns and allow-lists, records every decision and outcome in a JSON
 -- Lines audit log, keeps failed actions for retry, and bounds its memory. See docs/policy.md.
 local sandbox = require "rtcadmin.sandbox"
--- A private encoder: numbers JSON cannot hold (inf, NaN) become null instead of raising.
-local cjson = require("cjson").new()
-cjson.encode_invalid_numbers("null")
+local bans = require "rtcadmin.bans"
+
+-- From the C module when it is there: the JSON writer of audit records (sorted keys, lists marked
+-- with json_array written as [] even when empty, NaN and infinities as null) and the wall clock to
+-- the microsecond. Without it (the Lua files alone): a private lua-cjson encoder (inf and NaN as
+-- null; an empty list is {}) and os.time (whole seconds).
+local json_encode, json_array, wall_clock
+do
+  local ok, core = pcall(require, "rtcadmin")
+  if ok and type(core) == "table" and core.json_encode then
+    json_encode, json_array, wall_clock = core.json_encode, core.json_array, core.time or os.time
+  else
+    local cjson = require("cjson").new()
+    cjson.encode_invalid_numbers("null")
+    json_encode, json_array, wall_clock = cjson.encode, function(t) return t end, os.time
+  end
+end
 
 local policy = {}
 
@@ -59,6 +73,43 @@ local function valid_id(s)
 end
 local function valid_app(s)
   return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^\33-\126]")
+end
+
+-- A value from an event for a message: a string quoted (cut at 40 bytes, bytes outside printable
+-- ASCII as \ddd), anything else with its type.
+local function shown(v)
+  if type(v) == "string" then
+    local cut = #v > 40 and string_sub(v, 1, 40) .. "..." or v
+    return '"' .. cut:gsub('["\\]', "\\%0"):gsub("[^ -~]", function(c) return "\\" .. string.byte(c) end) .. '"'
+  end
+  if type(v) == "number" or type(v) == "boolean" then return type(v) .. " " .. tostring(v) end
+  return "a " .. type(v)
+end
+
+-- What is wrong with field `f` of an event (one of type, app_id, room_id, user_id), nil if nothing:
+-- the reasons engine:process gives for an invalid event, only ever computed on that path.
+local ID_CHARS = "A-Z a-z 0-9 @ . _ -"
+local function field_problem(ev, f)
+  local v = ev[f]
+  if v == nil then
+    local near = sandbox.nearest(f, ev)
+    return "missing " .. f .. (near and (" (the event has '" .. near .. "')") or "")
+  end
+  if type(v) ~= "string" then return f .. " must be a string, got " .. shown(v) end
+  if f == "type" then return nil end -- (a type no rule watches is ignored, whatever it is)
+  if #v == 0 then return f .. " is empty" end
+  if #v > 128 then return string_format("%s is %d bytes long: at most 128", f, #v) end
+  local bad = f == "app_id" and string_find(v, "[^\33-\126]") or f ~= "app_id" and string_find(v, "[^A-Za-z0-9@._-]")
+  if bad then
+    return string_format("%s %s has a character outside %s (%s at byte %d)", f, shown(v),
+      f == "app_id" and "printable ASCII without spaces" or ID_CHARS, shown(string_sub(v, bad, bad)), bad)
+  end
+end
+
+-- Why an event's type, app_id, room_id and user_id cannot be taken (the first that is wrong).
+local function ids_problem(ev)
+  return field_problem(ev, "type") or field_problem(ev, "app_id") or field_problem(ev, "room_id")
+    or field_problem(ev, "user_id") or "invalid event"
 end
 
 -- What is wrong with an event's ts (nil when nothing is).
@@ -260,40 +311,56 @@ end
 ---------------------------------------------------------------------------------------------------
 -- The rule DSL, as seen from a rules file.
 
--- An error at the rules file's line that called the DSL.
-local function dsl_error(msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if info.what ~= "C" and string_sub(info.source, 1, 1) == "@" and info.currentline > 0
-      and not string_find(info.source, "rtcadmin[/\\]policy%.lua$") then
-      error(info.short_src .. ":" .. info.currentline .. ": " .. msg, 0)
-    end
-    level = level + 1
+-- The line of field `key` in the table constructor of a rule that starts at line `from` of
+-- `source`: the first `key =` from there (nil when there is none, e.g. a key that is no name). The
+-- table a constructor makes keeps no lines, so the text is searched; only for error messages.
+local function field_line(source, from, key)
+  if type(source) ~= "string" or type(key) ~= "string" or not key:find("^[%a_][%w_]*$") then return nil end
+  local pos, line = 1, 1
+  while line < from do
+    local nl = string_find(source, "\n", pos, true)
+    if not nl then return nil end
+    pos, line = nl + 1, line + 1
   end
-  error(msg, 0)
-end
-
-local function check_seconds(what, v)
-  if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
-    dsl_error(string_format("%s: expected seconds (a number >= 0), got %s", what, tostring(v)))
-  end
-  return v
+  local at = string_find(source, "%f[%w_]" .. key .. "%s*=[^=]", pos)
+  if not at then return nil end
+  local _, breaks = string.gsub(string_sub(source, pos, at), "\n", "")
+  return from + breaks
 end
 
 -- Builds the DSL for one file; `file` collects what it defines.
 local function make_dsl(file)
-  local dsl = {}
+  local chunk = "@" .. file.name
+  -- The line of the rules file that called the DSL (the innermost frame of the file's code).
+  local function caller_line()
+    local level = 2
+    while true do
+      local info = debug.getinfo(level, "Sl")
+      if not info then return nil end
+      if info.source == chunk and info.currentline > 0 then return info.currentline end
+      level = level + 1
+    end
+  end
+  -- An error "file:line: msg" at `line`, or at the line that called the DSL.
+  local function fail(msg, line)
+    line = line or caller_line()
+    error(line and (file.name .. ":" .. line .. ": " .. msg) or (file.name .. ": " .. msg), 0)
+  end
   local function warn(msg)
-    local ok, e = pcall(dsl_error, msg)
-    if not ok then file.warnings[#file.warnings + 1] = e end
+    local line = caller_line()
+    file.warnings[#file.warnings + 1] = line and (file.name .. ":" .. line .. ": " .. msg) or (file.name .. ": " .. msg)
+  end
+  local function check_seconds(what, v, line)
+    if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
+      fail(string_format("%s: expected seconds (a number >= 0), got %s", what, tostring(v)), line)
+    end
+    return v
   end
   local function capped(what, seconds, min, max, allow_zero)
     check_seconds(what, seconds)
     if seconds == 0 and allow_zero then return 0 end
     if seconds < min then
-      dsl_error(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
+      fail(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
     end
     if seconds > max then
       warn(string_format("%s: %.10g s capped at the API maximum of %d s", what, seconds, max))
@@ -302,6 +369,7 @@ local function make_dsl(file)
     return math.ceil(seconds)
   end
 
+  local dsl = {}
   function dsl.seconds(n) return check_seconds("seconds", n) end
   function dsl.minutes(n) return check_seconds("minutes", n) * 60 end
   function dsl.hours(n) return check_seconds("hours", n) * 3600 end
@@ -318,10 +386,10 @@ local function make_dsl(file)
     seconds = capped("mute", seconds or 0, policy.MUTE_MIN, policy.MUTE_MAX, true)
     local audio, video
     if streams ~= nil then
-      if type(streams) ~= "table" then dsl_error("mute: expected {audio = bool, video = bool}") end
+      if type(streams) ~= "table" then fail("mute: expected {audio = bool, video = bool}") end
       for k, v in pairs(streams) do
         if (k ~= "audio" and k ~= "video") or type(v) ~= "boolean" then
-          dsl_error("mute: unknown stream option '" .. tostring(k) .. "' (audio, video: booleans)")
+          fail("mute: unknown stream option '" .. tostring(k) .. "' (audio, video: booleans)")
         end
       end
       audio, video = streams.audio, streams.video
@@ -330,39 +398,61 @@ local function make_dsl(file)
     return { kind = "mute", duration = seconds, audio = audio == true, video = video == true }
   end
   function dsl.escalate(steps)
-    if type(steps) ~= "table" or #steps == 0 then dsl_error("escalate: expected a list of actions") end
+    if type(steps) ~= "table" or #steps == 0 then fail("escalate: expected a list of actions") end
     return { kind = "escalate", steps = steps }
   end
 
   function dsl.allow(spec)
-    if not file.loading then dsl_error("allow: only while the rules file loads") end
-    if type(spec) ~= "table" then dsl_error("allow: expected a table {roles=, users=, patterns=}") end
+    if not file.loading then fail("allow: only while the rules file loads") end
+    if type(spec) ~= "table" then fail("allow: expected a table {roles=, users=, patterns=}") end
     for k, v in pairs(spec) do
       if k ~= "roles" and k ~= "users" and k ~= "patterns" then
-        dsl_error("allow: unknown field '" .. tostring(k) .. "'")
+        fail("allow: unknown field '" .. tostring(k) .. "'")
       end
-      if type(v) ~= "table" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
+      if type(v) ~= "table" then fail("allow: '" .. k .. "' must be a list of strings") end
       for _, s in ipairs(v) do
-        if type(s) ~= "string" then dsl_error("allow: '" .. k .. "' must be a list of strings") end
+        if type(s) ~= "string" then fail("allow: '" .. k .. "' must be a list of strings") end
         if k == "patterns" and not pcall(string_find, "", s) then
-          dsl_error("allow: bad pattern " .. string_format("%q", s))
+          fail("allow: bad pattern " .. string_format("%q", s))
         end
         file.allow[k][#file.allow[k] + 1] = s
       end
     end
   end
 
+  -- How to write each DSL function as an action, for `action = ban` (the function, not called).
+  local ACTION_FORMS = {
+    ban = "ban(seconds), e.g. ban(600) or ban(minutes(10))",
+    ban_everywhere = "ban_everywhere(seconds), e.g. ban_everywhere(hours(1))",
+    mute = "mute(seconds) or mute(seconds, { audio = true }), e.g. mute(minutes(5))",
+    escalate = "escalate { kick, ban(minutes(10)), ban(hours(24)) }",
+  }
+  local function_name = {}
+  for k, v in pairs(dsl) do if type(v) == "function" then function_name[v] = k end end
+  local ACTIONS = "kick, ban(seconds), ban_everywhere(seconds), mute(seconds) or escalate { ... }"
+
   local rule_fields = { on = true, when = true, action = true, cooldown = true, dry_run = true, description = true }
-  local function normalize_action(a, top)
+  -- `a` as an action, or fail(what is wrong) (`where`: "action", "escalate step 2", ...).
+  local function normalize_action(a, top, where, fail_at)
+    if type(a) == "function" then
+      local fname = function_name[a]
+      if ACTION_FORMS[fname] then
+        fail_at(string_format("%s is the %s function, not an action: write %s",
+          where == "action" and ("action = " .. fname) or where, fname, ACTION_FORMS[fname]))
+      end
+      fail_at(string_format("%s must be %s, got %s", where, ACTIONS,
+        fname and ("the function " .. fname) or "a function"))
+    end
     if type(a) ~= "table" then
-      dsl_error("rule: 'action' must be kick, ban(s), ban_everywhere(s), mute(s) or escalate{...}")
+      fail_at(string_format("%s must be %s, got %s", where, ACTIONS,
+        type(a) == "string" and string_format("the string %q", a) or tostring(a)))
     end
     local k = a.kind
     if k == "escalate" then
-      if type(a.steps) ~= "table" or #a.steps == 0 then dsl_error("escalate: expected a list of actions") end
-      if not top then dsl_error("escalate: steps cannot escalate") end
+      if type(a.steps) ~= "table" or #a.steps == 0 then fail_at("escalate: expected a list of actions") end
+      if not top then fail_at(where .. ": steps cannot escalate") end
       local steps = {}
-      for i, s in ipairs(a.steps) do steps[i] = normalize_action(s, false) end
+      for i, st in ipairs(a.steps) do steps[i] = normalize_action(st, false, "escalate step " .. i, fail_at) end
       return { kind = "escalate", steps = steps }
     elseif k == "kick" then return { kind = "kick", duration = 0 }
     elseif k == "ban" or k == "ban_everywhere" then
@@ -371,73 +461,91 @@ local function make_dsl(file)
       return { kind = "mute", duration = capped("mute", a.duration, policy.MUTE_MIN, policy.MUTE_MAX, true),
                audio = a.audio == true, video = a.video == true }
     end
-    dsl_error("rule: unknown action kind '" .. tostring(k) .. "'")
+    fail_at(string_format("%s must be %s (a table without an action kind)", where, ACTIONS))
   end
 
   function dsl.rule(name)
-    if not file.loading then dsl_error("rule: only while the rules file loads") end
-    if type(name) ~= "string" or name == "" or #name > 64 then dsl_error("rule: expected a name (1-64 characters)") end
+    if not file.loading then fail("rule: only while the rules file loads") end
+    if type(name) ~= "string" or name == "" or #name > 64 then fail("rule: expected a name (1-64 characters)") end
+    local line = caller_line()
     return function(spec)
-      if type(spec) ~= "table" then dsl_error("rule '" .. name .. "': expected a table") end
+      local label = "rule '" .. name .. "': "
+      -- An error about field `key`, at its line when the source shows it (else the rule's).
+      local function field_fail(key, msg)
+        fail(label .. msg, field_line(file.source, line or 1, key) or line)
+      end
+      if type(spec) ~= "table" then fail(label .. "expected a table", line) end
       for k in pairs(spec) do
-        if not rule_fields[k] then dsl_error("rule '" .. name .. "': unknown field '" .. tostring(k) .. "'") end
+        if not rule_fields[k] then
+          field_fail(k, "unknown field '" .. tostring(k) .. "'" .. sandbox.did_you_mean(k, rule_fields))
+        end
       end
       local on = spec.on
       if type(on) == "string" then on = { on } end
-      if type(on) ~= "table" or #on == 0 then
-        dsl_error("rule '" .. name .. "': 'on' must be an event type or a list")
-      end
+      if type(on) ~= "table" or #on == 0 then field_fail("on", "'on' must be an event type or a list") end
       local types = {}
       for i, t in ipairs(on) do
-        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then
-          dsl_error("rule '" .. name .. "': bad event type")
-        end
+        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then field_fail("on", "bad event type") end
         types[i] = t
       end
       if spec.when ~= nil and type(spec.when) ~= "function" then
-        dsl_error("rule '" .. name .. "': 'when' must be a function(ev, ctx)")
+        field_fail("when", "'when' must be a function(ev, ctx)")
       end
-      if spec.action == nil then dsl_error("rule '" .. name .. "': 'action' is required") end
+      if spec.action == nil then fail(label .. "'action' is required: " .. ACTIONS, line) end
       local cooldown = spec.cooldown
-      if cooldown ~= nil then check_seconds("rule '" .. name .. "': cooldown", cooldown) end
+      if cooldown ~= nil then
+        check_seconds(label .. "cooldown", cooldown, field_line(file.source, line or 1, "cooldown") or line)
+      end
       if spec.dry_run ~= nil and type(spec.dry_run) ~= "boolean" then
-        dsl_error("rule '" .. name .. "': 'dry_run' must be a boolean")
+        field_fail("dry_run", "'dry_run' must be a boolean")
       end
-      local at
-      do
-        local ok, e = pcall(dsl_error, "")
-        at = not ok and string.match(e, "^(.-): $") or file.name
-      end
+      local action = normalize_action(spec.action, true, "action",
+        function(msg) field_fail("action", msg) end)
       file.rules[#file.rules + 1] = {
-        name = name, on = types, when = spec.when, action = normalize_action(spec.action, true),
+        name = name, on = types, when = spec.when, action = action,
         cooldown = cooldown, dry_run = spec.dry_run == true, description = spec.description,
-        at = at, file = file.name,
+        at = file.name .. ":" .. (line or 0), file = file.name,
       }
     end
   end
   return dsl
 end
 
--- Loads one rules file into a fresh sandbox. Returns {rules, allow, warnings} or nil, {errors}.
+-- The errors of a load: a list of "file:line: message" strings whose tostring is the messages, one
+-- a line (so `assert(engine:load(path))` and a REPL show them).
+local Errors = { __name = "rtcadmin.policy.errors" }
+function Errors.__tostring(list) return table.concat(list, "\n") end
+local function errors(list) return setmetatable(list, Errors) end
+
+-- A chunk name as the file's name: "@path" and "=name" (Lua's forms) are "path" and "name".
+local function file_name(name)
+  if name == nil then return "rules" end
+  return (string.gsub(tostring(name), "^[@=]", ""))
+end
+
+-- Loads one rules file into a fresh sandbox. Returns {rules, allow, warnings} or nil, errors.
+-- `name` is the file's name in messages and in rule_at ("@path" and "=name" are taken as "path"
+-- and "name").
 function policy.load_source(source, name, limits)
+  name = file_name(name)
   local file = { name = name, rules = {}, allow = { roles = {}, users = {}, patterns = {} }, warnings = {},
-                 loading = true }
+                 loading = true, source = source }
   local env = sandbox.env(make_dsl(file), limits)
   local fn, err = sandbox.compile(source, name, env)
-  if not fn then return nil, { err } end
+  if not fn then return nil, errors { err } end
   local runner = sandbox.runner(limits)
   local ok, e = runner.call(fn)
-  file.loading = false
+  file.loading, file.source = false, nil
   sandbox.freeze(env)
   if not ok then
     -- Memory errors carry no position (Lua raises them without a message handler).
     if not e:find("^[^\n]-:%d+:") then e = name .. ": " .. e .. " while the file loaded" end
-    return nil, { e }
+    return nil, errors { e }
   end
   local seen = {}
   for _, r in ipairs(file.rules) do
     if seen[r.name] then
-      return nil, { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
+      return nil, errors { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
     end
     seen[r.name] = r.at
   end
@@ -446,7 +554,7 @@ end
 
 function policy.load_file(path, limits)
   local f, err = io.open(path, "rb")
-  if not f then return nil, { tostring(err) } end
+  if not f then return nil, errors { tostring(err) } end
   local source = f:read("*a")
   f:close()
   return policy.load_source(source, path, limits)
@@ -463,6 +571,17 @@ local function iso_time(t)
   return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. string_format(".%03dZ", math.floor((t - whole) * 1000))
 end
 
+-- A run id for the audit records of one engine: its start time to the microsecond and 24 bits of a
+-- heap address (which differs from process to process), so runs that append to one audit file
+-- keep their decision ids apart (a decision is (run, id)).
+local function new_run_id()
+  local t = wall_clock()
+  local whole = math_floor(t)
+  local addr = tonumber(string.match(tostring({}), "0x(%x+)") or string.match(tostring({}), "(%x+)$") or "0", 16) or 0
+  return os.date("!%Y%m%dT%H%M%S", whole) .. string_format(".%06dZ-%06x", math_floor((t - whole) * 1e6),
+    math_floor(addr / 16) % 16777216)
+end
+
 local function audit_sink(a)
   if a == nil or a == false then return nil end
   if type(a) == "function" then return a end
@@ -476,14 +595,14 @@ local function audit_sink(a)
     error("rtcadmin.policy: 'audit' must be a file name, a file handle or a function", 3)
   end
   return function(record)
-    fh:write(cjson.encode(record), "\n")
+    fh:write(json_encode(record), "\n")
     fh:flush()
   end
 end
 
 local known_opts = {
   client = true, now = true, dry_run = true, audit = true, limits = true, allow = true,
-  on_decision = true, on_error = true, on_result = true,
+  on_decision = true, on_error = true, on_result = true, run = true,
 }
 for k in pairs(policy.DEFAULTS) do known_opts[k] = true end
 
@@ -502,6 +621,9 @@ function policy.new(opts)
     error("rtcadmin.policy.new: a 'client' is required unless dry_run = true", 2)
   end
   if opts.now ~= nil and type(opts.now) ~= "function" then error("rtcadmin.policy.new: 'now' must be a function", 2) end
+  if opts.run ~= nil and (type(opts.run) ~= "string" or opts.run == "") then
+    error("rtcadmin.policy.new: 'run' must be a non-empty string", 2)
+  end
   if opts.limits ~= nil then
     if type(opts.limits) ~= "table" then error("rtcadmin.policy.new: 'limits' must be a table", 2) end
     for k, v in pairs(opts.limits) do
@@ -517,7 +639,8 @@ function policy.new(opts)
   for k, v in pairs(policy.DEFAULTS) do cfg[k] = opts[k] or v end
 
   local E = setmetatable({
-    cfg = cfg, client = opts.client, now = opts.now or os.time, dry_run = opts.dry_run == true,
+    cfg = cfg, client = opts.client, now = opts.now or wall_clock, dry_run = opts.dry_run == true,
+    run = opts.run or new_run_id(),
     audit = audit_sink(opts.audit), on_decision = opts.on_decision, on_error = opts.on_error,
     on_result = opts.on_result,
     limits = opts.limits or sandbox.DEFAULTS,
@@ -535,12 +658,15 @@ function policy.new(opts)
     allow_ver = 0,     -- bumped when the allow-list changes (records cache their user's verdict)
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
-              succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0,
+              succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0, bans_extended = 0,
+              bans_already = 0,
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
   E.seen = { map = {}, ring = {} } -- the last `dedupe` event ids (see Engine:_make_hot)
   E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
+  -- The bans the engine made, the most recent max_offenders: ban_key(...) -> {ends = engine time}.
+  E.bans = recent_new(cfg.max_offenders)
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
   E.ctx, E._batch, E._take = E:_make_hot()
@@ -568,7 +694,7 @@ local function add_file(self, file)
   for _, r in ipairs(self.rules) do names[r.name] = r.at end
   for _, r in ipairs(file.rules) do
     if names[r.name] then
-      return nil, { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
+      return nil, errors { r.at .. ": rule '" .. r.name .. "' already defined at " .. names[r.name] }
     end
   end
   for _, r in ipairs(file.rules) do
@@ -599,7 +725,7 @@ function Engine:load(path)
 end
 
 function Engine:load_source(source, name)
-  local file, errs = policy.load_source(source, name or "=rules", self.limits)
+  local file, errs = policy.load_source(source, name, self.limits)
   if not file then return nil, errs end
   return add_file(self, file)
 end
@@ -867,7 +993,7 @@ function Engine:_make_hot()
     local rules, slot, rslot = by_type[typ], track[typ], track_room[typ]
     local watched = rules or slot or rslot -- then typ is a string: only strings are registered
     if not watched and type(typ) ~= "string" then
-      return invalid_event(event_problem(ev) or "event needs a string field type")
+      return invalid_event(event_problem(ev) or field_problem(ev, "type"))
     end
     local ts, sec = ev.ts, sec_of
     if ts == nil then ts = now_ts end
@@ -910,13 +1036,8 @@ function Engine:_make_hot()
     if not rec then rec = keys:promote(app, room, user, ts) end
     local ver = E.allow_ver
     if not rec or rec[REC_ALLOW] < ver then -- versions only grow
-      if not rec then
-        if type(app) ~= "string" or type(room) ~= "string" or type(user) ~= "string" then
-          return invalid_event("event needs string fields type, app_id, room_id, user_id")
-        end
-        if not (valid_app(app) and valid_id(room) and valid_id(user)) then
-          return invalid_event("event has an invalid app_id, room_id or user_id")
-        end
+      if not rec and not (valid_app(app) and valid_id(room) and valid_id(user)) then
+        return invalid_event(ids_problem(ev))
       end
       -- The allow-list verdict for the user id is kept in its record until the list changes.
       if E:_allowed_user(user) then st.allowed = st.allowed + 1; return end
@@ -1114,8 +1235,8 @@ function Engine:_rule_error(r, msg, ev)
   st.errors_by_rule[r.name] = n
   if n > self.cfg.rule_error_reports then return end
   if not msg:find("^[^\n]-:%d+:") then msg = r.at .. ": " .. msg end
-  local rec = { kind = "rule_error", time = iso_time(self.now()), rule = r.name, rule_at = r.at, error = msg,
-                event_id = ev.id, event_type = ev.type }
+  local rec = { kind = "rule_error", run = self.run, time = iso_time(wall_clock()), rule = r.name, rule_at = r.at,
+                error = msg, event_id = ev.id, event_type = ev.type }
   self:_emit(rec)
   if self.on_error then self.on_error(rec) end
 end
@@ -1153,8 +1274,8 @@ function Engine:_decision(o)
   self.next_decision = self.next_decision + 1
   local dry = self.dry_run or r.dry_run
   local d = {
-    kind = "decision", id = self.next_decision, time = iso_time(self.now()), event_id = ev.id, event_ts = o.ts,
-    event_type = o.type, rule = r.name, rule_at = r.at, evidence = o.evidence,
+    kind = "decision", run = self.run, id = self.next_decision, time = iso_time(wall_clock()), event_id = ev.id,
+    event_ts = o.ts, event_type = o.type, rule = r.name, rule_at = r.at, evidence = json_array(o.evidence),
     action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
     app_id = o.app, room_id = o.room, user_id = o.user, duration = act.duration,
     audio = act.kind == "mute" and act.audio or nil, video = act.kind == "mute" and act.video or nil,
@@ -1223,11 +1344,27 @@ local function plain_error(err)
     return { code = "Error", message = tostring(err), retryable = false }
   end
   return { code = err.code, message = err.message, http_status = err.http_status, request_id = err.request_id,
-           retryable = err.retryable == true }
+           retryable = err.retryable == true, action = err.action }
+end
+
+-- The bans the engine made (see Engine:flush): keyed by app, room ("" for app-wide) and user.
+local function ban_key(d)
+  return d.app_id .. "\n" .. (d.action == "ban" and d.room_id or "") .. "\n" .. d.user_id
+end
+
+-- When the engine's own ban of a decision's target ends (engine time), if it knows of one.
+function Engine:_ban_ends(d)
+  local b = self.bans.map[ban_key(d)]
+  return b and b.ends
 end
 
 -- Sends the queued decisions and the retries that are due through client:batch. Returns a summary
 -- {sent, succeeded, failed, waiting}. `opts.progress` is passed to client:batch.
+--
+-- Bans go through rtcadmin.bans: a ban whose target is banned already (BanRoomUser leaves that ban
+-- as it is) is extended with UpdateBanRoomUserRule in a follow-up batch (outcome "extended"),
+-- unless the engine made that ban itself and it ends no earlier than the new one would (outcome
+-- "already": nothing more is sent). `ban_until` is when the ban ends, as far as the engine knows.
 function Engine:flush(opts)
   local now = self.now()
   local batch = self.queue
@@ -1239,20 +1376,40 @@ function Engine:flush(opts)
   self.waiting = still
   local summary = { sent = #batch, succeeded = 0, failed = 0, waiting = 0 }
   if #batch == 0 then summary.waiting = #self.waiting; return summary end
-  local calls = {}
-  for i, d in ipairs(batch) do calls[i] = decision_call(d) end
-  local ok, results = pcall(self.client.batch, self.client, calls, { progress = opts and opts.progress })
-  now = self.now()
+  local calls, ends = {}, {}
+  for i, d in ipairs(batch) do
+    calls[i] = decision_call(d)
+    if d.action == "ban" or d.action == "ban_everywhere" then ends[i] = self:_ban_ends(d) end
+  end
+  -- A ban the engine knows to end no earlier than this one would (from now) is kept as it is.
+  local function keep(i) return ends[i] ~= nil and ends[i] >= now + batch[i].duration end
+  local ok, results = pcall(bans.batch, self.client, calls, { progress = opts and opts.progress }, keep)
+  local after = self.now()
   local st, cfg = self.st, self.cfg
   for i, d in ipairs(batch) do
     local r = ok and results[i] or { ok = false, err = { code = "BatchError", message = tostring(results) } }
     d.attempts = d.attempts + 1
-    d.time = iso_time(now)
-    d.next_retry, d.next_retry_at = nil, nil
+    d.time = iso_time(wall_clock())
+    d.next_retry, d.next_retry_at, d.ban_until, d.extend_request_id = nil, nil, nil, nil
     if d.attempts > 1 then st.retried = st.retried + 1 end
     if r.ok then
       d.outcome, d.error = "ok", nil
       d.request_id = r.meta and r.meta.request_id
+      local ban = r.ban
+      if ban == "already" then
+        d.outcome = "already"
+        d.ban_until = ends[i] and iso_time(ends[i])
+        st.bans_already = st.bans_already + 1
+      elseif ban then
+        if ban == "extended" then
+          d.outcome = "extended"
+          d.extend_request_id = r.extend.meta and r.extend.meta.request_id
+          st.bans_extended = st.bans_extended + 1
+        end
+        -- It ends `duration` after the request reached the service: after `now` (a lower bound).
+        self.bans:put(ban_key(d), { ends = now + d.duration })
+        d.ban_until = iso_time(now + d.duration)
+      end
       st.succeeded = st.succeeded + 1
       summary.succeeded = summary.succeeded + 1
     else
@@ -1260,7 +1417,7 @@ function Engine:flush(opts)
       d.error, d.request_id = e, e.request_id
       if e.retryable and d.attempts < cfg.max_attempts then
         d.outcome = "retry"
-        d.next_retry_at = now + math_min(cfg.retry_cap, cfg.retry_base * 2 ^ (d.attempts - 1))
+        d.next_retry_at = after + math_min(cfg.retry_cap, cfg.retry_base * 2 ^ (d.attempts - 1))
         d.next_retry = iso_time(d.next_retry_at)
         self.waiting[#self.waiting + 1] = d
       else
@@ -1305,6 +1462,33 @@ end
 -- Decisions that failed for good (non-retryable error, or out of attempts).
 function Engine:failed() return self.failures end
 
+-- The counters stats() returns, in the order its tostring shows them.
+local STATS_SHOWN = { "events", "ignored", "duplicates", "allowed", "invalid", "decisions", "dry_run", "queued",
+  "waiting", "succeeded", "failed", "retried", "bans_extended", "bans_already", "cooldown", "rule_errors", "keys",
+  "keys_dropped" }
+
+-- "{a=1, b=2}" for a map of names to counts, names sorted.
+local function counts_text(t)
+  local names = {}
+  for k in pairs(t) do names[#names + 1] = tostring(k) end
+  table.sort(names)
+  for i, k in ipairs(names) do names[i] = k .. "=" .. tostring(t[k]) end
+  return "{" .. table.concat(names, ", ") .. "}"
+end
+
+-- stats(): a plain table of counters whose tostring is one line, `name=value` for each.
+local Stats = { __name = "rtcadmin.policy.stats" }
+function Stats.__tostring(st)
+  local parts = {}
+  for _, k in ipairs(STATS_SHOWN) do
+    if st[k] ~= nil then parts[#parts + 1] = k .. "=" .. tostring(st[k]) end
+  end
+  for _, k in ipairs({ "by_action", "by_rule", "errors_by_rule" }) do
+    if type(st[k]) == "table" and next(st[k]) ~= nil then parts[#parts + 1] = k .. "=" .. counts_text(st[k]) end
+  end
+  return table.concat(parts, " ")
+end
+
 function Engine:stats()
   local st = {}
   for k, v in pairs(self.st) do st[k] = v end
@@ -1312,7 +1496,14 @@ function Engine:stats()
   st.keys_dropped = self.keys.dropped
   st.waiting = #self.waiting
   st.queued = #self.queue
-  return st
+  return setmetatable(st, Stats)
+end
+
+-- "rtcadmin.policy{rules=4, events=143, decisions=24, ...}": what a REPL shows of an engine.
+function Engine:__tostring()
+  local st = self.st
+  return string_format("rtcadmin.policy{rules=%d, events=%d, decisions=%d, queued=%d, waiting=%d, failed=%d%s}",
+    #self.rules, st.events, st.decisions, #self.queue, #self.waiting, st.failed, self.dry_run and ", dry_run" or "")
 end
 
 policy.Engine = Engine

@@ -544,10 +544,67 @@ local function seal(t)
   })
 end
 
--- The tables each environment came with (sealed by freeze).
+-- The tables each environment came with (sealed by freeze), and each environment's metatable.
 local provided = setmetatable({}, { __mode = "k" })
+local env_meta = setmetatable({}, { __mode = "k" })
 
--- A fresh environment for one rules file: the safe libraries plus `dsl` (a table of names).
+-- Damerau-Levenshtein distance of two short strings (a swap of two neighbours is one edit), for
+-- suggestions in error messages.
+local function distance(a, b)
+  local la, lb = #a, #b
+  local d = {}
+  for i = 0, la do d[i] = { [0] = i } end
+  for j = 1, lb do d[0][j] = j end
+  for i = 1, la do
+    local ai = string_byte(a, i)
+    for j = 1, lb do
+      local bj = string_byte(b, j)
+      local v = math_min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ai == bj and 0 or 1))
+      if i > 1 and j > 1 and ai == string_byte(b, j - 1) and string_byte(a, i - 1) == bj then
+        v = math_min(v, d[i - 2][j - 2] + 1)
+      end
+      d[i][j] = v
+    end
+  end
+  return d[la][lb]
+end
+
+-- The name among `names` (strings: a list, or the keys of a table) closest to `word`, when it is
+-- close enough to be a misspelling of it (at most 2 edits, fewer than half its letters); else nil.
+function sandbox.nearest(word, names)
+  if type(word) ~= "string" or #word > 64 then return nil end
+  local best, best_d = nil, math_min(2, math_floor(#word / 2))
+  local function try(n)
+    if type(n) == "string" and n ~= word and math.abs(#n - #word) <= best_d then
+      local dn = distance(word, n)
+      if dn <= best_d and (dn < best_d or best == nil or n < best) then best, best_d = n, dn end
+    end
+  end
+  if rawget(names, 1) ~= nil then
+    for _, n in ipairs(names) do try(n) end
+  else
+    for n in pairs(names) do try(n) end
+  end
+  return best
+end
+
+-- " (did you mean 'x'?)" when `word` looks like a misspelling of one of `names`, else "".
+function sandbox.did_you_mean(word, names)
+  local near = sandbox.nearest(word, names)
+  return near and (" (did you mean '" .. near .. "'?)") or ""
+end
+
+-- Reading a name the environment does not have: an error at the reading line, at load time and in
+-- conditions alike (a misspelt `kik` would otherwise be nil, and `action = kik` a puzzle). Names a
+-- Lua may lack (utf8 before 5.3) read as nil, so a file can test for them.
+local MAYBE_ABSENT = { utf8 = true }
+local function unknown_name(env, k)
+  if MAYBE_ABSENT[k] then return nil end
+  error("unknown name " .. key_text(k) .. sandbox.did_you_mean(k, env), 2)
+end
+
+-- A fresh environment for one rules file: the safe libraries plus `dsl` (a table of names). It is
+-- strict: reading a global it does not hold raises `unknown name 'x'`.
 function sandbox.env(dsl, limits)
   limits = limits_of(limits)
   local s, t, m, u = safe_libs(limits)
@@ -561,7 +618,9 @@ function sandbox.env(dsl, limits)
   local tables = {}
   for _, v in pairs(env) do if type(v) == "table" then tables[#tables + 1] = v end end
   provided[env] = tables
-  return env
+  local mt = { __index = unknown_name, __metatable = false }
+  env_meta[env] = mt
+  return setmetatable(env, mt)
 end
 
 -- Sets `env` read-only: rule code runs many times and must not keep state in globals or in the
@@ -569,12 +628,15 @@ end
 -- file made itself are its own (see docs/policy.md).
 function sandbox.freeze(env)
   for _, v in pairs(provided[env] or {}) do seal(v) end
-  return setmetatable(env, {
-    __newindex = function(_, k)
-      error("cannot set global " .. key_text(k) .. ": rule code is stateless once its file has loaded", 2)
-    end,
-    __metatable = false,
-  })
+  local mt = env_meta[env]
+  if not mt then
+    mt = { __metatable = false }
+    setmetatable(env, mt)
+  end
+  mt.__newindex = function(_, k)
+    error("cannot set global " .. key_text(k) .. ": rule code is stateless once its file has loaded", 2)
+  end
+  return env
 end
 
 -- A runner: runner.call(fn, a, b) calls rule code under the budgets and returns true, result or

@@ -651,4 +651,67 @@ T.case("replay reads EVENTS from a named pipe: the file is opened once", functio
   T.match(out, "__exit=0\n$", "exit 0")
 end)
 
+T.case("ban and mute durations the API does not take are usage errors, and nothing is sent", function()
+  emu.reset()
+  for _, c in ipairs({
+    { "ban " .. APP .. " room1 bob --duration 0", "from 10 to 604800, got 0" },
+    { "ban " .. APP .. " room1 bob --duration 9", "from 10 to 604800, got 9" },
+    { "ban --everywhere " .. APP .. " bob --duration 604801", "from 10 to 604800, got 604801" },
+    { "ban " .. APP .. " room1 bob --duration 600.5", "from 10 to 604800, got 600.5" },
+    { "ban " .. APP .. " room1 bob --duration 1e999", "got 1e999" },
+    { "mute " .. APP .. " room1 bob --duration 30", "from 60 to 259200 (or 0: until unmuted), got 30" },
+    { "mute " .. APP .. " room1 bob --duration 259201", "got 259201" },
+  }) do
+    local code, out, err = rtcadmin(c[1])
+    T.eq(code, 2, c[1] .. ": usage error")
+    T.eq(out, "", c[1] .. ": no success printed")
+    T.match(err, "rtcadmin: %-%-duration must be whole seconds .*" .. T.literal(c[2]), c[1] .. ": says what it takes")
+  end
+  T.eq(emu.stats().requests, 0, "nothing sent")
+  emu.join(APP, "room1", "dan")
+  local code, out = rtcadmin("mute " .. APP .. " room1 dan --audio --duration 0")
+  T.eq(code, 0, "mute --duration 0: until unmuted")
+  T.match(out, "muted dan in room1", "said")
+  T.eq(emu.room(APP, "room1").muted.dan.audio, 0, "muted until unmuted")
+end)
+
+T.case("ban of a user banned already extends the ban to the new duration from now, and says so", function()
+  emu.reset()
+  local function left(expiry) return expiry - T.now() end
+  local code, out = rtcadmin("ban " .. APP .. " room1 bob --duration 600")
+  T.eq(code, 0, "first ban")
+  T.match(out, "^banned bob in room1 for 600 s %(request %d+%x+%)\n$", "a new ban")
+  code, out = rtcadmin("ban " .. APP .. " room1 bob carol --duration 3600")
+  T.eq(code, 0, "second ban")
+  T.match(out, "extended the ban of bob in room1 to 3600 s from now %(already banned; request %d+%x+%)\n",
+    "bob's ban extended")
+  T.match(out, "banned carol in room1 for 3600 s", "carol banned anew")
+  local banned = emu.room(APP, "room1").banned_users
+  T.ok(math.abs(left(banned.bob) - 3600) < 5, "bob banned for an hour, not the 600 s left")
+  T.ok(math.abs(left(banned.carol) - 3600) < 5, "carol for an hour")
+  T.eq(emu.stats().by_action.UpdateBanRoomUserRule.ok, 1, "one extension")
+
+  code, out = rtcadmin("ban --everywhere " .. APP .. " erin --duration 60 --json")
+  T.eq(code, 0, "app-wide")
+  T.eq(cjson.decode(out).ban, "new", "json: a new ban")
+  code, out = rtcadmin("ban --everywhere " .. APP .. " erin --duration 7200 --json")
+  T.eq(code, 0, "app-wide again")
+  local doc = cjson.decode(out)
+  T.eq(doc.ban, "extended", "json: extended")
+  T.match(doc.request_id, "^%d+%x+$", "BanRoomUser's request id")
+  T.match(doc.extend_request_id, "^%d+%x+$", "UpdateBanRoomUserRule's request id")
+  T.eq(doc.duration, 7200, "json: the duration")
+  T.ok(math.abs(left(emu.state().apps[APP].user_bans.erin) - 7200) < 5, "erin banned everywhere for two hours")
+
+  -- A failed extension is a failure: exit 1, and the error says the ban was not extended.
+  emu.faults({ { action = "UpdateBanRoomUserRule", kind = "status500", count = 4 } })
+  local err
+  code, out, err = rtcadmin("ban " .. APP .. " room1 bob --duration 86400")
+  T.eq(code, 1, "exit 1")
+  T.eq(out, "", "no success printed")
+  T.match(err, "FAILED bob: banned already, and the ban was not extended: UpdateBanRoomUserRule failed: "
+    .. "InternalError %(HTTP 500%)", "why")
+  T.ok(math.abs(left(emu.room(APP, "room1").banned_users.bob) - 3600) < 10, "still the hour")
+end)
+
 T.run(function() emu.stop() os.execute("rm -rf " .. q(dir)) end)

@@ -277,4 +277,21 @@ T.case("__close releases the client at the end of a scope (Lua 5.4)", function()
   T.eq(chunk(T, emu), "rtcadmin.client (closed)", "closed at scope end")
 end)
 
+T.case("meta prints as one line: action, version, status, request, attempts, seconds (calls and batches)", function()
+  local c = fresh()
+  local _, meta = c:kick_user(APP, "room1", "alice")
+  local line = "^KickUser 2020%-12%-01 200 request=" .. T.literal(meta.request_id) .. " attempts=1 %d+%.%d%d%ds$"
+  T.match(tostring(meta), line, "tostring(meta)")
+  local results = c:batch({ { "ban_user", { app_id = APP, room_id = "room1", user_id = "bob", duration = 600 } } })
+  T.match(tostring(results[1].meta), "^BanRoomUser 2023%-11%-01 200 request=%d+%x+ attempts=1 %d+%.%d%d%ds$",
+    "a batch's meta")
+  -- It shows the fields as they are: a caller's changes, absent ones left out.
+  meta.request_id, meta.elapsed, meta.attempts = nil, nil, "many"
+  T.eq(tostring(meta), "KickUser 2020-12-01 200", "absent and odd fields left out")
+  T.eq(meta.action, "KickUser", "still a plain table to read")
+  local n = 0
+  for _ in pairs(meta) do n = n + 1 end
+  T.eq(n, 4, "and to iterate")
+end)
+
 T.run(function() emu.stop() end)

@@ -187,4 +187,11 @@ T.case("the request table carries what a driver needs and no secret", function()
   T.no_match(cjson.encode(w), T.SK, "request table")
 end)
 
+T.case("an exchange's meta prints like a call's", function()
+  emu.reset()
+  local c = T.client(emu, { limiter = "none" })
+  local _, meta = drive(c:exchange("kick_user", APP, "room1", "alice"))
+  T.match(tostring(meta), "^KickUser 2020%-12%-01 200 request=%d+%x+ attempts=1 %d+%.%d%d%ds$", "tostring(meta)")
+end)
+
 T.run(function() emu.stop() end)

@@ -4,6 +4,8 @@
 local T = require "testlib"
 local cjson = require "cjson"
 local policy = require "rtcadmin.policy"
+local rtcadmin = require "rtcadmin"
+local bans = require "rtcadmin.bans"
 
 local emu = T.emulator()
 local APP = T.APP
@@ -28,6 +30,16 @@ local function ev(t, typ, user, extra)
   local e = { type = typ, app_id = APP, room_id = "room1", user_id = user, ts = t }
   for k, v in pairs(extra or {}) do e[k] = v end
   return e
+end
+
+-- Each {source, text} of `cases`: loading the source into engine `e` fails, and the first error
+-- contains the text.
+local function refused(e, cases)
+  for _, c in ipairs(cases) do
+    local ok, errs = e:load(rules_file(c[1]))
+    T.eq(ok, nil, c[1])
+    T.ok(errs[1]:find(c[2], 1, true), errs[1] .. " contains " .. c[2])
+  end
 end
 
 -- Collects decisions through on_decision.
@@ -459,7 +471,7 @@ T.case("rules files: syntax and definition errors name file:line and nothing fro
   T.eq(ok, nil, "refused")
   T.match(errs[1], "rules%d+%.lua:2: unexpected symbol", "syntax error with file:line")
   T.eq(#e.rules, 0, "not even the good rule was applied")
-  for _, c in ipairs({
+  refused(e, {
     { 'rule "a" { on = "chat", action = kick, colour = "red" }', ":1: rule 'a': unknown field 'colour'" },
     { 'rule "a" { on = "chat" }', ":1: rule 'a': 'action' is required" },
     { '\n\nrule "a" { on = "chat", action = ban(5) }', ":3: ban: 5 s is below the API minimum of 10 s" },
@@ -470,11 +482,7 @@ T.case("rules files: syntax and definition errors name file:line and nothing fro
     { 'while true do end', ":1: instruction budget exceeded" },
     { 'allow { roles = "host" }', ":1: allow: 'roles' must be a list of strings" },
     { 'allow { patterns = { "[" } }', ":1: allow: bad pattern" },
-  }) do
-    local ok2, errs2 = e:load(rules_file(c[1]))
-    T.eq(ok2, nil, c[1])
-    T.ok(errs2[1]:find(c[2], 1, true), errs2[1] .. " contains " .. c[2])
-  end
+  })
   T.eq(#e.rules, 0, "no rules")
   -- Rule names are unique across files.
   assert(e:load(rules_file('rule "same" { on = "chat", action = kick }')))
@@ -529,10 +537,10 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   local e = engine([[rule "r" { on = "chat", action = kick }]])
   local n, why = e:process({ type = "chat", app_id = APP, room_id = "room1" })
   T.eq(n, nil, "no user_id")
-  T.match(why, "user_id", "reason")
+  T.eq(why, "missing user_id", "reason")
   n, why = e:process(ev(1, "chat", "bad user!"))
   T.eq(n, nil, "bad characters")
-  T.match(why, "invalid", "reason")
+  T.eq(why, 'user_id "bad user!" has a character outside A-Z a-z 0-9 @ . _ - (" " at byte 4)', "reason")
   n = e:process(ev("soon", "chat", "u"))
   T.eq(n, nil, "ts not a number")
   for _, id in ipairs({ {}, 0 / 0, true }) do
@@ -542,7 +550,7 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   end
   n, why = e:process({ type = "chat", app_id = APP, room_id = 7, user_id = "u" })
   T.eq(n, nil, "room_id not a string")
-  T.match(why, "string fields", "reason")
+  T.eq(why, "room_id must be a string, got number 7", "reason")
   T.eq(e:stats().invalid, 7, "counted")
   T.eq(e:process(ev(1, "chat", "u", { id = 5 })), 1, "a valid event still acts")
   T.raises("a 'client' is required unless dry_run = true", policy.new, {})
@@ -555,6 +563,259 @@ T.case("invalid events are refused with a reason and counted; bad options raise"
   e2.on_error = function(r) errs[#errs + 1] = r.error end
   e2:process(ev(1, "chat", "u"))
   T.match(errs[1], "rules%d+%.lua:1: ctx:count: expected an event type", "a bad ctx call is the rule's error")
+end)
+
+T.case("rule-file mistakes name the name, the rule and the line, at load and at run time", function()
+  local e = engine()
+  refused(e, {
+    { 'rule "a" { on = "chat", action = kik }', ":1: unknown name 'kik' (did you mean 'kick'?)" },
+    { 'rule "a" {\n  on = "chat",\n  action = ban,\n}',
+      ":3: rule 'a': action = ban is the ban function, not an action: write ban(seconds), e.g. ban(600)" },
+    { 'rule "a" {\n  on = "chat",\n  action = escalate { kick, mute },\n}',
+      ":3: rule 'a': escalate step 2 is the mute function, not an action: write mute(seconds)" },
+    { 'rule "a" {\n  on = "chat",\n  action = "kick",\n}', ":3: rule 'a': action must be kick, ban(seconds), " },
+    { 'rule "a" {\n  on = "chat",\n  action = kick,\n  cooldwon = 5,\n}',
+      ":4: rule 'a': unknown field 'cooldwon' (did you mean 'cooldown'?)" },
+    { 'rule "a" {\n  on = "chat",\n  action = kick,\n  cooldown = -5,\n}', ":4: rule 'a': cooldown: expected seconds" },
+    { 'rule "a" {\n  on = "chat",\n  when = 1,\n  action = kick }', ":3: rule 'a': 'when' must be a function" },
+    { 'rule "a" {\n  on = "chat" }', ":1: rule 'a': 'action' is required" },
+    { 'local lower = strnig.lower', ":1: unknown name 'strnig' (did you mean 'string'?)" },
+    { 'if undefined_flag then end', ":1: unknown name 'undefined_flag'" },
+  })
+  -- At run time reading an undefined name is the rule's error; globals a file sets while it loads
+  -- are its own.
+  local errors = {}
+  e.on_error = function(r) errors[#errors + 1] = r.error end
+  assert(e:load(rules_file([[
+limit = 2
+rule "typo" { on = "chat", action = kick, cooldown = 0, when = function(ev, ctx)
+  return ctx:count("chat", 10) > treshold end }
+rule "fine" { on = "chat", action = kick, cooldown = 0, when = function(ev, ctx)
+  return ctx:count("chat", 10) > limit end }
+]])))
+  for i = 1, 3 do e:process(ev(i, "chat", "u")) end
+  T.match(errors[1], "rules%d+%.lua:3: unknown name 'treshold'", "a run-time typo")
+  T.eq(e:stats().by_rule.fine, 1, "the file's own global")
+end)
+
+T.case("an invalid event's reason names the field and what is wrong with it", function()
+  local e = engine([[rule "r" { on = "chat", action = kick }]])
+  local base = { type = "chat", app_id = APP, room_id = "room1", user_id = "u" }
+  local function why(changes)
+    local x = {}
+    for k, v in pairs(base) do x[k] = v end
+    for k, v in pairs(changes) do if v == false then x[k] = nil else x[k] = v end end
+    local n, reason = e:process(x)
+    T.eq(n, nil, "refused")
+    return reason
+  end
+  T.eq(why({ user_id = false, usr_id = "u" }), "missing user_id (the event has 'usr_id')", "a misspelt field")
+  T.eq(why({ room_id = false }), "missing room_id", "a missing field")
+  T.eq(why({ room_id = "bad room" }),
+    'room_id "bad room" has a character outside A-Z a-z 0-9 @ . _ - (" " at byte 4)', "a bad character")
+  T.eq(why({ user_id = ("x"):rep(129) }), "user_id is 129 bytes long: at most 128", "too long")
+  T.eq(why({ user_id = "" }), "user_id is empty", "empty")
+  T.eq(why({ user_id = true }), "user_id must be a string, got boolean true", "not a string")
+  T.eq(why({ app_id = "my app" }),
+    'app_id "my app" has a character outside printable ASCII without spaces (" " at byte 3)', "app_id")
+  T.eq(why({ type = 7 }), "type must be a string, got number 7", "type")
+  T.eq(why({ type = false }), "missing type", "no type")
+  T.eq(why({ user_id = "caf\195\169" }),
+    'user_id "caf\\195\\169" has a character outside A-Z a-z 0-9 @ . _ - ("\\195" at byte 4)', "bytes shown")
+  T.eq(why({ ts = 1.7e12 }), "event ts 1700000000000 looks like milliseconds: expected seconds since 1970 "
+    .. "(divide by 1000)", "milliseconds")
+  T.eq(e:process(base), 1, "the valid event decides")
+end)
+
+T.case("audit records: real milliseconds, a run id per engine, rule_at without '@', sorted keys, [] lists", function()
+  local path = dir .. "/runs.jsonl"
+  os.remove(path)
+  local runs = {}
+  for run = 1, 2 do
+    local e = policy.new { dry_run = true, audit = path }
+    assert(e:load_source('rule "k" { on = "chat", cooldown = 0, action = kick }', "@" .. dir .. "/inline.lua"))
+    for i = 1, 3 do e:process(ev(i, "chat", "u" .. i)) end
+    runs[run] = e.run
+    T.sleep(0.0137)
+  end
+  T.ok(runs[1] ~= runs[2], "two runs, two run ids")
+  local seen, millis, n = {}, {}, 0
+  for line in io.lines(path) do
+    n = n + 1
+    local r = cjson.decode(line)
+    T.ok(r.run == runs[1] or r.run == runs[2], "the record names its run")
+    local key = r.run .. "/" .. r.id
+    T.eq(seen[key], nil, "(run, id) is unique in the file")
+    seen[key] = true
+    T.eq(r.rule_at, dir .. "/inline.lua:1", "rule_at is file:line")
+    T.match(line, '"evidence":%[%]', "an empty list is []")
+    local keys = {}
+    for k in line:gmatch('"([%w_]+)":') do keys[#keys + 1] = k end
+    for i = 2, #keys do T.ok(keys[i - 1] < keys[i], "keys sorted: " .. keys[i - 1] .. " < " .. keys[i]) end
+    millis[r.time:match("%.(%d%d%d)Z$")] = true
+  end
+  T.eq(n, 6, "six records")
+  millis["000"] = nil
+  T.ok(next(millis), "times carry milliseconds")
+  -- The run id may be given.
+  local e = policy.new { dry_run = true, run = "nightly-42" }
+  T.eq(e.run, "nightly-42", "run option")
+  T.raises("'run' must be a non%-empty string", policy.new, { dry_run = true, run = 42 })
+end)
+
+-- Seconds left of a ban that ends at `expiry` (the emulator's epoch seconds), or nil when none.
+local function left(expiry) return expiry and expiry - rtcadmin.time() end
+-- ... of `user`'s ban in room1, and of their app-wide ban.
+local function room_left(user) return left(emu.room(APP, "room1").banned_users[user]) end
+local function app_left(user) return left(emu.state().apps[APP].user_bans[user]) end
+local function near(value, want, slack, what)
+  T.ok(type(value) == "number" and math.abs(value - want) <= slack,
+    string.format("%s: %s not within %g of %g", what, tostring(value), slack, want))
+end
+
+-- A live engine on the real clock (bans run on the service's clock) with its audit records.
+local function live(src, client, opts)
+  local audit = {}
+  local o = { dry_run = false, client = client, now = rtcadmin.time, audit = function(r) audit[#audit + 1] = r end }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return engine(src, o), audit
+end
+
+-- Gives a live engine one event and sends what it decided: returns the last audit record.
+local function act(e, audit, event)
+  e:process(event)
+  e:flush()
+  return audit[#audit]
+end
+
+T.case("an escalated ban lasts its new duration: kick, ban 600 s, ban 24 h leaves the user banned 24 h", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local e, audit = live([[rule "reported" { on = "report", cooldown = 0,
+    action = escalate { kick, ban(minutes(10)), ban(hours(24)) } }
+rule "short" { on = "chat", cooldown = 0, action = ban(600) }]], client)
+  local done = {}
+  for i = 1, 3 do
+    e:process(ev(i, "report", "troll"))
+    T.eq(e:flush().succeeded, 1, "step " .. i .. " done")
+    done[i] = audit[#audit]
+  end
+  T.same({ done[1].action, done[1].outcome, done[2].action, done[2].outcome, done[3].action, done[3].outcome },
+    { "kick", "ok", "ban", "ok", "ban", "extended" }, "the ladder's outcomes")
+  T.match(done[2].ban_until, "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", "a new ban says when it ends")
+  T.match(done[3].request_id, "^%d+%x+$", "BanRoomUser's request id")
+  T.match(done[3].extend_request_id, "^%d+%x+$", "UpdateBanRoomUserRule's request id")
+  T.ok(done[3].request_id ~= done[3].extend_request_id, "two requests")
+  near(room_left("troll"), 86400, 5, "banned for 24 h, not the 10 minutes left")
+  local by = emu.stats().by_action
+  T.eq(by.BanRoomUser.ok, 2, "two BanRoomUser")
+  T.eq(by.UpdateBanRoomUserRule.ok, 1, "one extension")
+
+  -- A shorter ban after it leaves it as it is: the service says banned, the engine knows until when.
+  local d = act(e, audit, ev(4, "chat", "troll"))
+  T.eq(d.outcome, "already", "already banned")
+  T.eq(d.ban_until, done[3].ban_until, "until the 24 h ban ends")
+  T.eq(d.extend_request_id, nil, "no extension")
+  near(room_left("troll"), 86400, 5, "still banned for 24 h")
+  T.eq(emu.stats().by_action.UpdateBanRoomUserRule.ok, 1, "nothing extended")
+  local st = e:stats()
+  T.eq(st.bans_extended, 1, "stats: extended")
+  T.eq(st.bans_already, 1, "stats: already")
+
+  -- Lifted by hand: the service bans anew, and the engine says so (it never trusts its memory alone).
+  assert(client:unban_user { app_id = APP, room_id = "room1", user_id = "troll" })
+  T.eq(act(e, audit, ev(5, "chat", "troll")).outcome, "ok", "a new ban")
+  near(room_left("troll"), 600, 5, "banned for 600 s")
+
+  -- A ban the engine did not make: the API does not say when it ends, so it is set to the new
+  -- duration from now (docs/policy.md).
+  assert(client:ban_user { app_id = APP, room_id = "room1", user_id = "vip", duration = 60 })
+  T.eq(act(e, audit, ev(6, "chat", "vip")).outcome, "extended", "extended")
+  near(room_left("vip"), 600, 5, "to 600 s")
+  client:close()
+end)
+
+T.case("app-wide bans (ban_everywhere) are extended and never shortened the same way", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local e, audit = live([[rule "raid" { on = "raid", cooldown = 0,
+    action = escalate { ban_everywhere(600), ban_everywhere(days(7)) } }
+rule "again" { on = "spam", cooldown = 0, action = ban_everywhere(3600) }]], client)
+  for i = 1, 2 do e:process(ev(i, "raid", "raider")) end
+  e:flush()
+  T.same({ audit[#audit - 1].outcome, audit[#audit].outcome }, { "ok", "extended" }, "outcomes")
+  T.eq(audit[#audit].scope, "app_user", "app-wide")
+  near(app_left("raider"), 604800, 5, "banned for 7 days")
+  T.eq(act(e, audit, ev(3, "spam", "raider")).outcome, "already", "an hour after 7 days")
+  near(app_left("raider"), 604800, 5, "still 7 days")
+  -- A room ban of the same user is another ban.
+  e:load(rules_file([[rule "room" { on = "flood", cooldown = 0, action = ban(600) }]]))
+  T.eq(act(e, audit, ev(4, "flood", "raider")).outcome, "ok", "a room ban of its own")
+  near(room_left("raider"), 600, 5, "600 s in room1")
+  client:close()
+end)
+
+T.case("a failed extension fails the decision: retried later, then extended", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local e, audit = live([[rule "b" { on = "chat", cooldown = 0, action = ban(3600) }]], client,
+    { retry_base = 0.01, retry_cap = 0.01 })
+  assert(client:ban_user { app_id = APP, room_id = "room1", user_id = "flaky", duration = 60 })
+  emu.faults({ { action = "UpdateBanRoomUserRule", kind = "status500", count = 1 } })
+  e:process(ev(1, "chat", "flaky"))
+  local s = e:flush()
+  T.eq(s.succeeded, 0, "not done")
+  T.eq(s.waiting, 1, "waiting for a retry")
+  local d = audit[#audit]
+  T.eq(d.outcome, "retry", "retry")
+  T.eq(d.error.action, "UpdateBanRoomUserRule", "the extension failed")
+  T.eq(d.error.code, "InternalError", "with its error")
+  near(room_left("flaky"), 60, 5, "still the old ban")
+  T.sleep(0.05)
+  T.eq(e:flush().succeeded, 1, "the retry")
+  T.eq(audit[#audit].outcome, "extended", "extended")
+  T.eq(audit[#audit].error, nil, "no error left")
+  near(room_left("flaky"), 3600, 5, "to an hour")
+  client:close()
+end)
+
+T.case("rtcadmin.bans extends a ban of a whole room too", function()
+  emu.reset()
+  local client = T.client(emu, { retries = 0 })
+  local call = { "ban_user", { app_id = APP, room_id = "room9", duration = 60 } }
+  local r = bans.batch(client, { call })[1]
+  T.eq(r.ban, "new", "banned")
+  call[2].duration = 3600
+  r = bans.batch(client, { call })[1]
+  T.eq(r.ban, "extended", "extended")
+  near(left(emu.room(APP, "room9").banned_until), 3600, 5, "the room is banned for an hour")
+  r = bans.batch(client, { call }, nil, function(i) return i == 1 end)[1]
+  T.eq(r.ban, "already", "kept when the caller knows it ends later")
+  client:close()
+end)
+
+T.case("what a REPL shows: the engine, its stats and the errors of a load", function()
+  local e = engine([[rule "k" { on = "chat", action = kick }
+rule "m" { on = "chat", action = mute(600), cooldown = 0 }]])
+  e:process(ev(1, "chat", "u"))
+  e:process({ type = "chat" })
+  T.eq(tostring(e), "rtcadmin.policy{rules=2, events=2, decisions=2, queued=0, waiting=0, failed=0, dry_run}",
+    "tostring(engine)")
+  local st = e:stats()
+  T.eq(st.decisions, 2, "stats is a table of counters")
+  T.match(tostring(st), "^events=2 ignored=0 duplicates=0 allowed=0 invalid=1 decisions=2 dry_run=2 ", "its line")
+  T.match(tostring(st), " by_action={kick=1, mute=1} by_rule={k=1, m=1}$", "with the maps")
+  local ok, errs = e:load(rules_file('rule "a" { on = "chat", action = kik }'))
+  T.eq(ok, nil, "refused")
+  T.eq(#errs, 1, "a list")
+  T.match(errs[1], "rules%d+%.lua:1: unknown name 'kik'", "indexable")
+  T.eq(tostring(errs), errs[1], "tostring is the messages")
+  -- (Lua 5.1's assert takes only a string message.)
+  if _VERSION ~= "Lua 5.1" or rawget(_G, "jit") then
+    local ok2, err2 = pcall(function() assert(e:load(rules_file('rule "b" { on = "chat", action = ban(1) }'))) end)
+    T.eq(ok2, false, "assert raises")
+    T.match(tostring(err2), "rules%d+%.lua:1: ban: 1 s is below the API minimum of 10 s", "with the message")
+  end
 end)
 
 T.run(function() emu.stop() os.execute("rm -rf " .. T.shell_quote(dir)) end)
