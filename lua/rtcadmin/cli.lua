@@ -558,6 +558,8 @@ function Cmd:decision_row(d)
   if outcome == "retry" or outcome == "failed" then
     if outcome == "retry" or d.attempts > 1 then outcome = string.format("%s %d/%d", outcome, d.attempts, max) end
     if d.error then last = (last ~= "" and (last .. "; ") or "") .. "error: " .. error_text(d.error) end
+  elseif (outcome == "already" or outcome == "extended") and d.ban_until then
+    last = (last ~= "" and (last .. "; ") or "") .. "banned until " .. d.ban_until
   end
   self:table_row({ clock(d.event_ts), d.rule, action_text(d), d.room_id, d.user_id, outcome }, last)
 end
@@ -585,9 +587,13 @@ end
 
 -- Says once, at the first transport failure, that the endpoint cannot be reached (and again when
 -- it can).
+-- The outcomes of an action the service carried out (a ban may have been extended, or found to be
+-- the engine's own longer one: see rtcadmin.bans).
+local DONE = { ok = true, extended = true, already = true }
+
 function Cmd:note_reachable(d)
   local e = d.error
-  if d.outcome == "ok" then
+  if DONE[d.outcome] then
     if self.unreachable then
       self.unreachable = false
       self:warn("rtcadmin: ", self.endpoint, " answers again")
@@ -624,7 +630,10 @@ function Cmd:summary(command, engine, status, live)
       by_rule = by_rule, by_action = by_action, rule_errors_by_rule = errors_by_rule,
       rules_files = array(files), strict = self.opts.strict == true, exit = status,
     }
-    if live then o.actions = { succeeded = st.succeeded, failed = st.failed, waiting = waiting } end
+    if live then
+      o.actions = { succeeded = st.succeeded, failed = st.failed, waiting = waiting, bans_extended = st.bans_extended,
+                    bans_already = st.bans_already }
+    end
     if self.opts.audit then o.audit = self.opts.audit end
     return self:json(o)
   end
@@ -640,8 +649,12 @@ function Cmd:summary(command, engine, status, live)
   table.sort(acts)
   if #acts > 0 then self:say("by action: " .. table.concat(acts, ", ")) end
   if live then
-    self:say(string.format("actions: %d succeeded, %d failed, %d still waiting for a retry%s", st.succeeded,
-      st.failed, waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or ""))
+    local bans_note = ""
+    if st.bans_extended > 0 or st.bans_already > 0 then
+      bans_note = string.format(" (bans: %d extended, %d already in place)", st.bans_extended, st.bans_already)
+    end
+    self:say(string.format("actions: %d succeeded%s, %d failed, %d still waiting for a retry%s", st.succeeded,
+      bans_note, st.failed, waiting, self.opts.audit and (" (audit: " .. self.opts.audit .. ")") or ""))
   end
   if self.opts.strict and strict_bad then
     self:say(string.format("strict: %d invalid, %d rule errors%s", st.invalid, st.rule_errors,
