@@ -365,7 +365,8 @@ T.case("run prints each row when its action is done, with stdin and stdout pipes
       T.eq(#objs, 1, "only the summary is left")
       local summary = cjson.decode(objs[1])
       T.eq(summary.kind, "summary", "the summary is the last JSON object")
-      T.same(summary.actions, { succeeded = 2, failed = 0, waiting = 0, bans_extended = 0, bans_already = 0 }, "actions")
+      T.same(summary.actions, { succeeded = 2, failed = 0, waiting = 0, bans_extended = 0, bans_already = 0 },
+        "actions")
       T.same(summary.by_rule, { ["first-chat"] = 2 }, "by rule")
       T.same(summary.by_action, { ban = 2 }, "by action")
       T.eq(summary.exit, 0, "exit in the summary")
