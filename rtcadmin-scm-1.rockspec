@@ -49,6 +49,10 @@ build = {
       -- the policy engine, its rule sandbox and the command line
       ["rtcadmin.sandbox"] = "lua/rtcadmin/sandbox.lua",
       ["rtcadmin.policy"] = "lua/rtcadmin/policy.lua",
+      ["rtcadmin.rules"] = "lua/rtcadmin/rules.lua",
+      ["rtcadmin.events"] = "lua/rtcadmin/events.lua",
+      ["rtcadmin.store"] = "lua/rtcadmin/store.lua",
+      ["rtcadmin.outbox"] = "lua/rtcadmin/outbox.lua",
       ["rtcadmin.cli"] = "lua/rtcadmin/cli.lua",
    },
    install = {

@@ -11,21 +11,23 @@
 -- prior offences), applies cooldowns and allow-lists, records every decision and outcome in a JSON
 -- Lines audit log, keeps failed actions for retry, and bounds its memory. See docs/policy.md.
 local sandbox = require "rtcadmin.sandbox"
-local bans = require "rtcadmin.bans"
+local event_checks = require "rtcadmin.events"
+local store = require "rtcadmin.store"
+local rule_files = require "rtcadmin.rules"
+local outbox = require "rtcadmin.outbox"
 
--- From the C module when it is there: the JSON writer of audit records (sorted keys, lists marked
--- with json_array written as [] even when empty, NaN and infinities as null) and the wall clock to
--- the microsecond. Without it (the Lua files alone): a private lua-cjson encoder (inf and NaN as
--- null; an empty list is {}) and os.time (whole seconds).
-local json_encode, json_array, wall_clock
+-- The JSON writer of audit records, from the C module when it is there (sorted keys, lists marked
+-- with json_array written as [] even when empty, NaN and infinities as null); without it (the Lua
+-- files alone) a private lua-cjson encoder (inf and NaN as null; an empty list is {}).
+local json_encode, json_array
 do
   local ok, core = pcall(require, "rtcadmin")
   if ok and type(core) == "table" and core.json_encode then
-    json_encode, json_array, wall_clock = core.json_encode, core.json_array, core.time or os.time
+    json_encode, json_array = core.json_encode, core.json_array
   else
     local cjson = require("cjson").new()
     cjson.encode_invalid_numbers("null")
-    json_encode, json_array, wall_clock = cjson.encode, function(t) return t end, os.time
+    json_encode, json_array = cjson.encode, function(t) return t end
   end
 end
 
@@ -34,11 +36,27 @@ local policy = {}
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
 local table_unpack = table.unpack or unpack -- luacheck: ignore 113 (5.1)
 local string_format, string_find, math_min, math_max = string.format, string.find, math.min, math.max
-local math_floor, string_sub = math.floor, string.sub
+local math_floor = math.floor
 
--- API limits (docs/api.md): BanRoomUser ForbiddenInterval 10..604800, BanUserStream 60..259200.
-policy.BAN_MIN, policy.BAN_MAX = 10, 604800
-policy.MUTE_MIN, policy.MUTE_MAX = 60, 259200
+-- What the pieces give the engine (the per-event path keeps them in locals).
+local wall_clock, iso_time = event_checks.wall_clock, event_checks.iso_time
+local valid_id, valid_app = event_checks.valid_id, event_checks.valid_app
+local ids_problem, ts_problem, id_problem = event_checks.ids_problem, event_checks.ts_problem, event_checks.id_problem
+local field_problem, ID_MAX = event_checks.field_problem, event_checks.ID_MAX
+local EVENT_TYPE_MAX = event_checks.TYPE_MAX
+local recent_new, gen3_new, ROOM = store.recent_new, store.gen3_new, store.ROOM
+local SLOT, REC_SEEN, REC_ALLOW, REC_COOL, REC_FIXED = store.SLOT, store.REC_SEEN, store.REC_ALLOW, store.REC_COOL,
+  store.REC_FIXED
+local ring_new, distinct_add, add_event = store.ring_new, store.distinct_add, store.add_event
+local distinct_count = store.distinct_count
+
+-- Limits, the rules loader and the decision calls, as the engine's API has them.
+policy.BAN_MIN, policy.BAN_MAX = rule_files.BAN_MIN, rule_files.BAN_MAX
+policy.MUTE_MIN, policy.MUTE_MAX = rule_files.MUTE_MIN, rule_files.MUTE_MAX
+policy.TS_MAX, policy.ID_MAX = event_checks.TS_MAX, event_checks.ID_MAX
+policy.load_source, policy.load_file = rule_files.load_source, rule_files.load_file
+local errors = rule_files.errors
+policy.decision_call = outbox.decision_call
 
 policy.DEFAULTS = {
   max_keys = 100000,        -- (room, user) and room records per generation (at most twice this are held)
@@ -53,523 +71,19 @@ policy.DEFAULTS = {
   max_counters = 256,       -- counters: one per (scope, event type) counted, and per (scope, type, field) distinct
 }
 
--- Event fields: `ts` in seconds since 1970 within [0, TS_MAX) (a value in [TS_MS_LO, TS_MS_HI) is
--- taken for milliseconds and refused with that hint); an `id` a string of 1..ID_MAX bytes or a
--- whole number.
-policy.TS_MAX, policy.ID_MAX = 1e10, 256
-local TS_MAX, ID_MAX, TS_MS_LO, TS_MS_HI = policy.TS_MAX, policy.ID_MAX, 1e11, 1e14
 -- Record slots made with every record (the fixed ones and the first counters); counters beyond
 -- take a slot only in the records that have them.
 local REC_PREALLOC = 19
--- A distinct value longer than this is kept as its first DISTINCT_KEEP bytes and its length.
-local DISTINCT_KEEP = 128
 -- Count windows remembered per event type and scope (more are computed on each call).
 local WINDOWS_KEPT = 32
-
-local EVENT_TYPE_MAX = 64
-local MAX_FAILURES_LISTED = 10000
-local function valid_id(s)
-  return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^A-Za-z0-9@._-]")
-end
-local function valid_app(s)
-  return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^\33-\126]")
-end
-
--- A value from an event for a message: a string quoted (cut at 40 bytes, bytes outside printable
--- ASCII as \ddd), anything else with its type.
-local function shown(v)
-  if type(v) == "string" then
-    local cut = #v > 40 and string_sub(v, 1, 40) .. "..." or v
-    return '"' .. cut:gsub('["\\]', "\\%0"):gsub("[^ -~]", function(c) return "\\" .. string.byte(c) end) .. '"'
-  end
-  if type(v) == "number" or type(v) == "boolean" then return type(v) .. " " .. tostring(v) end
-  return "a " .. type(v)
-end
-
--- What is wrong with field `f` of an event (one of type, app_id, room_id, user_id), nil if nothing:
--- the reasons engine:process gives for an invalid event, only ever computed on that path.
-local ID_CHARS = "A-Z a-z 0-9 @ . _ -"
-local function field_problem(ev, f)
-  local v = ev[f]
-  if v == nil then
-    local near = sandbox.nearest(f, ev)
-    return "missing " .. f .. (near and (" (the event has '" .. near .. "')") or "")
-  end
-  if type(v) ~= "string" then return f .. " must be a string, got " .. shown(v) end
-  if f == "type" then return nil end -- (a type no rule watches is ignored, whatever it is)
-  if #v == 0 then return f .. " is empty" end
-  if #v > 128 then return string_format("%s is %d bytes long: at most 128", f, #v) end
-  local bad = f == "app_id" and string_find(v, "[^\33-\126]") or f ~= "app_id" and string_find(v, "[^A-Za-z0-9@._-]")
-  if bad then
-    return string_format("%s %s has a character outside %s (%s at byte %d)", f, shown(v),
-      f == "app_id" and "printable ASCII without spaces" or ID_CHARS, shown(string_sub(v, bad, bad)), bad)
-  end
-end
-
--- Why an event's type, app_id, room_id and user_id cannot be taken (the first that is wrong).
-local function ids_problem(ev)
-  return field_problem(ev, "type") or field_problem(ev, "app_id") or field_problem(ev, "room_id")
-    or field_problem(ev, "user_id") or "invalid event"
-end
-
--- What is wrong with an event's ts (nil when nothing is).
-local function ts_problem(ts)
-  if type(ts) ~= "number" or ts ~= ts then return "event ts must be a number (seconds since 1970)" end
-  if ts >= TS_MS_LO and ts < TS_MS_HI then
-    return string_format("event ts %.0f looks like milliseconds: expected seconds since 1970 (divide by 1000)", ts)
-  end
-  if ts < 0 or ts >= TS_MAX then
-    return string_format("event ts %.10g is out of range: expected seconds since 1970, 0 <= ts < %.0f", ts, TS_MAX)
-  end
-end
-
--- What is wrong with an event's id (nil when nothing is).
-local function id_problem(id)
-  local t = type(id)
-  if t == "string" then
-    if #id == 0 or #id > ID_MAX then return string_format("event id must be 1-%d bytes, got %d", ID_MAX, #id) end
-    return nil
-  end
-  if t == "number" then
-    if id % 1 ~= 0 then return "event id must be a whole number (or a string), got " .. tostring(id) end
-    return nil
-  end
-  return "event id must be a string or a whole number, got a " .. t
-end
-
----------------------------------------------------------------------------------------------------
--- The most recent `cap` keys: a map and the ring that retires them, oldest first, with no
--- generations to look through (one lookup for a key that is not there, which is the usual case).
--- Putting a key again moves it to the front: its entry (a table) records its ring position, so
--- the older position retires nothing. (The event ids seen, a plain set, have a ring of their own
--- in the engine's per-event path.)
-local Recent = {}
-Recent.__index = Recent
-
-local function recent_new(cap)
-  return setmetatable({ map = {}, ring = {}, pos = 0, cap = cap, dropped = 0 }, Recent)
-end
-
--- Puts `k` with entry `e` (a table: its field `at` is set to its ring position).
-function Recent:put(k, e)
-  local ring, map = self.ring, self.map
-  local pos = self.pos % self.cap + 1
-  local retired = ring[pos]
-  if retired ~= nil then
-    local old = map[retired]
-    if old and old.at == pos then map[retired] = nil; self.dropped = self.dropped + 1 end
-  end
-  e.at = pos
-  ring[pos], map[k], self.pos = k, e, pos
-end
-
--- Records: a bounded map of (app, room, user) keys with approximate LRU eviction and no per-access
--- bookkeeping, in two generations. New keys go into the young generation; when it holds `cap`
--- keys, or is older than `ttl` seconds, it becomes the old one and the previous old generation is
--- dropped. A hit in the old generation moves the key to the young one. So at most 2*cap keys are
--- held, and a key survives as long as it is seen at least once per generation. Keys are nested maps
--- app -> room -> user -> value, so a lookup builds no string (the event's strings are looked up as
--- they are). A room's own record sits under the key ROOM, which no user id (a string) can equal.
-local ROOM = 0
-local Gen3 = {}
-Gen3.__index = Gen3
-
-local function gen3_new(cap, ttl)
-  return setmetatable({ young = {}, old = {}, n = 0, cap = cap, ttl = ttl, born = nil, dropped = 0, old_n = 0 }, Gen3)
-end
-
-function Gen3:rotate(now)
-  self.dropped = self.dropped + self.old_n
-  self.old, self.young, self.old_n, self.n, self.born = self.young, {}, self.n, 0, now
-end
-
-function Gen3:count() return self.n + self.old_n end
-
-function Gen3:get(app, room, user, now)
-  local a = self.young[app]
-  local r = a and a[room]
-  local v = r and r[user]
-  if v ~= nil then return v end
-  return self:promote(app, room, user, now)
-end
-
--- A key from the old generation, moved to the young one (nil if it is not there).
-function Gen3:promote(app, room, user, now)
-  local a = self.old[app]
-  local r = a and a[room]
-  local v = r and r[user]
-  if v ~= nil then
-    r[user] = nil
-    self.old_n = self.old_n - 1
-    self:put(app, room, user, v, now)
-  end
-  return v
-end
-
-function Gen3:put(app, room, user, v, now)
-  local born = self.born
-  if born == nil then self.born = now
-  elseif self.n >= self.cap or (self.ttl and now - born > self.ttl) then self:rotate(now) end
-  local young = self.young
-  local a = young[app]
-  if not a then a = {}; young[app] = a end
-  local r = a[room]
-  if not r then r = {}; a[room] = r end
-  r[user] = v
-  self.n = self.n + 1
-end
-
----------------------------------------------------------------------------------------------------
--- Records and counters. A record (per (room, user), or per room) is one array: [1] the second it
--- was first seen, [2] the allow-list version it was last checked against, [3] its cooldowns (false,
--- or rule index -> the time the cooldown ends: only actioned users have one), then a slot per
--- counted event type (its counter), numbered by the engine as counters appear. Small arrays, so an
--- event touches few cache lines: with many users much of an event's time is waiting for memory.
---
--- A counter: the seconds that had events (a burst within one second takes one slot) and a running
--- total; count(window) = total minus the events before the first slot inside the window. A slot is
--- one number, second * 2^16 + (events before it mod 2^16), so a count saturates at 65535 per window.
--- Layout: [1] slots used so far, [2] events, [3] newest second, [4] capacity, [5..] a ring of
--- slots. The ring starts with 4 slots and doubles, up to `slots`, only when the slot it would
--- overwrite is still inside the longest window counted for that type: a user with a few events a
--- minute keeps 8 numbers. Windows have one-second resolution; an event older than the newest one in
--- its counter counts at the newest one's second. Seconds are whole numbers, math.floor of the time
--- taken once per event (an integer on 5.3+, where `%` on a float is a slow call to fmod). ctx:count
--- reads a counter.
-local SLOT = 65536
-local REC_SEEN, REC_ALLOW, REC_COOL, REC_FIXED = 1, 2, 3, 3
-local function ring_new() return { 0, 0, -math.huge, 4, 0, 0, 0, 0 } end
-
--- Distinct values per counter and field: value -> the last second it was seen (at most `cap`).
--- NaN cannot be a key (and is distinct from itself); a long string is kept by its head and length.
-local function distinct_add(ring, field, value, sec, cap)
-  if value ~= value then return end
-  if type(value) == "string" and #value > DISTINCT_KEEP then
-    value = string_sub(value, 1, DISTINCT_KEEP) .. "#" .. #value
-  end
-  local d = ring.d
-  if not d then d = {}; ring.d = d end
-  local m = d[field]
-  if not m then m = { n = 0, seen = {} }; d[field] = m end
-  local seen = m.seen
-  local old = seen[value]
-  if old == nil then
-    if m.n >= cap then -- forget the value seen longest ago
-      local victim, vsec = nil, math.huge
-      for v, s in pairs(seen) do if s < vsec then victim, vsec = v, s end end
-      seen[victim] = nil
-      m.n = m.n - 1
-    end
-    m.n = m.n + 1
-    seen[value] = sec
-  elseif sec > old then
-    seen[value] = sec
-  end
-end
-
-local function distinct_count(ring, field, window, sec)
-  local m = ring.d and ring.d[field]
-  if not m then return 0 end
-  local cutoff, c = sec - window, 0
-  for _, s in pairs(m.seen) do
-    if s > cutoff then c = c + 1 end
-  end
-  return c
-end
-
--- Counts an event of second `sec` in a record's counter at `slot`, and its fields for
--- ctx:distinct. `keep` is the longest window counted for the event's type.
-local function add_event(rec, slot, ev, sec, keep, slots, fields, dmax)
-  local ring = rec[slot]
-  if not ring then ring = ring_new(); rec[slot] = ring end
-  local n, total = ring[1], ring[2]
-  if sec > ring[3] then
-    local cap = ring[4]
-    if n >= cap and cap < slots and ring[n % cap + 5] >= (sec - keep) * SLOT then
-      -- The oldest slot (the one to overwrite) is still needed: grow. Fill the new entries first
-      -- so they stay in the array part, then renumber the live slots 0 .. cap-1, oldest first.
-      local ncap, live = math_min(cap * 2, slots), {}
-      for j = n - cap, n - 1 do live[#live + 1] = ring[j % cap + 5] end
-      for i = cap + 5, ncap + 4 do ring[i] = 0 end
-      for k = 1, cap do ring[k + 4] = live[k] end
-      n, ring[4], cap = cap, ncap, ncap
-    end
-    ring[n % cap + 5] = sec * SLOT + total % SLOT
-    ring[1] = n + 1
-    ring[3] = sec
-  end
-  ring[2] = total + 1
-  if fields then
-    for i = 1, #fields do
-      local f = fields[i]
-      local v = ev[f]
-      if type(v) == "string" or type(v) == "number" then distinct_add(ring, f, v, sec, dmax) end
-    end
-  end
-end
-
----------------------------------------------------------------------------------------------------
--- The rule DSL, as seen from a rules file.
-
--- The line of field `key` in the table constructor of a rule that starts at line `from` of
--- `source`: the first `key =` from there (nil when there is none, e.g. a key that is no name). The
--- table a constructor makes keeps no lines, so the text is searched; only for error messages.
-local function field_line(source, from, key)
-  if type(source) ~= "string" or type(key) ~= "string" or not key:find("^[%a_][%w_]*$") then return nil end
-  local pos, line = 1, 1
-  while line < from do
-    local nl = string_find(source, "\n", pos, true)
-    if not nl then return nil end
-    pos, line = nl + 1, line + 1
-  end
-  local at = string_find(source, "%f[%w_]" .. key .. "%s*=[^=]", pos)
-  if not at then return nil end
-  local _, breaks = string.gsub(string_sub(source, pos, at), "\n", "")
-  return from + breaks
-end
-
--- Builds the DSL for one file; `file` collects what it defines.
-local function make_dsl(file)
-  local chunk = "@" .. file.name
-  -- The line of the rules file that called the DSL (the innermost frame of the file's code).
-  local function caller_line()
-    local level = 2
-    while true do
-      local info = debug.getinfo(level, "Sl")
-      if not info then return nil end
-      if info.source == chunk and info.currentline > 0 then return info.currentline end
-      level = level + 1
-    end
-  end
-  -- An error "file:line: msg" at `line`, or at the line that called the DSL.
-  local function fail(msg, line)
-    line = line or caller_line()
-    error(line and (file.name .. ":" .. line .. ": " .. msg) or (file.name .. ": " .. msg), 0)
-  end
-  local function warn(msg)
-    local line = caller_line()
-    file.warnings[#file.warnings + 1] = line and (file.name .. ":" .. line .. ": " .. msg) or (file.name .. ": " .. msg)
-  end
-  local function check_seconds(what, v, line)
-    if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
-      fail(string_format("%s: expected seconds (a number >= 0), got %s", what, tostring(v)), line)
-    end
-    return v
-  end
-  local function capped(what, seconds, min, max, allow_zero)
-    check_seconds(what, seconds)
-    if seconds == 0 and allow_zero then return 0 end
-    if seconds < min then
-      fail(string_format("%s: %.10g s is below the API minimum of %d s", what, seconds, min))
-    end
-    if seconds > max then
-      warn(string_format("%s: %.10g s capped at the API maximum of %d s", what, seconds, max))
-      return max
-    end
-    return math.ceil(seconds)
-  end
-
-  local dsl = {}
-  function dsl.seconds(n) return check_seconds("seconds", n) end
-  function dsl.minutes(n) return check_seconds("minutes", n) * 60 end
-  function dsl.hours(n) return check_seconds("hours", n) * 3600 end
-  function dsl.days(n) return check_seconds("days", n) * 86400 end
-
-  dsl.kick = { kind = "kick" }
-  function dsl.ban(seconds)
-    return { kind = "ban", duration = capped("ban", seconds, policy.BAN_MIN, policy.BAN_MAX) }
-  end
-  function dsl.ban_everywhere(seconds)
-    return { kind = "ban_everywhere", duration = capped("ban_everywhere", seconds, policy.BAN_MIN, policy.BAN_MAX) }
-  end
-  function dsl.mute(seconds, streams)
-    seconds = capped("mute", seconds or 0, policy.MUTE_MIN, policy.MUTE_MAX, true)
-    local audio, video
-    if streams ~= nil then
-      if type(streams) ~= "table" then fail("mute: expected {audio = bool, video = bool}") end
-      for k, v in pairs(streams) do
-        if (k ~= "audio" and k ~= "video") or type(v) ~= "boolean" then
-          fail("mute: unknown stream option '" .. tostring(k) .. "' (audio, video: booleans)")
-        end
-      end
-      audio, video = streams.audio, streams.video
-    end
-    if audio == nil and video == nil then audio, video = true, true end
-    return { kind = "mute", duration = seconds, audio = audio == true, video = video == true }
-  end
-  function dsl.escalate(steps)
-    if type(steps) ~= "table" or #steps == 0 then fail("escalate: expected a list of actions") end
-    return { kind = "escalate", steps = steps }
-  end
-
-  function dsl.allow(spec)
-    if not file.loading then fail("allow: only while the rules file loads") end
-    if type(spec) ~= "table" then fail("allow: expected a table {roles=, users=, patterns=}") end
-    for k, v in pairs(spec) do
-      if k ~= "roles" and k ~= "users" and k ~= "patterns" then
-        fail("allow: unknown field '" .. tostring(k) .. "'")
-      end
-      if type(v) ~= "table" then fail("allow: '" .. k .. "' must be a list of strings") end
-      for _, s in ipairs(v) do
-        if type(s) ~= "string" then fail("allow: '" .. k .. "' must be a list of strings") end
-        if k == "patterns" and not pcall(string_find, "", s) then
-          fail("allow: bad pattern " .. string_format("%q", s))
-        end
-        file.allow[k][#file.allow[k] + 1] = s
-      end
-    end
-  end
-
-  -- How to write each DSL function as an action, for `action = ban` (the function, not called).
-  local ACTION_FORMS = {
-    ban = "ban(seconds), e.g. ban(600) or ban(minutes(10))",
-    ban_everywhere = "ban_everywhere(seconds), e.g. ban_everywhere(hours(1))",
-    mute = "mute(seconds) or mute(seconds, { audio = true }), e.g. mute(minutes(5))",
-    escalate = "escalate { kick, ban(minutes(10)), ban(hours(24)) }",
-  }
-  local function_name = {}
-  for k, v in pairs(dsl) do if type(v) == "function" then function_name[v] = k end end
-  local ACTIONS = "kick, ban(seconds), ban_everywhere(seconds), mute(seconds) or escalate { ... }"
-
-  local rule_fields = { on = true, when = true, action = true, cooldown = true, dry_run = true, description = true }
-  -- `a` as an action, or fail(what is wrong) (`where`: "action", "escalate step 2", ...).
-  local function normalize_action(a, top, where, fail_at)
-    if type(a) == "function" then
-      local fname = function_name[a]
-      if ACTION_FORMS[fname] then
-        fail_at(string_format("%s is the %s function, not an action: write %s",
-          where == "action" and ("action = " .. fname) or where, fname, ACTION_FORMS[fname]))
-      end
-      fail_at(string_format("%s must be %s, got %s", where, ACTIONS,
-        fname and ("the function " .. fname) or "a function"))
-    end
-    if type(a) ~= "table" then
-      fail_at(string_format("%s must be %s, got %s", where, ACTIONS,
-        type(a) == "string" and string_format("the string %q", a) or tostring(a)))
-    end
-    local k = a.kind
-    if k == "escalate" then
-      if type(a.steps) ~= "table" or #a.steps == 0 then fail_at("escalate: expected a list of actions") end
-      if not top then fail_at(where .. ": steps cannot escalate") end
-      local steps = {}
-      for i, st in ipairs(a.steps) do steps[i] = normalize_action(st, false, "escalate step " .. i, fail_at) end
-      return { kind = "escalate", steps = steps }
-    elseif k == "kick" then return { kind = "kick", duration = 0 }
-    elseif k == "ban" or k == "ban_everywhere" then
-      return { kind = k, duration = capped(k, a.duration, policy.BAN_MIN, policy.BAN_MAX) }
-    elseif k == "mute" then
-      return { kind = "mute", duration = capped("mute", a.duration, policy.MUTE_MIN, policy.MUTE_MAX, true),
-               audio = a.audio == true, video = a.video == true }
-    end
-    fail_at(string_format("%s must be %s (a table without an action kind)", where, ACTIONS))
-  end
-
-  function dsl.rule(name)
-    if not file.loading then fail("rule: only while the rules file loads") end
-    if type(name) ~= "string" or name == "" or #name > 64 then fail("rule: expected a name (1-64 characters)") end
-    local line = caller_line()
-    return function(spec)
-      local label = "rule '" .. name .. "': "
-      -- An error about field `key`, at its line when the source shows it (else the rule's).
-      local function field_fail(key, msg)
-        fail(label .. msg, field_line(file.source, line or 1, key) or line)
-      end
-      if type(spec) ~= "table" then fail(label .. "expected a table", line) end
-      for k in pairs(spec) do
-        if not rule_fields[k] then
-          field_fail(k, "unknown field '" .. tostring(k) .. "'" .. sandbox.did_you_mean(k, rule_fields))
-        end
-      end
-      local on = spec.on
-      if type(on) == "string" then on = { on } end
-      if type(on) ~= "table" or #on == 0 then field_fail("on", "'on' must be an event type or a list") end
-      local types = {}
-      for i, t in ipairs(on) do
-        if type(t) ~= "string" or t == "" or #t > EVENT_TYPE_MAX then field_fail("on", "bad event type") end
-        types[i] = t
-      end
-      if spec.when ~= nil and type(spec.when) ~= "function" then
-        field_fail("when", "'when' must be a function(ev, ctx)")
-      end
-      if spec.action == nil then fail(label .. "'action' is required: " .. ACTIONS, line) end
-      local cooldown = spec.cooldown
-      if cooldown ~= nil then
-        check_seconds(label .. "cooldown", cooldown, field_line(file.source, line or 1, "cooldown") or line)
-      end
-      if spec.dry_run ~= nil and type(spec.dry_run) ~= "boolean" then
-        field_fail("dry_run", "'dry_run' must be a boolean")
-      end
-      local action = normalize_action(spec.action, true, "action",
-        function(msg) field_fail("action", msg) end)
-      file.rules[#file.rules + 1] = {
-        name = name, on = types, when = spec.when, action = action,
-        cooldown = cooldown, dry_run = spec.dry_run == true, description = spec.description,
-        at = file.name .. ":" .. (line or 0), file = file.name,
-      }
-    end
-  end
-  return dsl
-end
-
--- The errors of a load: a list of "file:line: message" strings whose tostring is the messages, one
--- a line (so `assert(engine:load(path))` and a REPL show them).
-local Errors = { __name = "rtcadmin.policy.errors" }
-function Errors.__tostring(list) return table.concat(list, "\n") end
-local function errors(list) return setmetatable(list, Errors) end
-
--- A chunk name as the file's name: "@path" and "=name" (Lua's forms) are "path" and "name".
-local function file_name(name)
-  if name == nil then return "rules" end
-  return (string.gsub(tostring(name), "^[@=]", ""))
-end
-
--- Loads one rules file into a fresh sandbox. Returns {rules, allow, warnings} or nil, errors.
--- `name` is the file's name in messages and in rule_at ("@path" and "=name" are taken as "path"
--- and "name").
-function policy.load_source(source, name, limits)
-  name = file_name(name)
-  local file = { name = name, rules = {}, allow = { roles = {}, users = {}, patterns = {} }, warnings = {},
-                 loading = true, source = source }
-  local env = sandbox.env(make_dsl(file), limits)
-  local fn, err = sandbox.compile(source, name, env)
-  if not fn then return nil, errors { err } end
-  local runner = sandbox.runner(limits)
-  local ok, e = runner.call(fn)
-  file.loading, file.source = false, nil
-  sandbox.freeze(env)
-  if not ok then
-    -- Memory errors carry no position (Lua raises them without a message handler).
-    if not e:find("^[^\n]-:%d+:") then e = name .. ": " .. e .. " while the file loaded" end
-    return nil, errors { e }
-  end
-  local seen = {}
-  for _, r in ipairs(file.rules) do
-    if seen[r.name] then
-      return nil, errors { r.at .. ": rule '" .. r.name .. "' defined twice (first at " .. seen[r.name] .. ")" }
-    end
-    seen[r.name] = r.at
-  end
-  return file
-end
-
-function policy.load_file(path, limits)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, errors { tostring(err) } end
-  local source = f:read("*a")
-  f:close()
-  return policy.load_source(source, path, limits)
-end
 
 ---------------------------------------------------------------------------------------------------
 -- The engine.
 
 local Engine = {}
 Engine.__index = Engine
-
-local function iso_time(t)
-  local whole = math.floor(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. string_format(".%03dZ", math.floor((t - whole) * 1000))
-end
+-- Sending decisions: flush, pending, next_retry_in, failed (rtcadmin.outbox).
+for k, v in pairs(outbox) do if type(v) == "function" and k ~= "decision_call" then Engine[k] = v end end
 
 -- A run id for the audit records of one engine: its start time to the microsecond and 24 bits of a
 -- heap address (which differs from process to process), so runs that append to one audit file
@@ -1241,19 +755,6 @@ function Engine:_rule_error(r, msg, ev)
   if self.on_error then self.on_error(rec) end
 end
 
-local function decision_call(d)
-  local k = d.action
-  if k == "kick" then return { "kick_user", d.app_id, d.room_id, d.user_id } end
-  if k == "ban" then
-    return { "ban_user", { app_id = d.app_id, room_id = d.room_id, user_id = d.user_id, duration = d.duration } }
-  end
-  if k == "ban_everywhere" then
-    return { "ban_user", { app_id = d.app_id, user_id = d.user_id, duration = d.duration } }
-  end
-  return { "mute_user", { app_id = d.app_id, room_id = d.room_id, user_id = d.user_id, audio = d.audio,
-                          video = d.video, duration = d.duration } }
-end
-policy.decision_call = decision_call
 
 -- Acts on a batch's outcomes, in order: decisions (audit, callbacks, the send queue) and rule errors.
 function Engine:_act(list)
@@ -1339,128 +840,12 @@ function Engine:process_batch(events)
   return made, invalid
 end
 
-local function plain_error(err)
-  if type(err) ~= "table" and type(err) ~= "userdata" then
-    return { code = "Error", message = tostring(err), retryable = false }
-  end
-  return { code = err.code, message = err.message, http_status = err.http_status, request_id = err.request_id,
-           retryable = err.retryable == true, action = err.action }
-end
-
--- The bans the engine made (see Engine:flush): keyed by app, room ("" for app-wide) and user.
-local function ban_key(d)
-  return d.app_id .. "\n" .. (d.action == "ban" and d.room_id or "") .. "\n" .. d.user_id
-end
-
--- When the engine's own ban of a decision's target ends (engine time), if it knows of one.
-function Engine:_ban_ends(d)
-  local b = self.bans.map[ban_key(d)]
-  return b and b.ends
-end
-
--- Sends the queued decisions and the retries that are due through client:batch. Returns a summary
--- {sent, succeeded, failed, waiting}. `opts.progress` is passed to client:batch.
---
--- Bans go through rtcadmin.bans: a ban whose target is banned already (BanRoomUser leaves that ban
--- as it is) is extended with UpdateBanRoomUserRule in a follow-up batch (outcome "extended"),
--- unless the engine made that ban itself and it ends no earlier than the new one would (outcome
--- "already": nothing more is sent). `ban_until` is when the ban ends, as far as the engine knows.
-function Engine:flush(opts)
-  local now = self.now()
-  local batch = self.queue
-  self.queue = {}
-  local still = {}
-  for _, d in ipairs(self.waiting) do
-    if d.next_retry_at <= now then batch[#batch + 1] = d else still[#still + 1] = d end
-  end
-  self.waiting = still
-  local summary = { sent = #batch, succeeded = 0, failed = 0, waiting = 0 }
-  if #batch == 0 then summary.waiting = #self.waiting; return summary end
-  local calls, ends = {}, {}
-  for i, d in ipairs(batch) do
-    calls[i] = decision_call(d)
-    if d.action == "ban" or d.action == "ban_everywhere" then ends[i] = self:_ban_ends(d) end
-  end
-  -- A ban the engine knows to end no earlier than this one would (from now) is kept as it is.
-  local function keep(i) return ends[i] ~= nil and ends[i] >= now + batch[i].duration end
-  local ok, results = pcall(bans.batch, self.client, calls, { progress = opts and opts.progress }, keep)
-  local after = self.now()
-  local st, cfg = self.st, self.cfg
-  for i, d in ipairs(batch) do
-    local r = ok and results[i] or { ok = false, err = { code = "BatchError", message = tostring(results) } }
-    d.attempts = d.attempts + 1
-    d.time = iso_time(wall_clock())
-    d.next_retry, d.next_retry_at, d.ban_until, d.extend_request_id = nil, nil, nil, nil
-    if d.attempts > 1 then st.retried = st.retried + 1 end
-    if r.ok then
-      d.outcome, d.error = "ok", nil
-      d.request_id = r.meta and r.meta.request_id
-      local ban = r.ban
-      if ban == "already" then
-        d.outcome = "already"
-        d.ban_until = ends[i] and iso_time(ends[i])
-        st.bans_already = st.bans_already + 1
-      elseif ban then
-        if ban == "extended" then
-          d.outcome = "extended"
-          d.extend_request_id = r.extend.meta and r.extend.meta.request_id
-          st.bans_extended = st.bans_extended + 1
-        end
-        -- It ends `duration` after the request reached the service: after `now` (a lower bound).
-        self.bans:put(ban_key(d), { ends = now + d.duration })
-        d.ban_until = iso_time(now + d.duration)
-      end
-      st.succeeded = st.succeeded + 1
-      summary.succeeded = summary.succeeded + 1
-    else
-      local e = plain_error(r.err)
-      d.error, d.request_id = e, e.request_id
-      if e.retryable and d.attempts < cfg.max_attempts then
-        d.outcome = "retry"
-        d.next_retry_at = after + math_min(cfg.retry_cap, cfg.retry_base * 2 ^ (d.attempts - 1))
-        d.next_retry = iso_time(d.next_retry_at)
-        self.waiting[#self.waiting + 1] = d
-      else
-        d.outcome = "failed"
-        -- The most recent failures stay listed (all are in the audit log and counted).
-        if #self.failures >= MAX_FAILURES_LISTED then table.remove(self.failures, 1) end
-        self.failures[#self.failures + 1] = d
-        st.failed = st.failed + 1
-        summary.failed = summary.failed + 1
-      end
-    end
-    self:_emit(d)
-    if self.on_result then self.on_result(d) end
-  end
-  summary.waiting = #self.waiting
-  return summary
-end
-
 -- Counts an input that never became an event (e.g. a line that is not JSON).
 function Engine:note_invalid()
   self.st.events = self.st.events + 1
   self.st.invalid = self.st.invalid + 1
 end
 
--- Decisions not yet done: queued (never sent) and waiting for a retry, oldest first.
-function Engine:pending()
-  local list = {}
-  for _, d in ipairs(self.queue) do list[#list + 1] = d end
-  for _, d in ipairs(self.waiting) do list[#list + 1] = d end
-  return list
-end
-
--- Seconds until the next retry is due (nil when nothing waits).
-function Engine:next_retry_in()
-  local soonest
-  for _, d in ipairs(self.waiting) do
-    if not soonest or d.next_retry_at < soonest then soonest = d.next_retry_at end
-  end
-  return soonest and math_max(0, soonest - self.now()) or nil
-end
-
--- Decisions that failed for good (non-retryable error, or out of attempts).
-function Engine:failed() return self.failures end
 
 -- The counters stats() returns, in the order its tostring shows them.
 local STATS_SHOWN = { "events", "ignored", "duplicates", "allowed", "invalid", "decisions", "dry_run", "queued",

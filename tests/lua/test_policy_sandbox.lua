@@ -223,7 +223,9 @@ T.case("heap_budgeter(bytes) gives the same ceiling as two functions: arm and li
 end)
 
 T.case("without rtcadmin.heap_budget (the Lua files alone) the budgets still stop loops and heap growth", function()
-  local names, saved = { "rtcadmin", "rtcadmin.sandbox", "rtcadmin.policy" }, {}
+  -- Every Lua module of the engine, so each is loaded again over the sandbox without the C module.
+  local names, saved = { "rtcadmin", "rtcadmin.sandbox", "rtcadmin.policy", "rtcadmin.rules", "rtcadmin.events",
+                         "rtcadmin.store", "rtcadmin.outbox" }, {}
   for _, m in ipairs(names) do saved[m] = package.loaded[m]; package.loaded[m] = nil end
   package.preload.rtcadmin = function() error("the C module is not installed here") end
   local ok, lua_only = pcall(require, "rtcadmin.policy")
