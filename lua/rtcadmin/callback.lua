@@ -185,7 +185,16 @@ end
 function M.handler(opts)
   if type(opts) ~= "table" then error("rtcadmin.callback.handler: expects a table {secret, on_event, dict}", 2) end
   check_secret("handler", opts.secret)
-  if type(opts.on_event) ~= "function" then error("rtcadmin.callback.handler: on_event must be a function", 2) end
+  if (opts.on_event == nil) == (opts.store == nil) then
+    error("rtcadmin.callback.handler: give on_event (a function run from a timer) or store (a function that keeps "
+      .. "the event before the answer), not both", 2)
+  end
+  if opts.on_event ~= nil and type(opts.on_event) ~= "function" then
+    error("rtcadmin.callback.handler: on_event must be a function", 2)
+  end
+  if opts.store ~= nil and type(opts.store) ~= "function" then
+    error("rtcadmin.callback.handler: store must be a function", 2)
+  end
   local max_age = number_option(opts, "max_age", 300, 1)
   local max_skew = number_option(opts, "max_skew", 60, 0)
   -- A dedupe entry must outlive its event's window: an event accepted max_skew ahead of the clock
@@ -198,7 +207,7 @@ function M.handler(opts)
   local ngx = ngx
   local dict = ngx.shared[opts.dict or ""]
   if not dict then error("rtcadmin.callback.handler: dict must name a lua_shared_dict", 2) end
-  local secret, on_event = opts.secret, opts.on_event
+  local secret, on_event, store = opts.secret, opts.on_event, opts.store
   local max_body = opts.max_body or 65536
 
   -- Answers, counting the request under `outcome` (one of M.STATUSES).
@@ -256,11 +265,21 @@ function M.handler(opts)
       ngx.log(ngx.ERR, "rtcadmin.callback: dedupe store failed: ", derr)
       return reply("error", 500, "dedupe store failed")
     end
-    local scheduled, terr = ngx.timer.at(0, deliver, ev)
-    if not scheduled then
-      dict:delete(key)
-      ngx.log(ngx.ERR, "rtcadmin.callback: cannot hand off event ", quote(ev.id), ": ", terr)
-      return reply("error", 500, "busy")
+    if store then
+      -- Kept where no worker's crash or exit can lose it before the answer; else RTC delivers again.
+      local stored, serr = store(ev)
+      if not stored then
+        dict:delete(key)
+        ngx.log(ngx.ERR, "rtcadmin.callback: cannot store event ", quote(ev.id), ": ", quote(tostring(serr), 256))
+        return reply("error", 503, "cannot store the event")
+      end
+    else
+      local scheduled, terr = ngx.timer.at(0, deliver, ev)
+      if not scheduled then
+        dict:delete(key)
+        ngx.log(ngx.ERR, "rtcadmin.callback: cannot hand off event ", quote(ev.id), ": ", terr)
+        return reply("error", 500, "busy")
+      end
     end
     ngx.log(ngx.INFO, "rtcadmin.callback: accepted event ", quote(ev.id), " ", quote(ev.type))
     return reply("accepted", 200, "accepted")
