@@ -161,7 +161,7 @@ class Emulator:
                     return fault["kind"]
         return None
 
-    def record(self, ak, action, status, code, outcome, fault=None):
+    def record(self, ak, action, status, code, outcome, fault=None, target=None):
         with self.lock:
             self.requests += 1
             counts = self.by_action.setdefault(action or "(none)", {"ok": 0, "error": 0, "throttled": 0})
@@ -172,6 +172,8 @@ class Emulator:
                      "status": status, "code": code}
             if fault:
                 entry["fault"] = fault
+            if target:
+                entry.update(target)
             self.request_log.append(entry)
         line = "%s ak=%s action=%s status=%s code=%s%s" % (
             time.strftime("%Y-%m-%dT%H:%M:%S"), ak or "-", action or "-", status, code or "-",
@@ -616,7 +618,7 @@ class Handler(BaseHTTPRequestHandler):
         delay = (self.emu.latency_ms + extra_delay_ms) / 1000.0
         if delay > 0:
             self.emu.stopping.wait(delay)
-        self.emu.record(self.ak, self.action, status, code, outcome, fault)
+        self.emu.record(self.ak, self.action, status, code, outcome, fault, getattr(self, "target", None))
         if isinstance(doc, bytes):
             self.send_body(status, doc, content_type or "application/json")
         else:
@@ -651,6 +653,8 @@ class Handler(BaseHTTPRequestHandler):
                 params = query
             else:
                 params = self.json_params()
+            # Whom the request was about, for the request log (tests count actions per user).
+            self.target = {k: params[k] for k in ("RoomId", "UserId") if isinstance(params.get(k), str)}
             with emu.lock:
                 result = route[1](emu, params, self.version)
             self.finish_api(200, self.envelope(result=result), None, "ok", extra_delay_ms=extra_ms)

@@ -756,6 +756,8 @@ class ControlTests(EmulatorTestCase):
             (AK1, "KickUser", 200, None), (AK1, "KickUser", 400, "InvalidParameter.IllegalRoomID"),
             (AK2, "DismissRoom", 200, None)])
         self.assertTrue(all(isinstance(e["t"], float) and abs(e["wall"] - time.time()) < 10 for e in log))
+        self.assertEqual([(e.get("RoomId"), e.get("UserId")) for e in log],
+                         [("room1", "alice"), ("bad room", "alice"), ("lobby", None)])
         self.assertEqual(len(self.client.control("GET", "requests?action=KickUser")[1]["requests"]), 2)
         self.assertEqual(len(self.client.control("GET", "requests?ak=" + AK2)[1]["requests"]), 1)
         self.assertEqual(len(self.client.control("GET", "requests?ak=%s&action=KickUser" % AK2)[1]["requests"]), 0)
