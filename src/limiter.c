@@ -68,6 +68,18 @@ int rtc_limit_reserve(rtc_limit_table *t, const unsigned char fp[8], const char 
     }
 }
 
+int64_t rtc_limit_peek(const rtc_limit_table *t, const unsigned char fp[8], const char *action) {
+    uint64_t key = rtc_limit_key(fp, action);
+    size_t i, idx = (size_t)(key % RTC_LIMIT_SLOTS);
+    for (i = 0; i < RTC_LIMIT_SLOTS; i++) {
+        const rtc_limit_slot *c = &t->slots[(idx + i) % RTC_LIMIT_SLOTS];
+        uint64_t k = __atomic_load_n(&c->key, __ATOMIC_ACQUIRE);
+        if (k == key) return __atomic_load_n(&c->tat, __ATOMIC_ACQUIRE);
+        if (k == 0) break;
+    }
+    return 0;
+}
+
 static int table_reserve(rtc_limiter *l, const unsigned char fp[8], const char *action, int64_t interval_ns,
                          int64_t now_ns, int64_t deadline_ns, int64_t *start_ns, char *err, size_t errlen) {
     (void)deadline_ns; /* memory never blocks */

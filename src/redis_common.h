@@ -53,19 +53,17 @@ void rtc_redis_wipe_free(char *s);
  * The rules (docs/redis.md says why each keeps the fleet within the limit):
  *  - into the fallback: the first fallback slot is HANDOVER (1 s) after the later of now and the end
  *    of the last Redis slot this process saw;
- *  - back to Redis: the first Redis slot of a schedule comes after the fallback slots this process
- *    booked on that schedule (the script's "not before"), and for reprobe + timeout every Redis slot
- *    takes 1/share intervals of the Redis schedule;
+ *  - back to Redis ("homecoming": the probe, then reprobe + timeout after it answered): every Redis
+ *    slot takes 1/share intervals of the Redis schedule, comes after the slots this host's table has
+ *    handed out on the same schedule (the script's "not before"), and is booked on that table too;
  *  - a refusal before Redis has ever answered is a configuration error (wrong password, user, db):
  *    the reservation fails with it and the state stays as it is.
- * "Not before" is kept per schedule (access key, Action), not per process: a fallback slot only
- * shares the budget of its own schedule, so slots booked for one Action must not hold back the
- * first Redis slot of another. */
+ * "Not before" is per schedule (access key, Action) and per host, read from the host table: a
+ * fallback slot only shares the budget of its own schedule, so slots booked for one Action must not
+ * hold back another's; and the other processes on this host may still be on the fallback, booking on
+ * that table, when this one comes back. Booking the homecoming slots there too keeps them behind. */
 
 #define RTC_FB_HANDOVER_NS 1000000000LL
-/* Schedules whose fallback bookings are remembered one by one; more at once share one catch-all
- * (later, never earlier). */
-#define RTC_FB_SCHEDULES 64
 #define RTC_FB_TEXT 640
 #define RTC_FB_ACTION 96              /* the longest Action name, and its NUL */
 
@@ -94,9 +92,9 @@ typedef struct {
     /* the decision's own */
     unsigned char fp[8];
     char action[RTC_FB_ACTION];
-    uint64_t schedule;
     int64_t base_ns, shared_ns;
     long epoch;
+    int homecoming;               /* asked on the way back from the fallback */
 } rtc_fb_turn;
 
 typedef struct {

@@ -9,12 +9,6 @@
 
 #define NS 1000000000LL
 
-/* The end of the latest fallback slot this process booked on one schedule. */
-typedef struct {
-    uint64_t schedule;            /* rtc_limit_key; 0: free */
-    int64_t end_ns;
-} booked;
-
 struct rtc_fallback {
     rtc_limiter *host;            /* this host's table: the fallback's schedules */
     int64_t timeout_ns, reprobe_ns;
@@ -27,8 +21,6 @@ struct rtc_fallback {
     int64_t fallback_from_ns;     /* on the fallback: no fallback slot before this */
     int64_t grace_until_ns;       /* after a recovery: Redis slots take 1/share intervals until then */
     int64_t horizon_ns;           /* end of the latest Redis slot seen */
-    booked booked[RTC_FB_SCHEDULES];
-    int64_t booked_spill_ns;      /* schedules that found no room above: the latest of their ends */
     long fallbacks, recoveries, errors;
     char last_error[200];
     char where[RTC_REDIS_WHERE];
@@ -66,34 +58,6 @@ void rtc_fallback_free(rtc_fallback *f) {
 
 void rtc_fallback_reached(rtc_fallback *f) { f->answered = 1; }
 
-static int64_t booked_end(const rtc_fallback *f, uint64_t schedule) {
-    int64_t end = f->booked_spill_ns;
-    int i;
-    for (i = 0; i < RTC_FB_SCHEDULES; i++)
-        if (f->booked[i].schedule == schedule && f->booked[i].end_ns > end) end = f->booked[i].end_ns;
-    return end;
-}
-
-/* Remembers a fallback slot ending at end_ns; an entry whose end has passed is free again. */
-static void book(rtc_fallback *f, uint64_t schedule, int64_t end_ns, int64_t now_ns) {
-    booked *slot = NULL;
-    int i;
-    for (i = 0; i < RTC_FB_SCHEDULES; i++) {
-        booked *b = &f->booked[i];
-        if (b->schedule == schedule) {
-            if (end_ns > b->end_ns) b->end_ns = end_ns;
-            return;
-        }
-        if (!slot && (b->schedule == 0 || b->end_ns <= now_ns)) slot = b;
-    }
-    if (slot) {
-        slot->schedule = schedule;
-        slot->end_ns = end_ns;
-    } else if (end_ns > f->booked_spill_ns) {
-        f->booked_spill_ns = end_ns;
-    }
-}
-
 /* A slot from the host table at the share, or the reason nothing may be sent. */
 static rtc_fb_result fallback_slot(rtc_fallback *f, rtc_fb_turn *t, int64_t now_ns, rtc_fb_text *out) {
     int64_t from = now_ns > f->fallback_from_ns ? now_ns : f->fallback_from_ns;
@@ -104,7 +68,6 @@ static rtc_fb_result fallback_slot(rtc_fallback *f, rtc_fb_turn *t, int64_t now_
     if (f->host->ops->reserve(f->host, t->fp, t->action, t->shared_ns, from, INT64_MAX, &t->start_ns, out->err,
                               sizeof out->err))
         return RTC_FB_FAIL;
-    book(f, t->schedule, t->start_ns + t->shared_ns, now_ns);
     t->source = "host";
     return RTC_FB_SLOT;
 }
@@ -120,18 +83,18 @@ rtc_fb_result rtc_fallback_begin(rtc_fallback *f, rtc_fb_turn *t, const unsigned
     }
     memcpy(t->fp, fp, sizeof t->fp);
     memcpy(t->action, action, n + 1);
-    t->schedule = rtc_limit_key(fp, action);
     t->base_ns = interval_ns;
     /* The fallback's interval: each slot counts 1/share of the budget. */
     t->shared_ns = (int64_t)ceil((double)interval_ns / f->share);
     t->epoch = f->epoch;
     if (f->on_fallback && now_ns < f->next_probe_ns) return fallback_slot(f, t, now_ns, out);
     if (f->on_fallback) f->next_probe_ns = now_ns + f->reprobe_ns; /* this turn probes; the others wait */
-    t->interval_ns = f->on_fallback || now_ns < f->grace_until_ns ? t->shared_ns : t->base_ns;
-    {
-        /* Back from the fallback: the slots it booked on this schedule are spent first. */
-        int64_t end = booked_end(f, t->schedule);
-        t->not_before_ns = end > now_ns ? end - now_ns : 0;
+    t->homecoming = f->on_fallback || now_ns < f->grace_until_ns;
+    t->interval_ns = t->homecoming ? t->shared_ns : t->base_ns;
+    if (t->homecoming) {
+        /* On the way back: after every slot this host's table handed out on the schedule. */
+        int64_t tat = rtc_limit_peek(f->host->table, fp, action);
+        if (tat > now_ns) t->not_before_ns = tat - now_ns;
     }
     t->end_ns = now_ns + f->timeout_ns;
     if (deadline_ns < t->end_ns) t->end_ns = deadline_ns;
@@ -152,6 +115,14 @@ rtc_fb_result rtc_fallback_answered(rtc_fallback *f, rtc_fb_turn *t, int64_t at_
     }
     t->start_ns = at_ns + wait_ns;
     if (t->start_ns + t->interval_ns > f->horizon_ns) f->horizon_ns = t->start_ns + t->interval_ns;
+    if (t->homecoming) {
+        /* ... and on it too, so this host's processes still on the fallback stay behind the slot. (A
+         * table that is full only loses them that; the slot itself is Redis's.) */
+        int64_t ignored;
+        char why[128];
+        f->host->ops->reserve(f->host, t->fp, t->action, t->shared_ns, t->start_ns, INT64_MAX, &ignored, why,
+                              sizeof why);
+    }
     t->source = "redis";
     return RTC_FB_SLOT;
 }
