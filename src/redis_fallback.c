@@ -88,7 +88,8 @@ rtc_fb_result rtc_fallback_begin(rtc_fallback *f, rtc_fb_turn *t, const unsigned
     t->shared_ns = (int64_t)ceil((double)interval_ns / f->share);
     t->epoch = f->epoch;
     if (f->on_fallback && now_ns < f->next_probe_ns) return fallback_slot(f, t, now_ns, out);
-    if (f->on_fallback) f->next_probe_ns = now_ns + f->reprobe_ns; /* this turn probes; the others wait */
+    /* This turn probes; the others wait until it has been answered or must have given up. */
+    if (f->on_fallback) f->next_probe_ns = now_ns + f->reprobe_ns + f->timeout_ns;
     t->homecoming = f->on_fallback || now_ns < f->grace_until_ns;
     t->interval_ns = t->homecoming ? t->shared_ns : t->base_ns;
     if (t->homecoming) {

@@ -309,6 +309,8 @@ static void falls_back_once_and_comes_back(void) {
           "after the host table's slots on this schedule: %lld", (long long)probe.not_before_ns);
     CHECK(ask(d, &other, "KickUser", now, &out) == RTC_FB_SLOT && strcmp(other.source, "host") == 0,
           "while the probe is out, the others stay on the fallback");
+    CHECK(ask(d, &other, "KickUser", now + 250 * MS, &out) == RTC_FB_SLOT,
+          "also past reprobe, as long as the probe may still be answered");
     CHECK(rtc_fallback_failed(d, &probe, now + 100 * MS, "no answer within the timeout", 0, &out) == RTC_FB_SLOT &&
               !out.note[0],
           "a failed probe: a host slot, nothing logged");
