@@ -354,14 +354,22 @@ local function outage_timeline()
   return phases
 end
 
+-- Everyone starts at the wall-clock time t0 the test writes to the file `go` once all are set up.
 -- A C client process: "<seconds after t0> <limiter_status.active>" per reservation, its log lines,
 -- then "status <active> <fallbacks> <recoveries>".
-local function timeline_client(t0, total)
+local function timeline_client(go, total)
   return string.format([[
     local rtcadmin = require "rtcadmin"
     local c = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = "http://127.0.0.1:1",
       qps = { TimelineC = 20 }, limiter = { backend = "redis", url = %q, password = %q, dir = %q, %s } }
-    local t0, total, trace = %.6f, %.3f, {}
+    local go, total, trace, f = %q, %.3f, {}, nil
+    for _ = 1, 6000 do
+      f = io.open(go)
+      if f then break end
+      rtcadmin.sleep(0.01)
+    end
+    local t0 = assert(tonumber(f:read("*a")))
+    f:close()
     rtcadmin.sleep(math.max(0, t0 - rtcadmin.time()))
     while rtcadmin.time() < t0 + total do
       local now = rtcadmin.time()
@@ -372,19 +380,26 @@ local function timeline_client(t0, total)
     local st = c:info().limiter_status
     print(table.concat(trace, "\n"))
     print(string.format("status %%s %%d %%d", st.active, st.fallbacks, st.recoveries))
-  ]], T.AK, T.SK, redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, t0, total)
+  ]], T.AK, T.SK, redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, go, total)
 end
 
 -- nginx whose two workers run the same loop in a timer, over rtcadmin.redis_limiter (what a client
 -- with a Redis limiter uses inside nginx), each writing its trace to <prefix>/trace-<pid>.
-local function timeline_nginx(t0, total)
+local function timeline_nginx(go, total)
   return T.nginx { workers = 2, http = string.format([[
   init_worker_by_lua_block {
     local lim = require("rtcadmin.redis_limiter").new { url = %q, password = %q, dir = %q, %s }
-    local t0, total = %.6f, %.3f
+    local go, total = %q, %.3f
     ngx.timer.at(0, function(premature)
       if premature then return end
-      local trace = {}
+      local trace, f = {}, nil
+      for _ = 1, 6000 do
+        f = io.open(go)
+        if f then break end
+        ngx.sleep(0.01)
+      end
+      local t0 = assert(tonumber(f:read("*a")))
+      f:close()
       ngx.update_time()
       ngx.sleep(math.max(0, t0 - ngx.now()))
       while true do
@@ -402,7 +417,7 @@ local function timeline_nginx(t0, total)
       f:close()
     end)
   }
-  server { listen 127.0.0.1:PORT; }]], redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, t0, total, key_id(T.AK)) }
+  server { listen 127.0.0.1:PORT; }]], redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, go, total, key_id(T.AK)) }
 end
 
 -- Checks one process's trace and log lines against the timeline as it was played (`played`: the
@@ -449,10 +464,12 @@ T.case("the shared outage timeline: C clients and nginx workers make the same de
   local phases = outage_timeline()
   local total = 0
   for _, ph in ipairs(phases) do total = total + ph.seconds end
-  local t0 = T.wall_now() + 3
-  local ng = timeline_nginx(t0, total)
-  local group = T.spawn { timeline_client(t0, total), timeline_client(t0, total) }
-  T.ok(T.wall_now() < t0 - 0.5, "set up in time")
+  local go = own_dir() .. "/go"
+  local ng = timeline_nginx(go, total)
+  local group = T.spawn { timeline_client(go, total), timeline_client(go, total) }
+  T.sleep(1) -- the processes make their clients
+  local t0 = T.wall_now() + 0.5
+  assert(os.rename(T.write_file(go .. ".new", string.format("%.6f", t0)), go)) -- whole when it appears
   -- Plays the timeline. Redis is surely down from the end of a kill to the start of the restart, and
   -- surely seen up from reprobe + timeout (+ slack) after the restart to a timeout before the next kill
   -- (a round trip may be out when it dies).
