@@ -354,7 +354,18 @@ local function outage_timeline()
   return phases
 end
 
--- Everyone starts at the wall-clock time t0 the test writes to the file `go` once all are set up.
+-- Everyone starts at the wall-clock time t0 the test writes to the file `go` once all are set up:
+-- Lua source that waits for the file with `sleep` and sets t0.
+local function wait_for_go(go, sleep)
+  return string.format([[
+    local t0
+    for _ = 1, 6000 do
+      local f = io.open(%q)
+      if f then t0 = assert(tonumber(f:read("*a"))) f:close() break end
+      %s(0.01)
+    end]], go, sleep)
+end
+
 -- A C client process: "<seconds after t0> <limiter_status.active>" per reservation, its log lines,
 -- then "status <active> <fallbacks> <recoveries>".
 local function timeline_client(go, total)
@@ -362,14 +373,8 @@ local function timeline_client(go, total)
     local rtcadmin = require "rtcadmin"
     local c = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = "http://127.0.0.1:1",
       qps = { TimelineC = 20 }, limiter = { backend = "redis", url = %q, password = %q, dir = %q, %s } }
-    local go, total, trace, f = %q, %.3f, {}, nil
-    for _ = 1, 6000 do
-      f = io.open(go)
-      if f then break end
-      rtcadmin.sleep(0.01)
-    end
-    local t0 = assert(tonumber(f:read("*a")))
-    f:close()
+    local total, trace = %.3f, {}
+    %s
     rtcadmin.sleep(math.max(0, t0 - rtcadmin.time()))
     while rtcadmin.time() < t0 + total do
       local now = rtcadmin.time()
@@ -380,7 +385,7 @@ local function timeline_client(go, total)
     local st = c:info().limiter_status
     print(table.concat(trace, "\n"))
     print(string.format("status %%s %%d %%d", st.active, st.fallbacks, st.recoveries))
-  ]], T.AK, T.SK, redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, go, total)
+  ]], T.AK, T.SK, redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, total, wait_for_go(go, "rtcadmin.sleep"))
 end
 
 -- nginx whose two workers run the same loop in a timer, over rtcadmin.redis_limiter (what a client
@@ -389,17 +394,11 @@ local function timeline_nginx(go, total)
   return T.nginx { workers = 2, http = string.format([[
   init_worker_by_lua_block {
     local lim = require("rtcadmin.redis_limiter").new { url = %q, password = %q, dir = %q, %s }
-    local go, total = %q, %.3f
+    local total = %.3f
     ngx.timer.at(0, function(premature)
       if premature then return end
-      local trace, f = {}, nil
-      for _ = 1, 6000 do
-        f = io.open(go)
-        if f then break end
-        ngx.sleep(0.01)
-      end
-      local t0 = assert(tonumber(f:read("*a")))
-      f:close()
+      local trace = {}
+      %s
       ngx.update_time()
       ngx.sleep(math.max(0, t0 - ngx.now()))
       while true do
@@ -417,7 +416,8 @@ local function timeline_nginx(go, total)
       f:close()
     end)
   }
-  server { listen 127.0.0.1:PORT; }]], redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, go, total, key_id(T.AK)) }
+  server { listen 127.0.0.1:PORT; }]], redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, total,
+    wait_for_go(go, "ngx.sleep"), key_id(T.AK)) }
 end
 
 -- Checks one process's trace and log lines against the timeline as it was played (`played`: the
