@@ -87,3 +87,12 @@ int rtc_buf_addhex(rtc_buf *b, const unsigned char *p, size_t n) {
     b->len += n * 2;
     return 0;
 }
+
+char *rtc_strndup(const char *s, size_t n) {
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}

@@ -54,4 +54,7 @@ int rtc_buf_addf(rtc_buf *b, const char *fmt, ...)
 void rtc_hex(const unsigned char *p, size_t n, char *out);
 int rtc_buf_addhex(rtc_buf *b, const unsigned char *p, size_t n);
 
+/* A NUL-terminated copy of s[0..n), or NULL when out of memory. */
+char *rtc_strndup(const char *s, size_t n);
+
 #endif

@@ -24,7 +24,7 @@ void rtc_sleep_until(int64_t t_ns) {
     }
 }
 
-static uint64_t slot_key(const unsigned char fp[8], const char *action) {
+uint64_t rtc_limit_key(const unsigned char fp[8], const char *action) {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
     int i;
     for (i = 0; i < 8; i++) h = (h ^ fp[i]) * 1099511628211ULL;
@@ -34,7 +34,7 @@ static uint64_t slot_key(const unsigned char fp[8], const char *action) {
 
 int rtc_limit_reserve(rtc_limit_table *t, const unsigned char fp[8], const char *action, int64_t interval_ns,
                       int64_t now_ns, int64_t *start_ns) {
-    uint64_t key = slot_key(fp, action);
+    uint64_t key = rtc_limit_key(fp, action);
     size_t i, idx = (size_t)(key % RTC_LIMIT_SLOTS);
     rtc_limit_slot *s = NULL;
     for (i = 0; i < RTC_LIMIT_SLOTS; i++) {
@@ -66,6 +66,18 @@ int rtc_limit_reserve(rtc_limit_table *t, const unsigned char fp[8], const char 
             return 0;
         }
     }
+}
+
+int64_t rtc_limit_peek(const rtc_limit_table *t, const unsigned char fp[8], const char *action) {
+    uint64_t key = rtc_limit_key(fp, action);
+    size_t i, idx = (size_t)(key % RTC_LIMIT_SLOTS);
+    for (i = 0; i < RTC_LIMIT_SLOTS; i++) {
+        const rtc_limit_slot *c = &t->slots[(idx + i) % RTC_LIMIT_SLOTS];
+        uint64_t k = __atomic_load_n(&c->key, __ATOMIC_ACQUIRE);
+        if (k == key) return __atomic_load_n(&c->tat, __ATOMIC_ACQUIRE);
+        if (k == 0) break;
+    }
+    return 0;
 }
 
 static int table_reserve(rtc_limiter *l, const unsigned char fp[8], const char *action, int64_t interval_ns,

@@ -56,6 +56,10 @@ struct rtc_limiter {
  * any point can neither block others nor leave the table inconsistent. */
 int rtc_limit_reserve(rtc_limit_table *t, const unsigned char fingerprint[8], const char *action,
                       int64_t interval_ns, int64_t now_ns, int64_t *start_ns);
+/* The schedule's identity in a table: a hash of (key fingerprint, Action), never 0. */
+uint64_t rtc_limit_key(const unsigned char fingerprint[8], const char *action);
+/* The schedule's TAT (when its next slot is free), or 0 when the table has no such schedule. */
+int64_t rtc_limit_peek(const rtc_limit_table *t, const unsigned char fingerprint[8], const char *action);
 
 rtc_limiter *rtc_limiter_process_new(void);
 /* dir: where the shared table file lives (NULL: /dev/shm, else /tmp). */

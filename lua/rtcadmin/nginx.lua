@@ -273,10 +273,9 @@ local function wrap_client(make)
     local client = make(plain)
     local pacer_opts = {}
     for k, v in pairs(lim) do
-      if k ~= "backend" and k ~= "dir" then pacer_opts[k] = v end
+      if k ~= "backend" then pacer_opts[k] = v end
     end
     pacer_opts.margin = lim.margin or 0.05 -- nginx wakes late under load, as for the host limiter
-    if pacer_opts.fallback == "host" then pacer_opts.fallback = "worker" end
     redis_pacers[client] = require("rtcadmin.redis_limiter").new(pacer_opts)
     return client
   end

@@ -6,22 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "limiter.h"
 
 #define SEC 1000000000LL
-
-static int checks, failures;
-
-#define CHECK(cond, ...)                        \
-    do {                                        \
-        checks++;                               \
-        if (!(cond)) {                          \
-            failures++;                         \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            printf(__VA_ARGS__);                \
-            printf("\n");                       \
-        }                                       \
-    } while (0)
 
 static int cmp64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;

@@ -156,13 +156,14 @@ end
 local nginx
 local function start_nginx()
   if nginx then return nginx end
+  local host_dir = own_dir() -- the workers' host table: the fallback's, shared by this nginx only
   nginx = T.nginx { workers = 2, http = string.format([[
   init_worker_by_lua_block {
     package.loaded.test_limiter = require("rtcadmin.redis_limiter").new {
-      url = %q, password = %q, margin = %g }
+      url = %q, password = %q, margin = %g, dir = %q }
     package.loaded.test_client = require("rtcadmin").client {
       access_key = %q, secret_key = %q, endpoint = %q,
-      limiter = { backend = "redis", url = %q, password = %q, margin = %g } }
+      limiter = { backend = "redis", url = %q, password = %q, margin = %g, dir = %q } }
   }
   server {
     listen 127.0.0.1:PORT reuseport;
@@ -199,7 +200,8 @@ local function start_nginx()
         ngx.say(st.active, " ", st.errors)
       }
     }
-  }]], redis.url, PASSWORD, MARGIN, T.AK, T.SK, emu.url, redis.url, PASSWORD, MARGIN, APP, key_id(T.AK)) }
+  }]], redis.url, PASSWORD, MARGIN, host_dir, T.AK, T.SK, emu.url, redis.url, PASSWORD, MARGIN, host_dir, APP,
+    key_id(T.AK)) }
   return nginx
 end
 
@@ -268,7 +270,7 @@ T.case("nginx: a Redis-paced client refuses phases without cosockets; the blocki
   T.eq(#arrivals("KickUser"), 0, "nothing was sent")
 end)
 
-T.case("nginx: Redis killed mid-run, the workers pace on their own share and go back to Redis", function()
+T.case("nginx: Redis killed mid-run, the workers pace on the host table's share and go back to Redis", function()
   local n = start_nginx()
   emu.reset()
   local p = assert(io.popen(T.plain_env .. "curl -s -S --max-time 60 --parallel --parallel-max 16 "
@@ -289,7 +291,7 @@ T.case("nginx: Redis killed mid-run, the workers pace on their own share and go 
   T.ok(during > 0, "requests kept flowing while Redis was dead: " .. during)
   T.eq(#keys("rtcadmin:gcra:*:KickUser"), 1, "the schedule is back in Redis (nothing else uses it here)")
   local log = n.log()
-  local _, falls = log:gsub("pacing in each worker at 25%% of each limit", "")
+  local _, falls = log:gsub("pacing with the host limiter at 50%% of each limit", "")
   local _, backs = log:gsub("answers again; pacing with Redis", "")
   T.ok(falls >= 1 and falls <= 2, "one fallback line per worker: " .. falls)
   T.ok(backs >= 1 and backs <= 2, "one recovery line per worker: " .. backs)
@@ -332,6 +334,186 @@ T.case("Redis killed mid-run: calls flow on the fallback within the limit, and g
   T.ok(after > 0, "and after it came back: " .. after)
   T.ok(script_calls() > 0, "the restarted Redis serves the slots")
   T.eq(#keys("rtcadmin:gcra:*:KickUser"), 1, "the schedule is back in Redis")
+end)
+
+-- The outage timeline tests/c/test_redis_fallback.c plays on a fake clock, played here with this
+-- redis-server killed and restarted on its schedule, through both drivers of the one decision: two
+-- processes with C clients (hiredis; two hosts: separate host tables) and two nginx workers
+-- (cosockets; one host: one host table), each reserving without pause on a schedule of its own.
+-- Expected of every one of them, as of the C test's process: a slot reserved while Redis is dead
+-- comes from the host table, one reserved once Redis has been back for reprobe + timeout comes from
+-- Redis, and exactly one line per transition, in order.
+local TIMELINE_OPTS = "timeout = 0.1, reprobe = 0.2, fallback_share = 0.5"
+
+local function outage_timeline()
+  local phases = {}
+  for line in io.lines(T.source_dir .. "/tests/vectors/redis_outage.txt") do
+    local state, seconds = line:match("^(%a+) ([%d.]+)$")
+    if state then phases[#phases + 1] = { up = state == "up", seconds = tonumber(seconds) } end
+  end
+  return phases
+end
+
+-- Everyone starts at the wall-clock time t0 the test writes to the file `go` once all are set up:
+-- Lua source that waits for the file with `sleep` and sets t0.
+local function wait_for_go(go, sleep)
+  return string.format([[
+    local t0
+    for _ = 1, 6000 do
+      local f = io.open(%q)
+      if f then t0 = assert(tonumber(f:read("*a"))) f:close() break end
+      %s(0.01)
+    end]], go, sleep)
+end
+
+-- A C client process: "<seconds after t0> <limiter_status.active>" per reservation, its log lines,
+-- then "status <active> <fallbacks> <recoveries>".
+local function timeline_client(go, total)
+  return string.format([[
+    local rtcadmin = require "rtcadmin"
+    local c = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = "http://127.0.0.1:1",
+      qps = { TimelineC = 20 }, limiter = { backend = "redis", url = %q, password = %q, dir = %q, %s } }
+    local total, trace = %.3f, {}
+    %s
+    rtcadmin.sleep(math.max(0, t0 - rtcadmin.time()))
+    while rtcadmin.time() < t0 + total do
+      local now = rtcadmin.time()
+      local wait = c:reserve("TimelineC")
+      trace[#trace + 1] = string.format("%%.3f %%s", now - t0, c:info().limiter_status.active)
+      rtcadmin.sleep(wait)
+    end
+    local st = c:info().limiter_status
+    print(table.concat(trace, "\n"))
+    print(string.format("status %%s %%d %%d", st.active, st.fallbacks, st.recoveries))
+  ]], T.AK, T.SK, redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, total, wait_for_go(go, "rtcadmin.sleep"))
+end
+
+-- nginx whose two workers run the same loop in a timer, over rtcadmin.redis_limiter (what a client
+-- with a Redis limiter uses inside nginx), each writing its trace to <prefix>/trace-<pid>.
+local function timeline_nginx(go, total)
+  return T.nginx { workers = 2, http = string.format([[
+  init_worker_by_lua_block {
+    local lim = require("rtcadmin.redis_limiter").new { url = %q, password = %q, dir = %q, %s }
+    local total = %.3f
+    ngx.timer.at(0, function(premature)
+      if premature then return end
+      local trace = {}
+      %s
+      ngx.update_time()
+      ngx.sleep(math.max(0, t0 - ngx.now()))
+      while true do
+        ngx.update_time()
+        local now = ngx.now()
+        if now >= t0 + total then break end
+        local wait, err = lim:reserve(%q, "TimelineN", 20)
+        trace[#trace + 1] = string.format("%%.3f %%s", now - t0, wait and lim:status().active or tostring(err))
+        ngx.sleep(wait or 0.05)
+      end
+      local st = lim:status()
+      trace[#trace + 1] = string.format("status %%s %%d %%d", st.active, st.fallbacks, st.recoveries)
+      local f = assert(io.open(ngx.config.prefix() .. "trace-" .. ngx.worker.pid(), "w"))
+      f:write(table.concat(trace, "\n"), "\n")
+      f:close()
+    end)
+  }
+  server { listen 127.0.0.1:PORT; }]], redis.url, PASSWORD, own_dir(), TIMELINE_OPTS, total,
+    wait_for_go(go, "ngx.sleep"), key_id(T.AK)) }
+end
+
+-- Checks one process's trace and log lines against the timeline as it was played (`played`: the
+-- wall-clock windows in which Redis was surely up or down, see below).
+local function check_timeline_trace(who, trace, notes, played, t0)
+  local downs, wrong, seen = 0, {}, {}
+  for _, ph in ipairs(played) do
+    if not ph.up then downs = downs + 1 end
+  end
+  for line in trace:gmatch("[^\n]+") do
+    local rel, active = line:match("^([%d.]+) (%S+)$")
+    local t = rel and t0 + tonumber(rel)
+    for i, ph in ipairs(t and played or {}) do
+      if t >= ph.from and t < ph.to then
+        local want = ph.up and "redis" or "host"
+        seen[i] = (seen[i] or 0) + 1
+        if active ~= want and #wrong < 5 then
+          wrong[#wrong + 1] = string.format("%.3f s into phase %d: %s", t - ph.from, i, active)
+        end
+      end
+    end
+  end
+  T.eq(table.concat(wrong, "; "), "", who .. ": slots from the host table while Redis is down, from Redis once "
+    .. "it has answered again")
+  for i, ph in ipairs(played) do
+    if ph.up then T.ok((seen[i] or 0) > 0, who .. ": reserved while Redis was up in phase " .. i) end
+  end
+  local expected = {}
+  for _ = 1, downs do
+    expected[#expected + 1] = "fall"
+    expected[#expected + 1] = "back"
+  end
+  local got = {}
+  for _, n in ipairs(notes) do
+    got[#got + 1] = n:find("; pacing with the host limiter at 50%% of each limit until Redis answers again$")
+      and "fall" or n:find(" answers again; pacing with Redis$") and "back" or n
+  end
+  T.eq(table.concat(got, " "), table.concat(expected, " "), who .. ": one log line per transition")
+  T.match(trace, string.format("status redis %d %d\n$", downs, downs), who .. ": fell back and recovered "
+    .. downs .. " times, on Redis at the end")
+end
+
+T.case("the shared outage timeline: C clients and nginx workers make the same decisions", function()
+  local phases = outage_timeline()
+  local total = 0
+  for _, ph in ipairs(phases) do total = total + ph.seconds end
+  local go = own_dir() .. "/go"
+  local ng = timeline_nginx(go, total)
+  local group = T.spawn { timeline_client(go, total), timeline_client(go, total) }
+  T.sleep(1) -- the processes make their clients
+  local t0 = T.wall_now() + 0.5
+  assert(os.rename(T.write_file(go .. ".new", string.format("%.6f", t0)), go)) -- whole when it appears
+  -- Plays the timeline. Redis is surely down from the end of a kill to the start of the restart, and
+  -- surely seen up from reprobe + timeout (+ slack) after the restart to a timeout before the next kill
+  -- (a round trip may be out when it dies).
+  local played, at = {}, t0
+  T.sleep(math.max(0, t0 - T.wall_now()))
+  for i, ph in ipairs(phases) do
+    local from = at
+    if ph.up and i > 1 then
+      played[i - 1].to = T.wall_now()
+      redis.start()
+      from = T.wall_now() + 0.2 + 0.1 + 0.1
+    elseif not ph.up then
+      played[i - 1].to = T.wall_now() - 0.1
+      redis.kill()
+      from = T.wall_now()
+    end
+    played[i] = { up = ph.up, from = from }
+    at = at + ph.seconds
+    T.sleep(math.max(0, at - T.wall_now()))
+  end
+  played[#played].to = at
+  local outs = group.wait()
+  T.sleep(0.5) -- the workers write their traces as their loops end
+  for i, out in ipairs(outs) do
+    local notes = {}
+    for line in out:gmatch("rtcadmin: ([^\n]+)") do notes[#notes + 1] = line end
+    check_timeline_trace("C client " .. i, out, notes, played, t0)
+    T.no_match(out, PASSWORD, "C client " .. i .. " output")
+  end
+  local log, workers = ng.log(), 0
+  local ls = assert(io.popen(T.plain_env .. "ls " .. T.shell_quote(ng.prefix)))
+  local names = ls:read("*a")
+  ls:close()
+  for pid in names:gmatch("trace%-(%d+)") do
+    workers = workers + 1
+    local notes = {}
+    for wpid, line in log:gmatch("%[warn%] (%d+)#%d+: [^\n]-rtcadmin: ([^\n]*)") do
+      if wpid == pid then notes[#notes + 1] = (line:gsub(", context: .*$", ""):gsub(", client: .*$", "")) end
+    end
+    check_timeline_trace("nginx worker " .. workers, T.read_file(ng.prefix .. "/trace-" .. pid), notes, played, t0)
+  end
+  T.eq(workers, 2, "both workers played the timeline")
+  T.no_match(log, PASSWORD, "nginx error log")
+  ng.stop()
 end)
 
 T.case("fallback = \"error\": while Redis is dead calls fail with LimiterError and send nothing", function()
@@ -389,6 +571,41 @@ T.case("a wrong password, URL or database is a clear error when the client is ma
   T.raises("backend \"redis\" takes a table", T.client, emu, { limiter = "redis" })
   T.raises("field 'url' is for backend \"redis\"", T.client, emu, { limiter = { backend = "host", url = url } })
   T.eq(emu.stats().requests, 0, "nothing reached the emulator")
+end)
+
+T.case("one URL parser: rtcadmin.parse_redis_url, the C client and the OpenResty limiter read URLs alike", function()
+  local rtcadmin = require "rtcadmin"
+  local redis_limiter = require "rtcadmin.redis_limiter"
+  local u = rtcadmin.parse_redis_url("redis://ops:p%40ss%3Aw0rd@[::1]:6380/2")
+  T.eq(cjson.encode { u.host, u.port, u.db, u.user, u.password, u.where },
+    cjson.encode { "::1", 6380, 2, "ops", "p@ss:w0rd", "[::1]:6380/2" }, "the parts, decoded")
+  u = rtcadmin.parse_redis_url("redis://" .. PASSWORD .. "@cache.internal")
+  T.eq(cjson.encode { u.host, u.port, u.db, u.user == nil, u.password, u.where },
+    cjson.encode { "cache.internal", 6379, 0, true, PASSWORD, "cache.internal:6379/0" },
+    "redis://password@host, as redis-cli reads it; port 6379, db 0")
+  for _, bad in ipairs {
+    { "http://127.0.0.1", "url must start with redis://" },
+    { "rediss://:" .. PASSWORD .. "@127.0.0.1", "rediss:// (TLS) is not supported" },
+    { "redis://:" .. PASSWORD .. "@127.0.0.1:99999", "url: port must be 1-65535" },
+    { "redis://:" .. PASSWORD .. "@127.0.0.1:", "url: port must be 1-65535" },
+    { "redis://:" .. PASSWORD .. "@127.0.0.1:+80", "url: port must be 1-65535" },
+    { "redis://:" .. PASSWORD .. "@127.0.0.1/zero", "url: the path must be a database number" },
+    { "redis://:" .. PASSWORD .. "@127.0.0.1?x=1", "url: unexpected query or fragment" },
+    { "redis://:" .. PASSWORD .. "%zz@127.0.0.1", "url: bad percent-escape in the user or password" },
+    { "redis://:" .. PASSWORD .. "@", "url has no host" },
+    { "redis://:" .. PASSWORD .. "@[::1", "url: unterminated [IPv6 address]" },
+  } do
+    local ok, err = rtcadmin.parse_redis_url(bad[1])
+    T.eq(ok, nil, bad[2])
+    T.eq(err:sub(1, #bad[2]), bad[2], "parse_redis_url")
+    T.no_match(err, PASSWORD, "parse_redis_url: " .. bad[2])
+    local literal = bad[2]:gsub("%p", "%%%0")
+    local msg = T.raises(literal, T.client, emu, { limiter = { backend = "redis", url = bad[1], dir = own_dir() } })
+    T.no_match(msg, PASSWORD, "client: " .. bad[2])
+    msg = T.raises(literal, redis_limiter.new, { url = bad[1] })
+    T.no_match(msg, PASSWORD, "redis_limiter.new: " .. bad[2])
+  end
+  T.eq(select(2, rtcadmin.parse_redis_url(42)), "url must be a string", "not a string")
 end)
 
 T.run(function()

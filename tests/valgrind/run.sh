@@ -12,6 +12,8 @@ python3 tests/c/flatten_vectors.py "$@" > "$build/valgrind-vectors.txt"
 $vg "$build/tests/test_signing" < "$build/valgrind-vectors.txt"
 echo "== C limiter (forked and killed children included)"
 $vg --trace-children=yes "$build/tests/test_limiter"
+echo "== C Redis fallback decision on the shared outage timeline"
+$vg "$build/tests/test_redis_fallback" tests/vectors/redis_outage.txt
 echo "== Lua client tour"
 $vg "${LUA:-lua5.4}" tests/valgrind/smoke.lua
 echo "valgrind: no errors, nothing definitely lost"

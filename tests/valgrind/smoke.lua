@@ -71,6 +71,31 @@ T.case("re-entry: close and batch inside progress, an error from progress, a ste
   T.ok(not pcall(x.step, x), "a step after close raises")
 end)
 
+T.case("the Redis limiter's URL parser and fallback decision, as the OpenResty limiter drives them", function()
+  local u = rtcadmin.parse_redis_url("redis://ops:p%40ss@[::1]:6380/2")
+  T.eq(u.password, "p@ss", "password")
+  T.eq(u.where, "[::1]:6380/2", "where")
+  local ok, err = rtcadmin.parse_redis_url("redis://:secret@host:99999")
+  T.eq(ok, nil, "bad port")
+  T.no_match(err, "secret", "message")
+  local dir = T.tmpdir()
+  local d = rtcadmin.redis_fallback { server = "127.0.0.1:6379/0", dir = dir, timeout = 0.01, reprobe = 0.01 }
+  local key = string.rep("ab", 8)
+  local turn = d:begin(key, "KickUser", 0.01)
+  T.ok(d:answered(turn, 0), "an answer")
+  turn = d:begin(key, "KickUser", 0.01)
+  local wait, _, note = d:failed(turn, "cannot connect: Connection refused", false)
+  T.ok(wait and note, "a failure: a host slot and a line")
+  T.ok(not pcall(d.failed, d, turn, "again"), "a turn reports once")
+  rtcadmin.sleep(0.02)
+  turn = d:begin(key, "KickUser", 0.01)
+  T.ok(d:answered(turn, 0), "the probe")
+  T.eq(d:status().active, "redis", "back")
+  d = nil -- luacheck: ignore
+  collectgarbage()
+  T.rmdir(dir)
+end)
+
 local kept = T.client(emu) -- released when the state closes
 T.ok(kept, "a client left for the state's close")
 
