@@ -174,7 +174,9 @@ static int step_answer(lua_State *L, exchange *x, int64_t now) {
         char code[64];
         snprintf(code, sizeof code, "%s", lua_tostring(L, -1));
         lua_getfield(L, 2, "message");
-        snprintf(err, sizeof err, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : code);
+        snprintf(err, sizeof err, "%s", lua_isstring(L, -1)                     ? lua_tostring(L, -1)
+                                        : strcmp(code, RTC_CODE_DEADLINE) == 0 ? RTC_DEADLINE_MESSAGE
+                                                                               : code);
         rtc_call_refuse(&x->k, code, err);
         return push_done(L, x);
     }

@@ -264,4 +264,48 @@ for _, s in ipairs(scenarios) do
   end
 end
 
+-- One source for names and limits: what the module exports is what its methods do.
+T.case("rtcadmin.METHODS, LIMITS, CODES and valid_id are the module's own lists, rules and limits", function()
+  emu.reset()
+  local rtcadmin = require "rtcadmin"
+  local c = T.client(emu, { limiter = "none" })
+  T.same(rtcadmin.METHODS.single, { "kick_user", "ban_user", "unban_user", "update_ban", "mute_user", "unmute_user",
+    "online_users", "call" }, "single")
+  T.same(rtcadmin.METHODS.bulk, { "batch", "kick_users", "ban_users" }, "bulk")
+  for _, list in pairs(rtcadmin.METHODS) do
+    for _, name in ipairs(list) do T.eq(type(c[name]), "function", "client:" .. name) end
+  end
+  -- The ban and mute ranges are the ones the methods refuse outside of.
+  local L = rtcadmin.LIMITS
+  for _, d in ipairs { L.ban.min - 1, L.ban.max + 1 } do
+    T.raises("duration", c.ban_user, c, { app_id = APP, room_id = "room1", user_id = "alice", duration = d })
+  end
+  for _, d in ipairs { L.mute.min - 1, L.mute.max + 1 } do
+    T.raises("duration", c.mute_user, c, { app_id = APP, room_id = "room1", user_id = "alice", duration = d })
+  end
+  T.eq(L.mute.zero, true, "a mute of 0 s lasts until unmuted")
+  T.raises("room_id", c.kick_user, c, APP, ("r"):rep(L.id_max + 1), "alice")
+  T.eq(emu.stats().requests, 0, "nothing sent")
+  for _, id in ipairs { "alice", "a@b.c_d-e", ("r"):rep(L.id_max) } do T.eq(rtcadmin.valid_id(id), true, id) end
+  for _, id in ipairs { "", "a b", "a/b", ("r"):rep(L.id_max + 1), "caf\195\169", 42 } do
+    T.eq(rtcadmin.valid_id(id), false, tostring(id))
+  end
+  T.eq(rtcadmin.valid_app_id(T.APP), true, "app id")
+  T.eq(rtcadmin.valid_app_id("has space"), false, "app id with a space")
+  for _, code in ipairs { "Timeout", "ConnectionReset", "TLSError", "DeadlineExceeded", "LimiterError" } do
+    T.eq(rtcadmin.CODES[code], code, "CODES." .. code)
+  end
+  T.eq(rtcadmin.pace_late(0.004, 0.01), false, "4 ms late with a 1 % margin")
+  T.eq(rtcadmin.pace_late(0.006, 0.01), true, "6 ms late with a 1 % margin")
+  -- The policy engine's copy for the Lua files alone agrees with the module.
+  local lua_only = require("rtcadmin.events").lua_only_api
+  T.same(lua_only.LIMITS, L, "LIMITS")
+  for _, id in ipairs { "alice", "a@b.c_d-e", ("r"):rep(L.id_max), ("r"):rep(L.id_max + 1), "", "a b", "caf\195\169",
+                        T.APP, "has space", "~!", 42 } do
+    T.eq(lua_only.valid_id(id), rtcadmin.valid_id(id), "valid_id " .. tostring(id))
+    T.eq(lua_only.valid_app_id(id), rtcadmin.valid_app_id(id), "valid_app_id " .. tostring(id))
+  end
+  c:close()
+end)
+
 T.run(function() emu.stop() end)
