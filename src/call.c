@@ -1,6 +1,7 @@
 /* The call engine: one API call from its first limiter slot to its outcome (call.h). Every driver
  * (blocking, libcurl multi, Lua exchange) runs its calls through here, so pacing, signing, the retry
- * and deadline rules and the statistics exist once. No Lua, no I/O, no clock reads of its own. */
+ * and deadline rules and the statistics exist once. No Lua and no I/O; the time comes from the driver,
+ * except after a limiter reservation (see RTC_CALL_RESERVE). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,6 +228,9 @@ rtc_call_next rtc_call_step(rtc_call *k, int64_t now) {
             if (k->slot > k->deadline) return finish(k, 0, 0, RTC_CODE_DEADLINE, RTC_DEADLINE_MESSAGE);
             k->asked = now;
             k->state = RTC_CALL_SLOT;
+            /* A reservation may take a round trip (Redis, and its timeouts while Redis is away): the
+             * slot is judged by the clock after it, or a slot missed meanwhile would be used late. */
+            now = rtc_monotonic_ns();
             break;
         case RTC_CALL_SLOT:
             if (now < k->slot) return wait_until(k, k->slot);

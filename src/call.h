@@ -1,4 +1,4 @@
-/* One API call as a state machine, in plain C (no Lua, no I/O, no clock of its own): pacing through the
+/* One API call as a state machine, in plain C (no Lua, no I/O): pacing through the
  * limiter, signing each attempt, classifying answers, retries with jittered backoff, the deadline and
  * the statistics. A driver moves it along: rtc_call_step says what to do next at time `now`, the
  * driver does it (sleeps, sends) and reports the answer with rtc_call_answer. The drivers are
