@@ -112,7 +112,8 @@ end
 
 -- opts: client options (a host limiter in a fresh directory is added); faults: injected before the
 -- calls; want: per call {code, attempts, max_elapsed?}; requests: what the emulator sees; stats: the
--- client's KickUser statistics (waited within 0.06 s); setup(c): before the calls.
+-- client's KickUser statistics (waited within 0.08 s: each call's own time comes off the next wait);
+-- setup(c): before the calls.
 local scenarios = {
   {
     name = "throttled, then ok",
@@ -184,12 +185,12 @@ local scenarios = {
               waited = 0 },
   },
   {
-    name = "pacing: three calls at 4/s wait for their slots",
+    name = "pacing: three calls at 4/s (slots 0.375 s apart with the margin) wait for their slots",
     opts = { qps = { KickUser = 4 } },
     calls = { kick("alice"), kick("bob"), kick("carol") },
     want = { { code = "ok", attempts = 1 }, { code = "ok", attempts = 1 }, { code = "ok", attempts = 1 } },
     requests = 3,
-    stats = { sent = 3, succeeded = 3, failed = 0, retries = 0, throttled = 0, failures = {}, waited = 0.5 },
+    stats = { sent = 3, succeeded = 3, failed = 0, retries = 0, throttled = 0, failures = {}, waited = 0.72 },
   },
   {
     name = "the limiter refuses a slot",
@@ -216,7 +217,9 @@ local function run_once(s, name)
   emu.reset()
   if s.faults then emu.faults(s.faults) end
   local dir = T.tmpdir()
-  local opts = { limiter = { backend = "host", dir = dir } }
+  -- A margin of 50 %: a sender may reach its slot up to 250 ms late before it must give the slot up
+  -- (docs/pacing.md), so a loaded machine's scheduling delays do not change the outcomes compared.
+  local opts = { limiter = { backend = "host", dir = dir, margin = 0.5 } }
   for k, v in pairs(s.opts or {}) do opts[k] = v end
   local c = T.client(emu, opts)
   if s.setup then s.setup(c) end
@@ -253,7 +256,7 @@ for _, s in ipairs(scenarios) do
         T.eq(st[k], s.stats[k], what .. ": stats." .. k)
       end
       T.same(st.failures, s.stats.failures, what .. ": stats.failures")
-      T.ok(math.abs(st.waited - s.stats.waited) <= 0.06, string.format("%s: stats.waited %.3f s, expected %.2f s",
+      T.ok(math.abs(st.waited - s.stats.waited) <= 0.08, string.format("%s: stats.waited %.3f s, expected %.2f s",
         what, st.waited, s.stats.waited))
       if exchange_waited and s.stats.waited > 0 then
         T.ok(math.abs(exchange_waited - st.waited) <= 0.01, string.format(
