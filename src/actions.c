@@ -1,26 +1,23 @@
-/* The moderation surface: argument checks (raised before any traffic) and the API call each method makes. */
+/* The moderation surface: argument checks (raised before any traffic) and the API call each method
+ * makes, sent by the blocking driver (request.c) or kept as a prepared call (prepared.c). */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "actions.h"
+#include "client_lua.h"
 #include "json.h"
-#include "rtcadmin.h"
-
-#define ID_MAX 128
-#define BAN_MAX 604800     /* BanRoomUser / UpdateBanRoomUserRule ForbiddenInterval: {0} or [10, 604800] */
-#define BAN_MIN 10
-#define MUTE_MAX 259200    /* BanUserStream ForbiddenInterval: {0} or [60, 259200] */
-#define MUTE_MIN 60
+#include "prepared.h"
+#include "request.h"
 
 typedef struct {
     const char *s;
     size_t n;
 } str;
 
-/* RoomId / UserId: 1-128 characters of A-Z a-z 0-9 @ . _ - */
-static int id_ok(const char *s, size_t n) {
+int rtc_valid_id(const char *s, size_t n) {
     size_t i;
-    if (n == 0 || n > ID_MAX) return 0;
+    if (n == 0 || n > RTC_ID_MAX) return 0;
     for (i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '@' || c == '.' ||
@@ -30,10 +27,9 @@ static int id_ok(const char *s, size_t n) {
     return 1;
 }
 
-/* AppId is opaque: 1-128 printable ASCII characters, no spaces. */
-static int appid_ok(const char *s, size_t n) {
+int rtc_valid_app_id(const char *s, size_t n) {
     size_t i;
-    if (n == 0 || n > ID_MAX) return 0;
+    if (n == 0 || n > RTC_ID_MAX) return 0;
     for (i = 0; i < n; i++)
         if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f) return 0;
     return 1;
@@ -49,7 +45,7 @@ static str check_id_at(lua_State *L, int idx, const char *fname, const char *arg
     }
     if (t != LUA_TSTRING) rtc_argerror(L, fname, "bad argument '%s': expected a string, got %s", arg, lua_typename(L, t));
     r.s = lua_tolstring(L, idx, &r.n);
-    if (is_app ? !appid_ok(r.s, r.n) : !id_ok(r.s, r.n))
+    if (is_app ? !rtc_valid_app_id(r.s, r.n) : !rtc_valid_id(r.s, r.n))
         rtc_argerror(L, fname, "bad argument '%s': %s, got %s", arg,
                      is_app ? "expected 1-128 printable ASCII characters without spaces"
                             : "expected 1-128 characters of A-Z a-z 0-9 @ . _ -",
@@ -144,39 +140,18 @@ static str field_ip(lua_State *L, int t, const char *fname) {
     return r;
 }
 
-/* Whether the method was called through its preparer (upvalue true, see batch.c). */
-#define PREPARING(L) lua_toboolean((L), lua_upvalueindex(1))
 
 /* The client at index 1. A method that sends refuses to run inside one of the client's own methods; a
  * preparer is what a running batch (or exchange) calls to check its calls. */
 static rtc_client *method_client(lua_State *L, const char *fname) {
-    return PREPARING(L) ? rtc_check_client(L, 1, fname) : rtc_check_idle_client(L, 1, fname);
+    return RTC_PREPARING(L) ? rtc_check_client(L, 1, fname) : rtc_check_idle_client(L, 1, fname);
 }
 
 /* Sends the call, or, for a method called through its preparer, returns it as a prepared table
  * {action, version, get, body, params = {k1, v1, ...}} to be sent later. */
 static int rtc_dispatch(lua_State *L, rtc_client *c, const char *fname, const rtc_api_call *call) {
-    size_t i;
-    if (!PREPARING(L)) return rtc_client_request(L, c, fname, call);
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, call->action);
-    lua_setfield(L, -2, "action");
-    lua_pushstring(L, call->version);
-    lua_setfield(L, -2, "version");
-    lua_pushboolean(L, call->is_get);
-    lua_setfield(L, -2, "get");
-    if (call->body) {
-        lua_pushlstring(L, call->body, call->body_len);
-        lua_setfield(L, -2, "body");
-    }
-    lua_createtable(L, (int)call->nparams * 2, 0);
-    for (i = 0; i < call->nparams; i++) {
-        lua_pushlstring(L, call->params[i].key, call->params[i].key_len);
-        lua_rawseti(L, -2, (int)(2 * i + 1));
-        lua_pushlstring(L, call->params[i].value, call->params[i].value_len);
-        lua_rawseti(L, -2, (int)(2 * i + 2));
-    }
-    lua_setfield(L, -2, "params");
+    if (!RTC_PREPARING(L)) return rtc_client_request(L, c, fname, call);
+    rtc_prepared_push(L, call);
     return 1;
 }
 
@@ -253,7 +228,7 @@ static int m_ban_user(lua_State *L) {
     str room = field_id(L, t, "ban_user", "room_id", 0, 0);
     str user = field_id(L, t, "ban_user", "user_id", 0, 0);
     str ip = field_ip(L, t, "ban_user");
-    long long d = field_duration(L, t, "ban_user", 1, BAN_MIN, BAN_MAX);
+    long long d = field_duration(L, t, "ban_user", 1, RTC_BAN_MIN, RTC_BAN_MAX);
     body w;
     if (!room.s && !user.s && !ip.s)
         rtc_argerror(L, "ban_user", "give at least one of room_id, user_id, ip (the ban's scope)");
@@ -275,7 +250,7 @@ static int update_rule(lua_State *L, const char *fname, int unban) {
     str app = field_id(L, t, fname, "app_id", 1, 1);
     str room = field_id(L, t, fname, "room_id", 0, 0);
     str user = field_id(L, t, fname, "user_id", 0, 0);
-    long long d = unban ? 0 : field_duration(L, t, fname, 1, BAN_MIN, BAN_MAX);
+    long long d = unban ? 0 : field_duration(L, t, fname, 1, RTC_BAN_MIN, RTC_BAN_MAX);
     body w;
     if (!room.s && !user.s) rtc_argerror(L, fname, "give room_id, user_id or both (the ban's scope)");
     body_init(&w);
@@ -312,7 +287,7 @@ static int stream_rule(lua_State *L, const char *fname, int mute) {
     str room = field_id(L, t, fname, "room_id", 1, 0);
     str user = field_id(L, t, fname, "user_id", 1, 0);
     int audio, video;
-    long long d = mute ? field_duration(L, t, fname, 0, MUTE_MIN, MUTE_MAX) : -1;
+    long long d = mute ? field_duration(L, t, fname, 0, RTC_MUTE_MIN, RTC_MUTE_MAX) : -1;
     body w;
     stream_flags(L, t, fname, &audio, &video);
     body_init(&w);
@@ -472,3 +447,8 @@ const luaL_Reg rtc_action_methods[] = {
     {"kick_user", m_kick_user},     {"ban_user", m_ban_user},       {"unban_user", m_unban_user},
     {"update_ban", m_update_ban},   {"mute_user", m_mute_user},     {"unmute_user", m_unmute_user},
     {"online_users", m_online_users}, {"call", m_call},             {NULL, NULL}};
+
+void rtc_actions_register(lua_State *L) {
+    rtc_client_add_methods(L, rtc_action_methods);
+    rtc_prepared_register(L, rtc_action_methods);
+}

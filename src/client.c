@@ -1,4 +1,7 @@
-/* The client object: configuration, credentials, and one signed request/response cycle. */
+/* The client object in Lua: its options and credentials, close/__gc/__close, info, stats and reserve,
+ * and the rule that a client runs one of its own methods at a time (rtc_client_run). The methods that
+ * call the API are added by their own files (actions.c, batch.c, exchange.c); the calls themselves
+ * run in the call engine (call.c). */
 #include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +12,8 @@
 
 #include <openssl/crypto.h>
 
-#include "rtcadmin.h"
+#include "call.h"
+#include "client_lua.h"
 
 #define DEFAULT_REGION "cn-north-1"
 #define DEFAULT_HOST "rtc.volcengineapi.com"
@@ -778,7 +782,63 @@ static int client_info(lua_State *L) {
     return 1;
 }
 
-void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
+/* client:reserve(action) -> seconds to wait before sending: the non-blocking entry for event loops.
+ * The slot is taken; the caller sleeps its own way (ngx.sleep) and then sends. */
+static int client_reserve(lua_State *L) {
+    rtc_client *c = rtc_check_idle_client(L, 1, "reserve");
+    size_t n = 0;
+    const char *action = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n) : NULL;
+    int64_t now = rtc_monotonic_ns(), start;
+    char err[256];
+    if (!action || n > 64 || strlen(action) != n || !rtc_valid_action(action))
+        return rtc_argerror(L, "reserve", "bad argument 'action': expected an Action name such as \"KickUser\"");
+    if (rtc_pace_reserve(c, action, now, now + (int64_t)(c->deadline * 1e9), &start, err, sizeof err))
+        return luaL_error(L, "rtcadmin.reserve: %s", err);
+    lua_pushnumber(L, (lua_Number)(start - now) / 1e9);
+    return 1;
+}
+
+static void set_number(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_integer(lua_State *L, const char *k, long v) {
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_setfield(L, -2, k);
+}
+
+/* client:stats() -> {Action = {sent, succeeded, failed, failures = {code = n}, retries, throttled,
+ * missed_slots, waited, p50, p99}} */
+static int client_stats(lua_State *L) {
+    rtc_client *c = rtc_check_client(L, 1, "stats");
+    float sorted[RTC_STATS_SAMPLES];
+    int i, j;
+    lua_createtable(L, 0, c->stats.nactions);
+    for (i = 0; i < c->stats.nactions; i++) {
+        const rtc_action_stats *a = c->stats.actions[i];
+        double p50, p99;
+        lua_createtable(L, 0, 10);
+        set_integer(L, "sent", a->sent);
+        set_integer(L, "succeeded", a->succeeded);
+        set_integer(L, "failed", a->failed);
+        set_integer(L, "retries", a->retries);
+        set_integer(L, "throttled", a->throttled);
+        set_integer(L, "missed_slots", a->missed_slots);
+        set_number(L, "waited", a->waited);
+        lua_createtable(L, 0, a->ncodes);
+        for (j = 0; j < a->ncodes; j++) set_integer(L, a->codes[j].code, a->codes[j].count);
+        lua_setfield(L, -2, "failures");
+        if (rtc_stats_percentiles(a, sorted, &p50, &p99)) {
+            set_number(L, "p50", p50);
+            set_number(L, "p99", p99);
+        }
+        lua_setfield(L, -2, a->action);
+    }
+    return 1;
+}
+
+void rtc_client_register(lua_State *L) {
     static const luaL_Reg meta[] = {{"__gc", client_gc},
                                     {"__tostring", client_tostring},
 #if LUA_VERSION_NUM >= 504
@@ -787,17 +847,13 @@ void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
                                     {NULL, NULL}};
     static const luaL_Reg base[] = {{"close", client_close},
                                     {"info", client_info},
-                                    {"reserve", rtc_client_reserve_method},
-                                    {"stats", rtc_client_stats_method},
-                                    {"exchange", rtc_client_exchange_method},
-                                    {"exchanges", rtc_client_exchanges_method},
+                                    {"reserve", client_reserve},
+                                    {"stats", client_stats},
                                     {NULL, NULL}};
     if (luaL_newmetatable(L, RTC_CLIENT_MT)) {
         luaL_setfuncs(L, meta, 0);
         lua_newtable(L);
         luaL_setfuncs(L, base, 0);
-        luaL_setfuncs(L, methods, 0);
-        luaL_setfuncs(L, rtc_batch_methods, 0);
         lua_setfield(L, -2, "__index");
         lua_pushliteral(L, "rtcadmin.client");
         lua_setfield(L, -2, "__name");
@@ -805,4 +861,11 @@ void rtc_client_register(lua_State *L, const luaL_Reg *methods) {
         lua_setfield(L, -2, "__metatable");
     }
     lua_pop(L, 1);
+}
+
+void rtc_client_add_methods(lua_State *L, const luaL_Reg *methods) {
+    luaL_getmetatable(L, RTC_CLIENT_MT);
+    lua_getfield(L, -1, "__index");
+    luaL_setfuncs(L, methods, 0);
+    lua_pop(L, 2);
 }

@@ -3,22 +3,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "call.h"
+#include "errors.h"
 #include "json.h"
-#include "rtcadmin.h"
-
-static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
-
-int rtc_is_retryable(const char *code, long http_status) {
-    static const char *const transient[] = {"FlowLimitExceeded", "AccountFlowLimitExceeded", "InternalError",
-                                            "InternalServiceTimeout", "FailToConnect", "ServiceUnavailable",
-                                            "ConnectionFailed", "ConnectionReset", "Timeout", "DNSFailure"};
-    size_t i;
-    if (http_status == 429 || http_status >= 500) return 1;
-    if (!code) return 0;
-    for (i = 0; i < sizeof transient / sizeof *transient; i++)
-        if (starts_with(code, transient[i])) return 1;
-    return 0;
-}
 
 static void setstr(lua_State *L, const char *k, const char *v) {
     if (!v) return;

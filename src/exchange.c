@@ -1,31 +1,35 @@
-/* A call as a sans-I/O state machine, for hosts that do their own networking (nginx cosockets, any
- * event loop). The caller drives it with x:step(response) and gets back what to do next: "wait"
- * seconds (a limiter slot or a retry backoff), "send" a signed request, or "done" with the same
- * `result, meta` / `nil, err` as a blocking call. Pacing, signing, response handling, retries and
- * statistics are the ones rtc_client_request uses; only the waiting and the I/O are the caller's. */
-#include <math.h>
+/* The sans-I/O driver: a call's state machine (call.c) stepped by Lua code that does its own waiting
+ * and I/O (nginx cosockets, any event loop). The caller drives it with x:step(response) and gets back
+ * what to do next: "wait" seconds (a limiter slot or a retry backoff), "send" a signed request, or
+ * "done" with the same `result, meta` / `nil, err` as a blocking call. Everything else about the call
+ * is the engine's, as for the blocking and bulk drivers. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "rtcadmin.h"
+#include "client_lua.h"
+#include "exchange.h"
+#include "prepared.h"
+#include "response.h"
 
 #define EXCHANGE_MT "rtcadmin.exchange"
 
-typedef enum { X_RESERVE, X_SLOT, X_SENT, X_BACKOFF, X_DONE } exchange_state;
-
-static const char *const state_names[] = {"reserve", "slot", "sent", "backoff", "done"};
+/* By the engine's state: what tostring(x) shows. */
+static const char *const state_names[] = {"reserve", "reserve", "slot", "sent", "backoff", "done"};
 
 typedef struct {
     rtc_client *c;       /* kept alive by the uservalue {client, prepared} */
     rtc_api_call call;   /* points into the prepared table */
-    exchange_state state;
-    int attempt;
-    int64_t deadline, asked, slot, wake, sent;
+    rtc_call k;
     rtc_http_response resp; /* the response being read: freed again after each step, should it raise */
 } exchange;
 
-static void step_done(void *ud) { rtc_http_response_free(&((exchange *)ud)->resp); }
+/* After each step, however it ended: nothing of the attempt's is left in C memory. */
+static void step_done(void *ud) {
+    exchange *x = ud;
+    rtc_call_sent(&x->k);
+    rtc_http_response_free(&x->resp);
+}
 
 static exchange *check_exchange(lua_State *L, int idx) {
     return luaL_checkudata(L, idx, EXCHANGE_MT);
@@ -38,18 +42,13 @@ static int push_wait(lua_State *L, int64_t t_ns, int64_t now) {
     return 2;
 }
 
-/* `result, meta` or `nil, err` are on top: ends the exchange with them. */
-static int push_done(lua_State *L, exchange *x, const char *failure_code) {
-    rtc_stats_outcome(rtc_stats_for(&x->c->stats, x->call.action), failure_code);
-    x->state = X_DONE;
+/* The call has ended: "done", then its `result, meta` or `nil, err` (on the stack already when it
+ * ended with an answer). */
+static int push_done(lua_State *L, exchange *x) {
+    if (!x->k.answered) rtc_push_call_end(L, &x->k);
     lua_pushliteral(L, "done");
     lua_insert(L, -3);
     return 3;
-}
-
-static int fail_simple(lua_State *L, exchange *x, const char *code, const char *message) {
-    rtc_push_simple_error(L, x->c, &x->call, code, message, x->attempt - 1);
-    return push_done(L, x, code);
 }
 
 static void set_str(lua_State *L, const char *k, const char *v, size_t n) {
@@ -63,10 +62,9 @@ static void set_num(lua_State *L, const char *k, double v) {
 }
 
 /* The signed request as a table: where to connect and what to write. */
-static int push_send(lua_State *L, exchange *x) {
+static int push_send(lua_State *L, exchange *x, int64_t now) {
     rtc_client *c = x->c;
-    rtc_wire_request w;
-    char err[256];
+    const rtc_wire_request *w = &x->k.wire;
     const char *auth = strstr(c->base_url, "://") + 3, *host = auth, *port = NULL, *p;
     size_t hostlen, i, baselen = strlen(c->base_url);
     int https = strncmp(c->base_url, "https", 5) == 0;
@@ -81,11 +79,9 @@ static int push_send(lua_State *L, exchange *x) {
         hostlen = p ? (size_t)(p - auth) : strlen(auth);
         if (p) port = p + 1;
     }
-    if (rtc_wire_build(c, &x->call, &w, err, sizeof err))
-        return luaL_error(L, "rtcadmin: cannot sign %s: %s", x->call.action, err);
     lua_pushliteral(L, "send");
     lua_createtable(L, 0, 14);
-    lua_pushstring(L, w.http.method);
+    lua_pushstring(L, w->http.method);
     lua_setfield(L, -2, "method");
     lua_pushstring(L, https ? "https" : "http");
     lua_setfield(L, -2, "scheme");
@@ -95,19 +91,19 @@ static int push_send(lua_State *L, exchange *x) {
     lua_setfield(L, -2, "port");
     lua_pushfstring(L, "rtcadmin:%s", c->base_url);
     lua_setfield(L, -2, "pool");
-    set_str(L, "path", w.url.data + baselen, w.url.len - baselen);
-    lua_createtable(L, (int)w.nh + 1, 0);
-    for (i = 0; i < w.nh; i++) {
-        lua_pushstring(L, w.hv[i]);
+    set_str(L, "path", w->url.data + baselen, w->url.len - baselen);
+    lua_createtable(L, (int)w->nh + 1, 0);
+    for (i = 0; i < w->nh; i++) {
+        lua_pushstring(L, w->hv[i]);
         lua_rawseti(L, -2, (int)i + 1);
     }
     lua_pushfstring(L, "User-Agent: %s", c->user_agent);
-    lua_rawseti(L, -2, (int)w.nh + 1);
+    lua_rawseti(L, -2, (int)w->nh + 1);
     lua_setfield(L, -2, "headers");
-    set_str(L, "body", w.http.body ? w.http.body : "", w.http.body_len);
+    set_str(L, "body", w->http.body ? w->http.body : "", w->http.body_len);
     {
         /* As in the blocking path: an attempt never outlives the call's deadline. */
-        double left = (double)rtc_attempt_timeout_ms(x->deadline, rtc_monotonic_ns()) / 1000.0;
+        double left = (double)w->http.timeout_ms / 1000.0;
         set_num(L, "timeout", left < c->timeout ? left : c->timeout);
         set_num(L, "connect_timeout", left < c->connect_timeout ? left : c->connect_timeout);
     }
@@ -116,7 +112,7 @@ static int push_send(lua_State *L, exchange *x) {
     if (c->proxy) set_str(L, "proxy", c->proxy, strlen(c->proxy));
     if (c->ca_file) set_str(L, "ca_file", c->ca_file, strlen(c->ca_file));
     set_str(L, "action", x->call.action, strlen(x->call.action));
-    lua_pushinteger(L, x->attempt);
+    lua_pushinteger(L, x->k.attempt);
     lua_setfield(L, -2, "attempt");
     /* For a driver that paces elsewhere (rtcadmin.nginx with a Redis limiter): the schedule's key
      * (a SHA-256 prefix of the access key, as the C backends use it), the limit, the time left. */
@@ -126,10 +122,8 @@ static int push_send(lua_State *L, exchange *x) {
         set_str(L, "key_id", key_id, 16);
     }
     set_num(L, "qps", rtc_client_qps(c, x->call.action));
-    set_num(L, "deadline_in", (double)(x->deadline - rtc_monotonic_ns()) / 1e9);
-    rtc_wire_free(&w);
-    x->sent = rtc_monotonic_ns();
-    x->state = X_SENT;
+    set_num(L, "deadline_in", (double)(x->k.deadline - now) / 1e9);
+    rtc_call_sent(&x->k); /* the signed lines are wiped: the table holds the only copy */
     return 2;
 }
 
@@ -165,70 +159,53 @@ static int read_response(lua_State *L, int t, rtc_http_response *r) {
     return 0;
 }
 
+/* The answer to the request sent: the response table at index 2. */
+static int step_answer(lua_State *L, exchange *x, int64_t now) {
+    rtc_answer ans;
+    char err[256];
+    int rc;
+    if (!lua_istable(L, 2))
+        return rtc_argerror(L, "exchange.step", "expects the response to the request it sent, got %s",
+                            luaL_typename(L, 2));
+    /* A driver that paces elsewhere reports that its limiter gave no slot: nothing was sent. */
+    lua_getfield(L, 2, "error");
+    if (lua_isstring(L, -1) && (strcmp(lua_tostring(L, -1), RTC_CODE_LIMITER) == 0 ||
+                                strcmp(lua_tostring(L, -1), RTC_CODE_DEADLINE) == 0)) {
+        char code[64];
+        snprintf(code, sizeof code, "%s", lua_tostring(L, -1));
+        lua_getfield(L, 2, "message");
+        snprintf(err, sizeof err, "%s", lua_isstring(L, -1)                     ? lua_tostring(L, -1)
+                                        : strcmp(code, RTC_CODE_DEADLINE) == 0 ? RTC_DEADLINE_MESSAGE
+                                                                               : code);
+        rtc_call_refuse(&x->k, code, err);
+        return push_done(L, x);
+    }
+    lua_pop(L, 1);
+    rtc_http_response_init(&x->resp);
+    rc = read_response(L, 2, &x->resp);
+    lua_settop(L, 1);
+    ans = rtc_push_response(L, x->c, &x->call, rc, &x->resp, x->k.attempt, rtc_call_elapsed(&x->k, now));
+    if (rtc_call_answer(&x->k, &ans, now) == RTC_CALL_DONE) return push_done(L, x);
+    lua_pop(L, 2); /* a retry follows, after its backoff */
+    return push_wait(L, x->k.until, now);
+}
+
 /* One step; runs as the client's running method (see exchange_step). */
 static int step_body(lua_State *L) {
     exchange *x = lua_touserdata(L, 1);
-    rtc_client *c = x->c;
     int64_t now = rtc_monotonic_ns();
-    char err[256];
-
-    switch (x->state) {
-    case X_DONE:
-        return rtc_argerror(L, "exchange.step", "the exchange has finished");
-    case X_SENT: {
-        rtc_http_response *resp = &x->resp;
-        rtc_outcome o;
-        double elapsed = (double)(now - x->sent) / 1e9;
-        int rc;
-        if (!lua_istable(L, 2))
-            return rtc_argerror(L, "exchange.step", "expects the response to the request it sent, got %s",
-                                luaL_typename(L, 2));
-        /* A driver that paces elsewhere reports that its limiter gave no slot: nothing was sent. */
-        lua_getfield(L, 2, "error");
-        if (lua_isstring(L, -1) && (strcmp(lua_tostring(L, -1), "LimiterError") == 0 ||
-                                    strcmp(lua_tostring(L, -1), "DeadlineExceeded") == 0)) {
-            const char *code = lua_tostring(L, -1);
-            lua_getfield(L, 2, "message");
-            snprintf(err, sizeof err, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : code);
-            return fail_simple(L, x, code, err);
-        }
-        lua_pop(L, 1);
-        rtc_http_response_init(resp);
-        rc = read_response(L, 2, resp);
-        lua_settop(L, 1);
-        o = rtc_push_outcome(L, c, &x->call, rc, resp, x->attempt, elapsed);
-        rtc_stats_attempt(rtc_stats_for(&c->stats, x->call.action), x->attempt, (double)(x->slot - x->asked) / 1e9,
-                          elapsed, o.throttled);
-        if (o.ok || !o.retryable || x->attempt > c->retries) return push_done(L, x, o.ok ? NULL : o.code);
-        x->wake = rtc_monotonic_ns() + (int64_t)(rtc_backoff(c, x->attempt) * 1e9);
-        if (x->wake >= x->deadline) return push_done(L, x, o.code);
-        lua_pop(L, 2);
-        x->state = X_BACKOFF;
-        return push_wait(L, x->wake, now);
+    if (x->k.state == RTC_CALL_SENT) return step_answer(L, x, now);
+    switch (rtc_call_step(&x->k, now)) {
+    case RTC_CALL_WAIT:
+        return push_wait(L, x->k.until, now);
+    case RTC_CALL_SEND:
+        return push_send(L, x, now);
+    case RTC_CALL_DONE:
+        return push_done(L, x);
+    case RTC_CALL_ERROR:
+        break;
     }
-    case X_BACKOFF:
-        if (now < x->wake) return push_wait(L, x->wake, now);
-        x->attempt++;
-        x->state = X_RESERVE;
-        /* fall through */
-    case X_RESERVE:
-        if (rtc_pace_reserve(c, x->call.action, now, x->deadline, &x->slot, err, sizeof err))
-            return fail_simple(L, x, "LimiterError", err);
-        if (x->slot > x->deadline)
-            return fail_simple(L, x, "DeadlineExceeded", "the rate limit leaves no slot before the call's deadline");
-        x->asked = now;
-        x->state = X_SLOT;
-        /* fall through */
-    case X_SLOT:
-        if (now < x->slot) return push_wait(L, x->slot, now);
-        if (rtc_pace_missed(c, x->slot, now)) { /* the driver came back too late for this slot */
-            rtc_stats_missed_slot(rtc_stats_for(&c->stats, x->call.action));
-            x->state = X_RESERVE;
-            return step_body(L);
-        }
-        return push_send(L, x);
-    }
-    return 0;
+    return luaL_error(L, "rtcadmin: cannot sign %s: %s", x->call.action, x->k.message);
 }
 
 /* x:step(response?) -> "wait", seconds | "send", request | "done", result, meta | "done", nil, err */
@@ -237,7 +214,7 @@ static int exchange_step(lua_State *L) {
     rtc_client *c = x->c;
     if (c->closed)
         return rtc_argerror(L, "exchange.step", "the client is closed (client:close() ends its exchanges too)");
-    if (x->state == X_DONE) return rtc_argerror(L, "exchange.step", "the exchange has finished");
+    if (x->k.state == RTC_CALL_END) return rtc_argerror(L, "exchange.step", "the exchange has finished");
     lua_settop(L, 2); /* rtc_client_run refuses a step from inside one of the client's own methods */
     return rtc_client_run(L, c, "exchange.step", "a metamethod of the response, a finalizer or a hook", step_body,
                           step_done, x);
@@ -245,11 +222,11 @@ static int exchange_step(lua_State *L) {
 
 static int exchange_tostring(lua_State *L) {
     exchange *x = check_exchange(L, 1);
-    lua_pushfstring(L, "rtcadmin.exchange{%s, attempt %d, %s}", x->call.action, x->attempt, state_names[x->state]);
+    lua_pushfstring(L, "rtcadmin.exchange{%s, attempt %d, %s}", x->call.action, x->k.attempt,
+                    state_names[x->k.state]);
     return 1;
 }
 
-/* Pushes a new exchange for the prepared call at `prepared` (see rtc_call_load) of the client at `client`. */
 void rtc_exchange_push(lua_State *L, int client, int prepared) {
     rtc_client *c = rtc_check_client(L, client, "exchange");
     exchange *x;
@@ -259,8 +236,38 @@ void rtc_exchange_push(lua_State *L, int client, int prepared) {
     x = lua_newuserdatauv(L, sizeof *x, 1);
     memset(x, 0, sizeof *x);
     rtc_http_response_init(&x->resp);
+    luaL_getmetatable(L, EXCHANGE_MT);
+    lua_setmetatable(L, -2);
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, client);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, prepared);
+    lua_rawseti(L, -2, 2);
+    rtc_setuservalue(L, -2);
+    rtc_prepared_load(L, prepared, &x->call);
+    x->c = c;
+    rtc_call_init(&x->k, c, &x->call); /* the deadline counts from the first step */
+}
+
+/* client:exchange(method, args...) -> a sans-I/O exchange for one call, arguments checked now. */
+static int client_exchange(lua_State *L) {
+    int n = lua_gettop(L);
+    rtc_check_idle_client(L, 1, "exchange");
+    luaL_checkstring(L, 2);
+    rtc_prepared_find(L, 2);
+    if (!lua_isfunction(L, -1))
+        return rtc_argerror(L, "exchange", "unknown method %s", rtc_quote(L, lua_tostring(L, 2), lua_rawlen(L, 2)));
+    lua_pushvalue(L, 1);
+    for (int i = 3; i <= n; i++) lua_pushvalue(L, i);
+    lua_call(L, n - 1, 1);
+    rtc_exchange_push(L, 1, -1);
+    return 1;
+}
+
+void rtc_exchange_register(lua_State *L) {
+    static const luaL_Reg client_methods[] = {{"exchange", client_exchange}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"step", exchange_step}, {NULL, NULL}};
     if (luaL_newmetatable(L, EXCHANGE_MT)) {
-        static const luaL_Reg methods[] = {{"step", exchange_step}, {NULL, NULL}};
         lua_pushcfunction(L, exchange_tostring);
         lua_setfield(L, -2, "__tostring");
         lua_newtable(L);
@@ -269,33 +276,6 @@ void rtc_exchange_push(lua_State *L, int client, int prepared) {
         lua_pushliteral(L, "rtcadmin.exchange");
         lua_setfield(L, -2, "__name");
     }
-    lua_setmetatable(L, -2);
-    lua_createtable(L, 2, 0);
-    lua_pushvalue(L, client);
-    lua_rawseti(L, -2, 1);
-    lua_pushvalue(L, prepared);
-    lua_rawseti(L, -2, 2);
-    rtc_setuservalue(L, -2);
-    rtc_call_load(L, prepared, &x->call);
-    x->c = c;
-    x->attempt = 1;
-    x->state = X_RESERVE;
-    x->deadline = rtc_monotonic_ns() + (int64_t)(c->deadline * 1e9);
-}
-
-/* client:exchange(method, args...) -> a sans-I/O exchange for one call, arguments checked now. */
-int rtc_client_exchange_method(lua_State *L) {
-    int n = lua_gettop(L);
-    rtc_check_idle_client(L, 1, "exchange");
-    luaL_checkstring(L, 2);
-    lua_getfield(L, LUA_REGISTRYINDEX, RTC_PREPARERS_KEY);
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
-    if (!lua_isfunction(L, -1))
-        return rtc_argerror(L, "exchange", "unknown method %s", rtc_quote(L, lua_tostring(L, 2), lua_rawlen(L, 2)));
-    lua_pushvalue(L, 1);
-    for (int i = 3; i <= n; i++) lua_pushvalue(L, i);
-    lua_call(L, n - 1, 1);
-    rtc_exchange_push(L, 1, -1);
-    return 1;
+    lua_pop(L, 1);
+    rtc_client_add_methods(L, client_methods);
 }

@@ -5,9 +5,16 @@
 
 #include <openssl/crypto.h>
 
+#include "actions.h"
+#include "batch.h"
+#include "call.h"
+#include "client_lua.h"
+#include "errors.h"
+#include "exchange.h"
 #include "json.h"
+#include "pattern.h"
 #include "redis_lua.h"
-#include "rtcadmin.h"
+#include "response.h"
 
 #define SIGNER_MT "rtcadmin.signer"
 #define DEFAULT_CLIENT_KEY "rtcadmin.default_client"
@@ -313,6 +320,89 @@ static int l_config(lua_State *L) {
     return 1;
 }
 
+/* rtcadmin.valid_id(s) -> whether s is a RoomId / UserId the API takes (actions.c checks the same). */
+static int l_valid_id(lua_State *L) {
+    size_t n = 0;
+    const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+    lua_pushboolean(L, s && rtc_valid_id(s, n));
+    return 1;
+}
+
+/* rtcadmin.valid_app_id(s) -> whether s is an AppId the methods take. */
+static int l_valid_app_id(lua_State *L) {
+    size_t n = 0;
+    const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+    lua_pushboolean(L, s && rtc_valid_app_id(s, n));
+    return 1;
+}
+
+/* rtcadmin.pace_late(late_seconds, margin) -> whether a sender that reaches its limiter slot this late
+ * must give it up and reserve another (the rule every C driver follows; docs/pacing.md). */
+static int l_pace_late(lua_State *L) {
+    lua_pushboolean(L, rtc_pace_late((double)luaL_checknumber(L, 2), (int64_t)(luaL_checknumber(L, 1) * 1e9)));
+    return 1;
+}
+
+static void set_range(lua_State *L, const char *name, int min, int max, int zero_ok) {
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, min);
+    lua_setfield(L, -2, "min");
+    lua_pushinteger(L, max);
+    lua_setfield(L, -2, "max");
+    lua_pushboolean(L, zero_ok);
+    lua_setfield(L, -2, "zero");
+    lua_setfield(L, -2, name);
+}
+
+/* rtcadmin.LIMITS: what the API takes, as the methods check it. ban and mute are ForbiddenInterval
+ * ranges in whole seconds (zero: whether 0 is taken too, and means "until lifted"); id_max is the
+ * longest RoomId, UserId or AppId. */
+static void push_limits(lua_State *L) {
+    lua_createtable(L, 0, 3);
+    set_range(L, "ban", RTC_BAN_MIN, RTC_BAN_MAX, 0);
+    set_range(L, "mute", RTC_MUTE_MIN, RTC_MUTE_MAX, 1);
+    lua_pushinteger(L, RTC_ID_MAX);
+    lua_setfield(L, -2, "id_max");
+}
+
+/* rtcadmin.CODES: the error codes the module makes itself (the service's own come in its answers),
+ * name -> name: the transport's (transport.c) and the call engine's (call.h). */
+static void push_codes(lua_State *L) {
+    static const char *const engine[] = {RTC_CODE_DEADLINE, RTC_CODE_LIMITER, RTC_CODE_MALFORMED, RTC_CODE_HTTP,
+                                         RTC_CODE_UNKNOWN, NULL};
+    int i;
+    lua_createtable(L, 0, 16);
+    for (i = RTC_NET_DNS; i <= RTC_NET_OTHER; i++) {
+        lua_pushstring(L, rtc_net_error_code((rtc_net_error)i));
+        lua_pushvalue(L, -1);
+        lua_rawset(L, -3);
+    }
+    for (i = 0; engine[i]; i++) {
+        lua_pushstring(L, engine[i]);
+        lua_pushvalue(L, -1);
+        lua_rawset(L, -3);
+    }
+}
+
+static void push_names(lua_State *L, const luaL_Reg *methods) {
+    int i;
+    lua_newtable(L);
+    for (i = 0; methods[i].name; i++) {
+        lua_pushstring(L, methods[i].name);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+/* rtcadmin.METHODS = {single = {"kick_user", ...}, bulk = {"batch", ...}}: the client methods that call
+ * the API, one at a time or many (the nginx layer wraps exactly these). */
+static void push_methods(lua_State *L) {
+    lua_createtable(L, 0, 2);
+    push_names(L, rtc_action_methods);
+    lua_setfield(L, -2, "single");
+    push_names(L, rtc_batch_methods);
+    lua_setfield(L, -2, "bulk");
+}
+
 /* rtcadmin.kick_user(...) == rtcadmin.config():kick_user(...) */
 static int forward_to_default(lua_State *L) {
     int n = lua_gettop(L);
@@ -331,14 +421,19 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
                                    {"secure_equal", l_secure_equal},
                                    {"sleep", l_sleep},
                                    {"time", l_time},
+                                   {"valid_id", l_valid_id},
+                                   {"valid_app_id", l_valid_app_id},
+                                   {"pace_late", l_pace_late},
                                    {NULL, NULL}};
     rtc_signer **sp;
     int i;
 
     rtc_error_register(L);
     rtc_meta_register(L);
-    rtc_client_register(L, rtc_action_methods);
-    rtc_batch_register(L, rtc_action_methods);
+    rtc_client_register(L);
+    rtc_actions_register(L);
+    rtc_batch_register(L);
+    rtc_exchange_register(L);
 
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);
@@ -371,6 +466,12 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     rtc_json_register(L);
     rtc_pattern_register(L);
     rtc_redis_register(L);
+    push_methods(L);
+    lua_setfield(L, -2, "METHODS");
+    push_limits(L);
+    lua_setfield(L, -2, "LIMITS");
+    push_codes(L);
+    lua_setfield(L, -2, "CODES");
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
     install_nginx_layer(L, lua_gettop(L));

@@ -67,39 +67,11 @@ static int float_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void set_number(lua_State *L, const char *k, double v) {
-    lua_pushnumber(L, (lua_Number)v);
-    lua_setfield(L, -2, k);
-}
-
-static void set_integer(lua_State *L, const char *k, long v) {
-    lua_pushinteger(L, (lua_Integer)v);
-    lua_setfield(L, -2, k);
-}
-
-void rtc_stats_push(lua_State *L, const rtc_stats *s) {
-    float sorted[RTC_STATS_SAMPLES];
-    int i, j;
-    lua_createtable(L, 0, s->nactions);
-    for (i = 0; i < s->nactions; i++) {
-        const rtc_action_stats *a = s->actions[i];
-        lua_createtable(L, 0, 10);
-        set_integer(L, "sent", a->sent);
-        set_integer(L, "succeeded", a->succeeded);
-        set_integer(L, "failed", a->failed);
-        set_integer(L, "retries", a->retries);
-        set_integer(L, "throttled", a->throttled);
-        set_integer(L, "missed_slots", a->missed_slots);
-        set_number(L, "waited", a->waited);
-        lua_createtable(L, 0, a->ncodes);
-        for (j = 0; j < a->ncodes; j++) set_integer(L, a->codes[j].code, a->codes[j].count);
-        lua_setfield(L, -2, "failures");
-        if (a->nlatency) {
-            memcpy(sorted, a->latency, (size_t)a->nlatency * sizeof *sorted);
-            qsort(sorted, (size_t)a->nlatency, sizeof *sorted, float_cmp);
-            set_number(L, "p50", sorted[(a->nlatency - 1) / 2]);
-            set_number(L, "p99", sorted[(a->nlatency * 99 - 1) / 100]);
-        }
-        lua_setfield(L, -2, a->action);
-    }
+int rtc_stats_percentiles(const rtc_action_stats *a, float *sorted, double *p50, double *p99) {
+    if (!a->nlatency) return 0;
+    memcpy(sorted, a->latency, (size_t)a->nlatency * sizeof *sorted);
+    qsort(sorted, (size_t)a->nlatency, sizeof *sorted, float_cmp);
+    *p50 = sorted[(a->nlatency - 1) / 2];
+    *p99 = sorted[(a->nlatency * 99 - 1) / 100];
+    return 1;
 }

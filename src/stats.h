@@ -1,8 +1,7 @@
-/* Per-Action counters and latency samples for client:stats(). */
+/* Per-Action counters and latency samples for client:stats(). No Lua (client.c pushes them). */
 #ifndef RTCADMIN_STATS_H
 #define RTCADMIN_STATS_H
 
-#include "compat.h"
 
 #define RTC_STATS_ACTIONS 32
 #define RTC_STATS_CODES 16
@@ -40,8 +39,8 @@ void rtc_stats_attempt(rtc_action_stats *a, int attempt, double waited, double l
 void rtc_stats_outcome(rtc_action_stats *a, const char *failure_code);
 void rtc_stats_missed_slot(rtc_action_stats *a);
 void rtc_stats_free(rtc_stats *s);
-/* Pushes {Action = {sent, succeeded, failed, failures = {code = n}, retries, throttled, missed_slots, waited,
- * p50, p99}} */
-void rtc_stats_push(lua_State *L, const rtc_stats *s);
+/* Sorts the latency samples of a into sorted (room for RTC_STATS_SAMPLES) and gives the 50th and 99th
+ * percentiles; 0 when there are none. */
+int rtc_stats_percentiles(const rtc_action_stats *a, float *sorted, double *p50, double *p99);
 
 #endif

@@ -8,13 +8,32 @@ local events = {}
 local type, tostring = type, tostring
 local string_format, string_find, string_sub = string.format, string.find, string.sub
 
--- The wall clock to the microsecond, from the C module when it is there (os.time without it).
-local wall_clock
+local core
 do
-  local ok, core = pcall(require, "rtcadmin")
-  wall_clock = ok and type(core) == "table" and core.time or os.time
+  local ok, m = pcall(require, "rtcadmin")
+  core = ok and type(m) == "table" and m.LIMITS and m or nil
 end
+
+-- The wall clock to the microsecond, from the C module when it is there (os.time without it).
+local wall_clock = core and core.time or os.time
 events.wall_clock = wall_clock
+
+-- What the API takes (the ID rules, the ban and mute ranges): the C module's, which checks every
+-- call against them (rtcadmin.valid_id, rtcadmin.LIMITS; src/actions.c). The Lua files alone (the
+-- sandbox's check without the C module) have only this copy, which test_policy holds to the C
+-- module's.
+events.lua_only_api = {
+  LIMITS = { ban = { min = 10, max = 604800, zero = false }, mute = { min = 60, max = 259200, zero = true },
+             id_max = 128 },
+  valid_id = function(s)
+    return type(s) == "string" and #s >= 1 and #s <= 128 and not string.find(s, "[^A-Za-z0-9@._-]")
+  end,
+  valid_app_id = function(s)
+    return type(s) == "string" and #s >= 1 and #s <= 128 and not string.find(s, "[^\33-\126]")
+  end,
+}
+events.api = core or events.lua_only_api
+local ID_LEN_MAX = events.api.LIMITS.id_max
 
 -- Event fields: `ts` in seconds since 1970 within [0, TS_MAX) (a value in [TS_MS_LO, TS_MS_HI) is
 -- taken for milliseconds and refused with that hint); an `id` a string of 1..ID_MAX bytes or a
@@ -22,12 +41,7 @@ events.wall_clock = wall_clock
 events.TS_MAX, events.ID_MAX, events.TYPE_MAX = 1e10, 256, 64
 local TS_MAX, ID_MAX, TS_MS_LO, TS_MS_HI = events.TS_MAX, events.ID_MAX, 1e11, 1e14
 
-local function valid_id(s)
-  return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^A-Za-z0-9@._-]")
-end
-local function valid_app(s)
-  return type(s) == "string" and #s >= 1 and #s <= 128 and not string_find(s, "[^\33-\126]")
-end
+local valid_id, valid_app = events.api.valid_id, events.api.valid_app_id
 
 -- A value from an event for a message: a string quoted (cut at 40 bytes, bytes outside printable
 -- ASCII as \ddd), anything else with its type.
@@ -52,7 +66,7 @@ local function field_problem(ev, f)
   if type(v) ~= "string" then return f .. " must be a string, got " .. shown(v) end
   if f == "type" then return nil end -- (a type no rule watches is ignored, whatever it is)
   if #v == 0 then return f .. " is empty" end
-  if #v > 128 then return string_format("%s is %d bytes long: at most 128", f, #v) end
+  if #v > ID_LEN_MAX then return string_format("%s is %d bytes long: at most %d", f, #v, ID_LEN_MAX) end
   local bad = f == "app_id" and string_find(v, "[^\33-\126]") or f ~= "app_id" and string_find(v, "[^A-Za-z0-9@._-]")
   if bad then
     return string_format("%s %s has a character outside %s (%s at byte %d)", f, shown(v),

@@ -14,9 +14,9 @@ local COSOCKET_PHASES = {
   rewrite = true, access = true, content = true, timer = true, ssl_cert = true, ssl_session_fetch = true,
 }
 
-local SINGLE = { "kick_user", "ban_user", "unban_user", "update_ban", "mute_user", "unmute_user",
-                 "online_users", "call" }
-local BULK = { "batch", "kick_users", "ban_users" }
+-- Set by M.install from the C module (which is loading this file): the error codes it makes
+-- (rtcadmin.CODES) and its late-sender rule (rtcadmin.pace_late).
+local CODES, pace_late
 
 -- Host name -> address for cosocket connects, like /etc/hosts (which nginx's resolver does not read):
 -- require("rtcadmin.nginx").hosts["rtc.internal"] = "10.0.0.5". TLS still checks the name.
@@ -33,13 +33,13 @@ end
 -- A cosocket error string as the transport error codes the C core uses (rtc_net_error_code).
 local function classify(err)
   err = tostring(err)
-  if err == "timeout" then return "Timeout" end
-  if err:find("resolve", 1, true) or err:find("resolver", 1, true) then return "DNSFailure" end
-  if err:find("refused", 1, true) or err:find("unreachable", 1, true) then return "ConnectionFailed" end
+  if err == "timeout" then return CODES.Timeout end
+  if err:find("resolve", 1, true) or err:find("resolver", 1, true) then return CODES.DNSFailure end
+  if err:find("refused", 1, true) or err:find("unreachable", 1, true) then return CODES.ConnectionFailed end
   if err == "closed" or err:find("reset", 1, true) or err:find("broken pipe", 1, true) then
-    return "ConnectionReset"
+    return CODES.ConnectionReset
   end
-  return "TransportError"
+  return CODES.TransportError
 end
 
 local function failure(sock, code, message)
@@ -99,7 +99,7 @@ end
 -- One HTTP/1.1 exchange over a pooled cosocket; returns the response table the C exchange expects.
 function M.http(w)
   if w.proxy then
-    return failure(nil, "TransportError", "the 'proxy' option is not supported by the nginx transport")
+    return failure(nil, CODES.TransportError, "the 'proxy' option is not supported by the nginx transport")
   end
   local sock = ngx.socket.tcp()
   sock:settimeouts(w.connect_timeout * 1000, w.timeout * 1000, w.timeout * 1000)
@@ -111,7 +111,7 @@ function M.http(w)
   if w.scheme == "https" and fresh then
     -- Verified against lua_ssl_trusted_certificate, with SNI and host name check.
     ok, err = sock:sslhandshake(nil, w.server_name, true)
-    if not ok then return failure(sock, "TLSError", "TLS with " .. w.server_name .. ": " .. tostring(err)) end
+    if not ok then return failure(sock, CODES.TLSError, "TLS with " .. w.server_name .. ": " .. tostring(err)) end
   end
   local head = { w.method, " ", w.path, " HTTP/1.1\r\n", concat(w.headers, "\r\n"), "\r\n" }
   if w.method ~= "GET" then head[#head + 1] = "Content-Length: " .. #w.body .. "\r\n" end
@@ -126,14 +126,14 @@ function M.http(w)
     if not line then return failure(sock, classify(err), "no response: " .. tostring(err)) end
     version, status = line:match("^HTTP/(1%.[01]) (%d%d%d)")
     status = tonumber(status)
-    if not status then return failure(sock, "ProtocolError", "bad status line") end
+    if not status then return failure(sock, CODES.ProtocolError, "bad status line") end
     local h = {}
     while true do
       line, err = sock:receive("*l")
       if not line then return failure(sock, classify(err), "reading headers: " .. tostring(err)) end
       if line == "" then break end
       local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-      if not name then return failure(sock, "ProtocolError", "bad header line") end
+      if not name then return failure(sock, CODES.ProtocolError, "bad header line") end
       h[name:lower()] = value
     end
     w.response_headers = h
@@ -143,9 +143,9 @@ function M.http(w)
   local body, berr, detail = read_body(sock, h, w.max_body)
   if not body then
     if berr == "too large" then
-      return failure(sock, "ResponseTooLarge", "response body over " .. w.max_body .. " bytes")
+      return failure(sock, CODES.ResponseTooLarge, "response body over " .. w.max_body .. " bytes")
     elseif berr == "protocol" then
-      return failure(sock, "ProtocolError", detail)
+      return failure(sock, CODES.ProtocolError, detail)
     end
     return failure(sock, classify(berr), "reading body: " .. tostring(berr))
   end
@@ -168,22 +168,20 @@ local function sleep_until_due(seconds)
 end
 
 -- Takes the send slot for request w from the Redis limiter: nil when the request may go, or the
--- response to report instead (nothing is sent). A slot reached more than margin/2 late is given up
--- for a new one, as the C paths do (docs/pacing.md, "late senders").
+-- response to report instead (nothing is sent; the exchange ends with that code). A slot reached
+-- too late is given up for a new one by the C drivers' rule (docs/pacing.md, "late senders").
 local function redis_slot(pacer, w)
   ngx.update_time()
   local deadline = ngx.now() + w.deadline_in
   while true do
     local now = ngx.now()
     local wait, err = pacer:reserve(w.key_id, w.action, w.qps, deadline)
-    if not wait then return { error = "LimiterError", message = err } end
-    if now + wait > deadline then
-      return { error = "DeadlineExceeded", message = "the rate limit leaves no slot before the call's deadline" }
-    end
+    if not wait then return { error = CODES.LimiterError, message = err } end
+    if now + wait > deadline then return { error = CODES.DeadlineExceeded } end
     sleep_until_due(wait)
     ngx.update_time()
     -- sleep_until_due rounds up to the next millisecond: up to 1.5 ms late by design.
-    if ngx.now() - (now + wait) <= pacer.margin / 2 + 0.0015 then return nil end
+    if not pace_late(ngx.now() - (now + wait) - 0.0015, pacer.margin) then return nil end
   end
 end
 
@@ -283,6 +281,8 @@ end
 
 -- Called once by luaopen_rtcadmin with the module table and the client method table.
 function M.install(module, methods)
+  CODES, pace_late = module.CODES, module.pace_late
+  local SINGLE, BULK = module.METHODS.single, module.METHODS.bulk
   module.client = wrap_client(module.client)
   for _, name in ipairs(SINGLE) do
     local blocking = methods[name]

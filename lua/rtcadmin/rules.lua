@@ -9,9 +9,10 @@ local rules = {}
 local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
 local string_format, string_find, string_sub = string.format, string.find, string.sub
 
--- API limits (docs/api.md): BanRoomUser ForbiddenInterval 10..604800, BanUserStream 60..259200.
-rules.BAN_MIN, rules.BAN_MAX = 10, 604800
-rules.MUTE_MIN, rules.MUTE_MAX = 60, 259200
+-- API limits (docs/api.md, rtcadmin.LIMITS): the BanRoomUser and BanUserStream ForbiddenInterval ranges.
+local LIMITS = events.api.LIMITS
+rules.BAN_MIN, rules.BAN_MAX = LIMITS.ban.min, LIMITS.ban.max
+rules.MUTE_MIN, rules.MUTE_MAX = LIMITS.mute.min, LIMITS.mute.max
 local EVENT_TYPE_MAX = events.TYPE_MAX
 
 -- The rule DSL, as seen from a rules file.

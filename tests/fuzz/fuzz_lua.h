@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "client_lua.h"
+#include "response.h"
 #include "rtcadmin.h"
 
 int luaopen_rtcadmin(lua_State *L);

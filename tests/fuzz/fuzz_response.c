@@ -1,4 +1,4 @@
-/* libFuzzer: the response handling of one attempt (rtc_push_outcome): any body with any status, and
+/* libFuzzer: the response handling of one attempt (rtc_push_response): any body with any status, and
  * transport failures with any message. The outcome must be `result, meta` or `nil, err`, and
  * tostring(err) one printable line without the secret. */
 #include <stdint.h>
@@ -14,7 +14,7 @@ static int check_outcome(lua_State *L) {
     size_t size = (size_t)lua_tointeger(L, 3), i, n;
     rtc_http_response resp;
     rtc_api_call call;
-    rtc_outcome o;
+    rtc_answer o;
     int transport_failure = data[0] & 1, top = lua_gettop(L);
     const char *s;
 
@@ -33,7 +33,7 @@ static int check_outcome(lua_State *L) {
         snprintf(resp.content_type, sizeof resp.content_type, "application/json");
     }
     rtc_ensure_decoder(L);
-    o = rtc_push_outcome(L, c, &call, transport_failure ? -1 : 0, &resp, 1, 0.0);
+    o = rtc_push_response(L, c, &call, transport_failure ? -1 : 0, &resp, 1, 0.0);
     FUZZ_CHECK(lua_gettop(L) == top + 2, "outcome left %d values", lua_gettop(L) - top);
     if (o.ok) {
         FUZZ_CHECK(!transport_failure, "a transport failure came back as success");
