@@ -54,6 +54,7 @@ build = {
       ["rtcadmin.events"] = "lua/rtcadmin/events.lua",
       ["rtcadmin.store"] = "lua/rtcadmin/store.lua",
       ["rtcadmin.outbox"] = "lua/rtcadmin/outbox.lua",
+      ["rtcadmin.state"] = "lua/rtcadmin/state.lua",
       ["rtcadmin.cli"] = "lua/rtcadmin/cli.lua",
    },
    install = {
