@@ -371,6 +371,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     rtc_view_register(L);
     rtc_json_register(L);
     rtc_pack_register(L);
+    rtc_cli_io_register(L);
     rtc_pattern_register(L);
     rtc_redis_register(L);
     lua_pushliteral(L, RTCADMIN_VERSION);

@@ -23,4 +23,7 @@ uint32_t rtc_crc32(uint32_t crc, const void *data, size_t n);
 /* Sets pack and unpack in the table on top of the stack. */
 void rtc_pack_register(lua_State *L);
 
+/* Sets catch_signals, caught_signal, lines and save_file (src/cli_io.c, for the command line). */
+void rtc_cli_io_register(lua_State *L);
+
 #endif
