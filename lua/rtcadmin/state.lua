@@ -337,7 +337,7 @@ function Engine:restore(s)
   local t, err = core.unpack(s)
   local ok, why = true, nil
   if not err then ok, why = pcall(check_snapshot, t, self) end
-  gc_resume(paused)
+  if err or not ok then gc_resume(paused) end
   if err then return nil, "rtcadmin.policy: cannot restore: " .. tostring(err):gsub("^rtcadmin%.unpack: ", "") end
   if not ok then
     if getmetatable(why) ~= Bad then error(why, 0) end
@@ -394,6 +394,7 @@ function Engine:restore(s)
   self.run, self.next_decision = t.run, t.next_decision
   -- The per-event closures hold the tables above in locals: made again over the restored ones.
   self.ctx, self._batch, self._take, self._seen_pos = self:_make_hot()
+  gc_resume(paused)
   return true
 end
 
