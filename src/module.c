@@ -13,6 +13,7 @@
 #include "exchange.h"
 #include "json.h"
 #include "pattern.h"
+#include "pack.h"
 #include "redis_lua.h"
 #include "response.h"
 
@@ -464,6 +465,8 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     rtc_heap_register(L);
     rtc_view_register(L);
     rtc_json_register(L);
+    rtc_pack_register(L);
+    rtc_cli_io_register(L);
     rtc_pattern_register(L);
     rtc_redis_register(L);
     push_methods(L);

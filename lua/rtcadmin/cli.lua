@@ -32,6 +32,8 @@ Options:
   --dry-run        decide and record, send nothing (run)
   --audit FILE     append the audit log (JSON Lines) to FILE (replay, run)
   --drain SECONDS  at the end of the input, keep retrying failed actions this long (run; default 30)
+  --state FILE     keep the engine's state in FILE: restored at the start, saved every --state-every
+                   seconds (default 1), on SIGTERM/SIGINT and at the end of the input (run)
   --strict         exit 4 when input lines were invalid or rules raised errors (replay, run)
   --help           help for a command: rtcadmin COMMAND --help, or rtcadmin help COMMAND
 
@@ -72,12 +74,17 @@ last object: {"kind":"summary",...}). RULES are Lua files or directories (their 
 order); the last argument is EVENTS. --strict: exit 4 when lines were invalid or rules raised errors.]],
   run = [[
 usage: rtcadmin run RULES... [EVENTS|-] [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--drain SECONDS]
-                    [--strict]
+                    [--strict] [--state FILE] [--state-every SECONDS]
 Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absent; e.g. piped from a
 queue consumer), and acts on the decisions through the API, paced and retried. Each row (or JSON
 object) is printed when its action is done. Failed actions are retried later; at the end of input
 it waits up to --drain seconds (default 30) for retries. --strict: exit 4 when lines were invalid or
-rules raised errors (1, an action failed, comes first).]],
+rules raised errors (1, an action failed, comes first).
+--state FILE: the engine's memory (counters, cooldowns, offences, recent event ids, decisions not yet
+sent) is restored from FILE when it exists and saved to it every --state-every seconds (default 1)
+while it changes, on SIGTERM or SIGINT (which then stop the run without the drain) and at the end of
+the input; always whole (written beside it and renamed). A FILE that cannot be restored stops the
+run (exit 1) and is left as it is.]],
   check = [[
 usage: rtcadmin check RULES... [--json]
 Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
@@ -87,7 +94,7 @@ does not load.]],
 
 -- Options: name -> takes a value?
 local OPTIONS = {
-  endpoint = true, audit = true, duration = true, drain = true,
+  endpoint = true, audit = true, duration = true, drain = true, state = true, ["state-every"] = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
   strict = false,
 }
@@ -103,7 +110,7 @@ local MODERATION_COMMANDS = set("kick", "ban", "unban", "mute", "unmute")
 local OPTION_COMMANDS = {
   endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
   ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay"),
-  drain = set("run"),
+  drain = set("run"), state = set("run"), ["state-every"] = set("run"),
   duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
   video = MODERATION_COMMANDS,
 }
@@ -414,12 +421,13 @@ local function split_args(pos, events)
   return files, ev
 end
 
--- JSON Lines reader: yields (line number, event table) or (line number, nil, error).
-local function events_from(fh)
+-- JSON Lines reader over read_line() (the next line, nil at the end): yields (line number, event
+-- table) or (line number, nil, error).
+local function events_from(read_line)
   local n = 0
   return function()
     while true do
-      local line = fh:read("*l")
+      local line = read_line()
       if not line then return nil end
       n = n + 1
       if line:find("%S") then
@@ -702,9 +710,9 @@ end
 -- {"kind":"invalid","line":N,"source":...,"reason":...} on stdout.
 local SKIPS_SHOWN = 10
 
-function Cmd:feed(engine, fh, after_line)
+function Cmd:feed(engine, fh, after_line, read_line)
   local bad = 0
-  for n, ev, err in events_from(fh) do
+  for n, ev, err in events_from(read_line or function() return fh:read("*l") end) do
     if ev then
       -- The engine refuses what is wrong with an event; anything it raises is reported with the
       -- line, and the input goes on.
@@ -757,6 +765,7 @@ function Cmd:start_policy(command, live)
   for _, w in ipairs(engine.warnings) do self:warn("warning: ", w) end
   if not ok then return nil, EXIT_RULES end
   self.events_name = path == "-" and "stdin" or path
+  self.events_path = path
   self:table_widths(engine)
   if not self.opts.json then self:decision_header() end
   return engine, fh
@@ -783,12 +792,91 @@ local function sleep(seconds)
   if seconds > 0 then require("rtcadmin").sleep(seconds) end
 end
 
+-- --state FILE: restores the engine from FILE when it is there. Returns true, or nil and the exit
+-- status (the file is left as it is).
+function Cmd:restore_state(engine, path)
+  local f = io.open(path, "rb")
+  if not f then
+    local exists = os.rename(path, path)
+    if exists then self:warn("rtcadmin: cannot read the state file ", path) return nil, EXIT_FAILED end
+    return true
+  end
+  local s = f:read("*a")
+  f:close()
+  local ok, err = engine:restore(s)
+  if not ok then
+    local why = tostring(err):gsub("^rtcadmin%.policy: cannot restore: ", "")
+    self:warn("rtcadmin: cannot restore the state in ", path, ": ", why,
+      " (the file is left as it is: move it away to start afresh)")
+    return nil, EXIT_FAILED
+  end
+  return true
+end
+
+-- The state file's side of run: save() writes it (atomically); read_line() reads the input with a
+-- timeout, so that a state changed while the input is quiet is saved when it is due; a signal
+-- (SIGTERM, SIGINT) ends the input. after_line() notes the change and saves when it is due.
+function Cmd:state_keeper(engine, path, every)
+  local core = require "rtcadmin"
+  local last, dirty = core.time(), false
+  local keeper = {}
+  function keeper.save()
+    local ok, err = core.save_file(path, engine:snapshot())
+    if not ok then self:warn("rtcadmin: cannot save the state: ", err) end
+    last, dirty = core.time(), false
+  end
+  function keeper.changed()
+    dirty = true
+    if core.time() - last >= every then keeper.save() end
+  end
+  local reader, rerr = core.lines(self.events_path)
+  if not reader then return nil, rerr end
+  function keeper.read_line()
+    while true do
+      if core.caught_signal() then self.signal = core.caught_signal() return nil end
+      local wait = dirty and math.max(0, last + every - core.time()) or nil
+      local line, why = reader:read(wait)
+      if line then return line end
+      if why == "timeout" then keeper.save()
+      elseif why ~= "signal" then
+        if why then self:warn("rtcadmin: cannot read ", self.events_name, ": ", why) end
+        return nil
+      end
+    end
+  end
+  function keeper.close() reader:close() end
+  return keeper
+end
+
 function Cmd:run()
   local drain, bad = number_opt(self, "drain", "run")
   if bad then return bad end
   self.drain = drain or 30
+  local every
+  every, bad = number_opt(self, "state-every", "run")
+  if bad then return bad end
+  if every ~= nil and not (every > 0 and every < math.huge) then
+    return self:usage_error("--state-every must be a number of seconds > 0", "run")
+  end
+  if every and not self.opts.state then return self:usage_error("--state-every needs --state FILE", "run") end
   local engine, fh = self:start_policy("run", true)
   if not engine then return fh end
+  local keeper
+  if self.opts.state then
+    local ok, status = self:restore_state(engine, self.opts.state)
+    if not ok then
+      if fh ~= io.stdin then fh:close() end
+      if engine.client then engine.client:close() end
+      if self.audit_fh then self.audit_fh:close() end
+      return status
+    end
+    if fh ~= io.stdin then fh:close() end
+    local kerr
+    keeper, kerr = self:state_keeper(engine, self.opts.state, every or 1)
+    if not keeper then return self:usage_error("cannot read " .. tostring(kerr), "run", true) end
+    require("rtcadmin").catch_signals()
+    fh = io.stdin -- (read through the keeper; nothing to close here)
+  end
   local dry = engine.dry_run
   -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
   if dry then
@@ -800,21 +888,35 @@ function Cmd:run()
     end
   end
   -- From stdin act after every line (events arrive live); from a file, in batches of 256 lines.
-  local every = fh == io.stdin and 1 or 256
+  local every_line = self.events_path == "-" and 1 or 256
   local function act()
     if #engine.queue > 0 or (engine:next_retry_in() or 1) == 0 then
       engine:flush({ progress = self:progress_fn(#engine.queue) })
     end
   end
-  self:feed(engine, fh, function(n) if n % every == 0 then act() end end)
+  self:feed(engine, fh, function(n)
+    if n % every_line == 0 then act() end
+    if keeper then keeper.changed() end
+  end, keeper and keeper.read_line)
   self.input_done = true
-  if not dry then
+  if not dry and not self.signal then
     engine:flush({ progress = self:progress_fn(#engine.queue) })
     self.drain_deadline = os.time() + self.drain
+    local core = require "rtcadmin"
     while #engine:pending() > 0 and os.time() < self.drain_deadline do
-      sleep(math.min(engine:next_retry_in() or 1, self.drain_deadline - os.time()))
+      -- (in short steps while a signal can end the wait)
+      local step = math.min(engine:next_retry_in() or 1, self.drain_deadline - os.time())
+      if keeper then step = math.min(step, 0.2) end
+      sleep(step)
+      if keeper and core.caught_signal() then self.signal = core.caught_signal() break end
       engine:flush()
+      if keeper then keeper.changed() end
     end
+  end
+  if keeper then
+    keeper.save()
+    keeper.close()
+    if self.signal then self:warn("rtcadmin: ", self.signal, ": stopped; state saved to ", self.opts.state) end
   end
   return self:finish_policy("run", engine, fh, not dry)
 end

@@ -325,6 +325,18 @@ function T.client(emu, overrides)
   return rtcadmin.client(opts)
 end
 
+-- The directory the rtcadmin module was loaded from (package.searchpath is 5.2+): what bin/rtcadmin
+-- run by a test should load (RTCADMIN_BUILD).
+function T.module_dir()
+  for pattern in package.cpath:gmatch("[^;]+") do
+    local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
+    if f then
+      f:close()
+      return pattern:match("^(.*)/[^/]+$")
+    end
+  end
+end
+
 -- Removes a directory made by T.tmpdir.
 function T.rmdir(d) os.execute("rm -rf " .. shell_quote(d)) end
 
