@@ -27,6 +27,7 @@ Host.__index = Host
 
 local PREFIX = "rtcadmin.host:"
 local K_SEQ, K_LEASE, K_STATE = PREFIX .. "seq", PREFIX .. "lease", PREFIX .. "state"
+local K_DECIDED = PREFIX .. "decided" -- the last sequence number the engine decided (for status)
 local function k_event(n) return PREFIX .. "ev:" .. n end
 -- The state as stored: a header line with the format and the next sequence number, then the
 -- engine's snapshot.
@@ -137,6 +138,7 @@ function Host:_take_over()
     if not from_file then next_seq = seq end
   end
   self.engine, self.next_seq, self.saved_seq, self.saved_at = engine, next_seq, next_seq, ngx.now()
+  self.dict:set(K_DECIDED, next_seq - 1)
   ngx.log(ngx.NOTICE, "rtcadmin.host: worker ", ngx.worker.id(), " runs the engine from event ", next_seq)
   return true
 end
@@ -195,6 +197,7 @@ function Host:_step()
   end
   local took = n - self.next_seq
   self.next_seq = n
+  if took > 0 then dict:set(K_DECIDED, n - 1) end
   if #engine.queue > 0 or (engine:next_retry_in() or 1) == 0 then engine:flush() end
   return took
 end
@@ -265,7 +268,7 @@ function Host:status()
   local s = dict:get(K_STATE)
   local saved = s and parse_state(s) or 1
   return { holder_pid = dict:get(K_LEASE), last_seq = last, saved_seq = saved, queued = last - saved + 1,
-           engine_here = self.engine ~= nil }
+           decided_seq = dict:get(K_DECIDED) or saved - 1, engine_here = self.engine ~= nil }
 end
 
 host.DEFAULTS = DEFAULTS
