@@ -52,8 +52,8 @@ end)
 T.case("RTC's event types map to rule types: the default table and one read from a string", function()
   T.same(callback.EVENT_TYPES, { UserJoinRoom = "join", InvisibleUserJoinRoom = "join", UserLeaveRoom = "leave",
     InvisibleUserLeaveRoom = "leave" }, "the default mapping")
-  T.same(callback.parse_event_types("UserJoinRoom=join, RoomDestroy = end"), { UserJoinRoom = "join", RoomDestroy = "end" },
-    "read from a string, spaces allowed")
+  T.same(callback.parse_event_types("UserJoinRoom=join, RoomDestroy = end"),
+    { UserJoinRoom = "join", RoomDestroy = "end" }, "read from a string, spaces allowed")
   T.same(callback.parse_event_types(""), {}, "an empty string maps nothing")
   T.raises("'UserJoinRoom' is not EventType=type", callback.parse_event_types, "UserJoinRoom")
   T.raises("expects a string", callback.parse_event_types, nil)
