@@ -50,6 +50,13 @@ function M.init()
   -- One engine for all workers (docs/nginx.md, "One engine per host"): made here, in the master,
   -- so every worker can take it over.
   moderation_host = host.new { dict = "rtcadmin_host", state_file = conf.state_file, engine = M.new_engine }
+  -- The moderators' console (examples/console), read once here and served from memory.
+  conf.console = {}
+  for _, name in ipairs { "index.html", "console.js", "console.css" } do
+    local f = assert(io.open("examples/console/" .. name, "rb"))
+    conf.console[name] = f:read("*a")
+    f:close()
+  end
 end
 
 -- Audit records go to nginx's error log: decisions and successes at NOTICE, failures at WARN/ERR.
@@ -63,6 +70,7 @@ local function audit_to_log(record)
   if record.error then level = record.outcome == "retry" and ngx.WARN or ngx.ERR end
   if type(record.evidence) == "table" then rtcadmin.json_array(record.evidence) end
   ngx.log(level, "rtcadmin audit ", rtcadmin.json_encode(record))
+  moderation_host:feed(record) -- the console's decision feed
 end
 
 -- The host's engine, made by the worker that takes it over: the rules, this worker's client, the
@@ -110,8 +118,26 @@ function M.callback()
 end
 
 function M.admin()
-  handlers.admin = handlers.admin or admin.handler { token = conf.admin_token, client = M.client }
+  handlers.admin = handlers.admin or admin.handler { token = conf.admin_token, client = M.client,
+    decisions = function(limit) return moderation_host:decisions(limit) end }
   return handlers.admin()
+end
+
+-- GET /console/...: the console's three files. It talks to /admin/ with the token the moderator
+-- types in; the page itself holds no secret.
+local CONSOLE_TYPES = { html = "text/html; charset=utf-8", js = "text/javascript; charset=utf-8",
+                        css = "text/css; charset=utf-8" }
+function M.console()
+  local name = ngx.var.uri:match("^/console/(.*)$")
+  if name == "" then name = "index.html" end
+  local body = name and conf.console[name]
+  if not body then return ngx.exit(404) end
+  ngx.header["Content-Type"] = CONSOLE_TYPES[name:match("%.(%w+)$")]
+  -- Only this origin's own files, no inline script, no framing.
+  ngx.header["Content-Security-Policy"] = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+  ngx.header["X-Content-Type-Options"] = "nosniff"
+  ngx.header["Cache-Control"] = "no-cache"
+  ngx.print(body)
 end
 
 return M

@@ -28,6 +28,10 @@ Host.__index = Host
 local PREFIX = "rtcadmin.host:"
 local K_SEQ, K_LEASE, K_STATE = PREFIX .. "seq", PREFIX .. "lease", PREFIX .. "state"
 local K_DECIDED = PREFIX .. "decided" -- the last sequence number the engine decided (for status)
+-- The decision feed: the newest audit records of decisions, a ring of FEED_RING entries.
+local K_FEED = PREFIX .. "feed"
+local FEED_RING = 400
+local function k_feed(n) return PREFIX .. "feed:" .. n end
 local function k_event(n) return PREFIX .. "ev:" .. n end
 -- The state as stored: a header line with the format and the next sequence number, then the
 -- engine's snapshot.
@@ -259,6 +263,43 @@ end
 function Host:start()
   local ok, err = ngx.timer.at(0, loop, self)
   if not ok then error("rtcadmin.host: cannot start its timer: " .. tostring(err), 2) end
+end
+
+-- Keeps an audit record for the decision feed (call it from the engine's audit function): the
+-- decisions, each again when its outcome changes. Any worker; a record the dict cannot hold is
+-- left out of the feed (the audit log has it).
+function Host:feed(record)
+  if type(record) ~= "table" or record.kind ~= "decision" then return end
+  if type(record.evidence) == "table" then rtcadmin.json_array(record.evidence) end
+  local ok, text = pcall(rtcadmin.json_encode, record)
+  if not ok then return end
+  local dict = self.dict
+  local n = dict:incr(K_FEED, 1, 0)
+  if not n then return end
+  dict:set(k_feed(n), text)
+  dict:delete(k_feed(n - FEED_RING))
+end
+
+-- The newest `limit` decisions of the feed (at most 100), newest first, each with its latest
+-- outcome.
+function Host:decisions(limit)
+  limit = math.min(math.max(math.floor(tonumber(limit) or 50), 1), 100)
+  local dict, list, seen = self.dict, {}, {}
+  local n = dict:get(K_FEED) or 0
+  for i = n, math.max(1, n - FEED_RING + 1), -1 do
+    local text = dict:get(k_feed(i))
+    local d = text and cjson.decode(text)
+    if type(d) == "table" then
+      local key = tostring(d.run) .. ":" .. tostring(d.id)
+      if not seen[key] then
+        seen[key] = true
+        if type(d.evidence) == "table" then rtcadmin.json_array(d.evidence) end
+        list[#list + 1] = d
+        if #list >= limit then break end
+      end
+    end
+  end
+  return rtcadmin.json_array(list)
 end
 
 -- Facts for an admin or metrics endpoint: the queue and who holds the engine.
