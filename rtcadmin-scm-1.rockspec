@@ -32,7 +32,7 @@ build = {
             "src/module.c", "src/client.c", "src/request.c", "src/exchange.c", "src/batch.c", "src/actions.c", "src/errors.c",
             "src/json.c", "src/stats.c", "src/heap.c", "src/view.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
             "src/limiter_redis.c", "src/redis_url.c", "src/redis_fallback.c", "src/step_meter.c", "src/pattern.c",
-            "src/pattern_match.c", "src/redis_lua.c",
+            "src/pattern_match.c", "src/redis_lua.c", "src/pack.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)" },
@@ -54,6 +54,7 @@ build = {
       ["rtcadmin.events"] = "lua/rtcadmin/events.lua",
       ["rtcadmin.store"] = "lua/rtcadmin/store.lua",
       ["rtcadmin.outbox"] = "lua/rtcadmin/outbox.lua",
+      ["rtcadmin.state"] = "lua/rtcadmin/state.lua",
       ["rtcadmin.cli"] = "lua/rtcadmin/cli.lua",
    },
    install = {

@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 
 #include "json.h"
+#include "pack.h"
 #include "redis_lua.h"
 #include "rtcadmin.h"
 
@@ -369,6 +370,7 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     rtc_heap_register(L);
     rtc_view_register(L);
     rtc_json_register(L);
+    rtc_pack_register(L);
     rtc_pattern_register(L);
     rtc_redis_register(L);
     lua_pushliteral(L, RTCADMIN_VERSION);

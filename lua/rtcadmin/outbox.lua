@@ -54,6 +54,12 @@ end
 -- as it is) is extended with UpdateBanRoomUserRule in a follow-up batch (outcome "extended"),
 -- unless the engine made that ban itself and it ends no earlier than the new one would (outcome
 -- "already": nothing more is sent). `ban_until` is when the ban ends, as far as the engine knows.
+--
+-- With a send journal (policy.new{journal = ...}), a decision whose id it lists as sent is not sent
+-- again (outcome "recovered", `recovered = true`); one it lists as being sent when this engine has
+-- not sent it yet (a previous run stopped in the middle) is sent and marked `resent = true`. Each
+-- decision sent is noted as sending just before the requests go out, and as done once it is
+-- finished (succeeded, or failed for good; a retry stays "sending").
 function Engine:flush(opts)
   local now = self.now()
   local batch = self.queue
@@ -63,12 +69,17 @@ function Engine:flush(opts)
     if d.next_retry_at <= now then batch[#batch + 1] = d else still[#still + 1] = d end
   end
   self.waiting = still
+  local journal = self.journal
+  if journal and #batch > 0 then batch = self:_journal_check(batch) end
   local summary = { sent = #batch, succeeded = 0, failed = 0, waiting = 0 }
   if #batch == 0 then summary.waiting = #self.waiting; return summary end
   local calls, ends = {}, {}
   for i, d in ipairs(batch) do
     calls[i] = decision_call(d)
     if d.action == "ban" or d.action == "ban_everywhere" then ends[i] = self:_ban_ends(d) end
+  end
+  if journal then
+    for _, d in ipairs(batch) do journal.sending(d.decision_id) end
   end
   -- A ban the engine knows to end no earlier than this one would (from now) is kept as it is.
   local function keep(i) return ends[i] ~= nil and ends[i] >= now + batch[i].duration end
@@ -118,11 +129,35 @@ function Engine:flush(opts)
         summary.failed = summary.failed + 1
       end
     end
+    if journal and d.outcome ~= "retry" then journal.done(d.decision_id) end
     self:_emit(d)
     if self.on_result then self.on_result(d) end
   end
   summary.waiting = #self.waiting
   return summary
+end
+
+-- The decisions of a batch the journal lets through: those it lists as sent are recorded as
+-- recovered (audit, on_result) and left out.
+function Engine:_journal_check(batch)
+  local journal, st, keep = self.journal, self.st, {}
+  for _, d in ipairs(batch) do
+    local id = d.decision_id
+    if journal.sent(id) then
+      d.outcome, d.recovered, d.time = "recovered", true, iso_time(wall_clock())
+      d.next_retry, d.next_retry_at = nil, nil
+      st.recovered = st.recovered + 1
+      self:_emit(d)
+      if self.on_result then self.on_result(d) end
+    else
+      if d.attempts == 0 and not d.resent and journal.was_sending(id) then
+        d.resent = true
+        st.resent = st.resent + 1
+      end
+      keep[#keep + 1] = d
+    end
+  end
+  return keep
 end
 
 -- Decisions not yet done: queued (never sent) and waiting for a retry, oldest first.

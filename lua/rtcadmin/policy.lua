@@ -15,15 +15,16 @@ local event_checks = require "rtcadmin.events"
 local store = require "rtcadmin.store"
 local rule_files = require "rtcadmin.rules"
 local outbox = require "rtcadmin.outbox"
+local state = require "rtcadmin.state"
 
 -- The JSON writer of audit records, from the C module when it is there (sorted keys, lists marked
 -- with json_array written as [] even when empty, NaN and infinities as null); without it (the Lua
 -- files alone) a private lua-cjson encoder (inf and NaN as null; an empty list is {}).
-local json_encode, json_array
+local json_encode, json_array, sha256
 do
   local ok, core = pcall(require, "rtcadmin")
   if ok and type(core) == "table" and core.json_encode then
-    json_encode, json_array = core.json_encode, core.json_array
+    json_encode, json_array, sha256 = core.json_encode, core.json_array, core.sha256
   else
     local cjson = require("cjson").new()
     cjson.encode_invalid_numbers("null")
@@ -84,6 +85,8 @@ local Engine = {}
 Engine.__index = Engine
 -- Sending decisions: flush, pending, next_retry_in, failed (rtcadmin.outbox).
 for k, v in pairs(outbox) do if type(v) == "function" and k ~= "decision_call" then Engine[k] = v end end
+-- Saving and restoring its state: snapshot, restore (rtcadmin.state).
+for k, v in pairs(state) do if type(v) == "function" then Engine[k] = v end end
 
 -- A run id for the audit records of one engine: its start time to the microsecond and 24 bits of a
 -- heap address (which differs from process to process), so runs that append to one audit file
@@ -116,8 +119,11 @@ end
 
 local known_opts = {
   client = true, now = true, dry_run = true, audit = true, limits = true, allow = true,
-  on_decision = true, on_error = true, on_result = true, run = true,
+  on_decision = true, on_error = true, on_result = true, run = true, journal = true,
 }
+
+-- The send journal's functions (policy.new{journal = ...}; docs/policy.md, "Saving and restoring state").
+local JOURNAL_FNS = { "sent", "sending", "done", "was_sending" }
 for k in pairs(policy.DEFAULTS) do known_opts[k] = true end
 
 function policy.new(opts)
@@ -138,6 +144,16 @@ function policy.new(opts)
   if opts.run ~= nil and (type(opts.run) ~= "string" or opts.run == "") then
     error("rtcadmin.policy.new: 'run' must be a non-empty string", 2)
   end
+  if opts.journal ~= nil then
+    if type(opts.journal) ~= "table" then
+      error("rtcadmin.policy.new: 'journal' must be a table {sent=, sending=, done=, was_sending=}", 2)
+    end
+    for _, f in ipairs(JOURNAL_FNS) do
+      if type(opts.journal[f]) ~= "function" then
+        error("rtcadmin.policy.new: journal." .. f .. " must be a function", 2)
+      end
+    end
+  end
   if opts.limits ~= nil then
     if type(opts.limits) ~= "table" then error("rtcadmin.policy.new: 'limits' must be a table", 2) end
     for k, v in pairs(opts.limits) do
@@ -156,7 +172,7 @@ function policy.new(opts)
     cfg = cfg, client = opts.client, now = opts.now or wall_clock, dry_run = opts.dry_run == true,
     run = opts.run or new_run_id(),
     audit = audit_sink(opts.audit), on_decision = opts.on_decision, on_error = opts.on_error,
-    on_result = opts.on_result,
+    on_result = opts.on_result, journal = opts.journal,
     limits = opts.limits or sandbox.DEFAULTS,
     rules = {}, by_type = {}, files = {}, warnings = {},
     allow_roles = {}, allow_users = {}, allow_patterns = {},
@@ -173,17 +189,17 @@ function policy.new(opts)
     queue = {}, waiting = {}, failures = {}, next_decision = 0,
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
               succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0, bans_extended = 0,
-              bans_already = 0,
+              bans_already = 0, recovered = 0, resent = 0,
               by_rule = {}, by_action = {}, errors_by_rule = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
-  E.seen = { map = {}, ring = {} } -- the last `dedupe` event ids (see Engine:_make_hot)
+  E.seen = { map = {}, ring = {}, pos = 0 } -- the last `dedupe` event ids (see Engine:_make_hot)
   E.offenders = {} -- app_id -> the recent offenders: user_id -> {n, last}
   -- The bans the engine made, the most recent max_offenders: ban_key(...) -> {ends = engine time}.
   E.bans = recent_new(cfg.max_offenders)
   E.runner = sandbox.runner(E.limits)
   E:allow(opts.allow)
-  E.ctx, E._batch, E._take = E:_make_hot()
+  E.ctx, E._batch, E._take, E._seen_pos = E:_make_hot()
   E._one = {} -- process(ev) runs a batch of one
   return E
 end
@@ -286,7 +302,7 @@ function Engine:_make_hot()
   local allow_roles, keys = self.allow_roles, self.keys
   -- The event ids seen: a set of the last `dedupe`, and the ring that retires them in order (an id
   -- is put only when it is not in the set, so the ring holds each id once).
-  local seen_map, seen_ring, seen_pos, dedupe = self.seen.map, self.seen.ring, 0, cfg.dedupe
+  local seen_map, seen_ring, seen_pos, dedupe = self.seen.map, self.seen.ring, self.seen.pos, cfg.dedupe
 
   -- The event being evaluated.
   local c_ev, c_type, c_ts, c_sec, c_app, c_room, c_user, c_rec -- c_sec: math.floor(c_ts)
@@ -710,7 +726,10 @@ function Engine:_make_hot()
     return list
   end
 
-  return ctx, batch, take
+  -- Where the ring of event ids was last written (for Engine:snapshot).
+  local function seen_at() return seen_pos end
+
+  return ctx, batch, take, seen_at
 end
 
 -- A new record: its first REC_PREALLOC slots filled (so they are in the array part); counters
@@ -764,6 +783,21 @@ function Engine:_act(list)
   end
 end
 
+-- A decision's deterministic id (its audit field decision_id, the send journal's key): 32 hex digits
+-- of the SHA-256 of its event id, rule name and target (app, room, user), each with its length. The
+-- same event decided again by the same rule about the same user -- after a restore, replaying the
+-- events since the snapshot -- gets the same id. An event without an id is named by the engine's
+-- run and decision number instead (restored with the state, so the same after a restore too).
+-- Without the C module (the Lua files alone), the id is that string itself.
+local function decision_id_of(self, ev, rule, app, room, user)
+  local id, key = ev.id
+  if type(id) == "string" then key = "s" .. id
+  elseif id ~= nil then key = string_format("n%.17g", id)
+  else key = string_format("r%s#%d", self.run, self.next_decision) end
+  local s = string_format("%d:%s%d:%s%d:%s%d:%s%d:%s", #key, key, #rule, rule, #app, app, #room, room, #user, user)
+  return sha256 and sha256(s):sub(1, 32) or s
+end
+
 -- A decision from an outcome of the run (Engine:_make_hot): recorded, counted, queued unless dry.
 function Engine:_decision(o)
   local r, ev, prior = o.rule, o.ev, o.prior
@@ -775,7 +809,8 @@ function Engine:_decision(o)
   self.next_decision = self.next_decision + 1
   local dry = self.dry_run or r.dry_run
   local d = {
-    kind = "decision", run = self.run, id = self.next_decision, time = iso_time(wall_clock()), event_id = ev.id,
+    kind = "decision", run = self.run, id = self.next_decision, decision_id = decision_id_of(self, ev, r.name, o.app,
+    o.room, o.user), time = iso_time(wall_clock()), event_id = ev.id,
     event_ts = o.ts, event_type = o.type, rule = r.name, rule_at = r.at, evidence = json_array(o.evidence),
     action = act.kind, scope = act.kind == "ban_everywhere" and "app_user" or "room_user",
     app_id = o.app, room_id = o.room, user_id = o.user, duration = act.duration,
@@ -849,8 +884,8 @@ end
 
 -- The counters stats() returns, in the order its tostring shows them.
 local STATS_SHOWN = { "events", "ignored", "duplicates", "allowed", "invalid", "decisions", "dry_run", "queued",
-  "waiting", "succeeded", "failed", "retried", "bans_extended", "bans_already", "cooldown", "rule_errors", "keys",
-  "keys_dropped" }
+  "waiting", "succeeded", "failed", "retried", "recovered", "resent", "bans_extended", "bans_already", "cooldown",
+  "rule_errors", "keys", "keys_dropped" }
 
 -- "{a=1, b=2}" for a map of names to counts, names sorted.
 local function counts_text(t)
