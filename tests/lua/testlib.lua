@@ -523,17 +523,21 @@ function T.contains(list, value)
   return false
 end
 
--- Runs every case; a failing case does not stop the others.
+-- Runs every case (or, with T_ONLY set, those whose name contains it); a failing case does not
+-- stop the others.
 function T.run(teardown)
   local passed, failed = 0, 0
+  local only = os.getenv("T_ONLY")
   for _, c in ipairs(cases) do
-    local ok, err = xpcall(c.fn, debug.traceback)
-    if ok then
-      passed = passed + 1
-      print("ok - " .. c.name)
-    else
-      failed = failed + 1
-      print("not ok - " .. c.name .. "\n    " .. tostring(err):gsub("\n", "\n    "))
+    if not only or c.name:find(only, 1, true) then
+      local ok, err = xpcall(c.fn, debug.traceback)
+      if ok then
+        passed = passed + 1
+        print("ok - " .. c.name)
+      else
+        failed = failed + 1
+        print("not ok - " .. c.name .. "\n    " .. tostring(err):gsub("\n", "\n    "))
+      end
     end
   end
   if teardown then teardown() end
