@@ -129,7 +129,13 @@ async function act(route, verb, user, extra) {
 }
 
 let online = [];
+let shown = "";
 function renderUsers(visible, invisible) {
+  // Rows are rebuilt only when the room changed, so a refresh never pulls a button from under a
+  // pointer or the keyboard.
+  const key = JSON.stringify([state.app, state.room, visible, invisible]);
+  if (key === shown) return;
+  shown = key;
   const list = $("users");
   const focused = document.activeElement && document.activeElement.dataset.testid;
   list.replaceChildren(
@@ -146,10 +152,13 @@ function renderUsers(visible, invisible) {
 }
 
 // Users acted on here who are not online now (banned, kicked) or added by hand: unban, unmute.
+let othersShown = "";
 function renderOthers() {
-  const list = $("others");
-  const rows = [...state.others].filter((u) => !online.includes(u)).map((u) => userRow(u, "not online"));
-  list.replaceChildren(...rows);
+  const users = [...state.others].filter((u) => !online.includes(u));
+  const key = JSON.stringify(users);
+  if (key === othersShown) return;
+  othersShown = key;
+  $("others").replaceChildren(...users.map((u) => userRow(u, "not online")));
 }
 
 async function refreshUsers() {
@@ -173,8 +182,16 @@ function showRoom(app, room) {
   state.app = app;
   state.room = room;
   sessionStorage.setItem(ROOM_KEY, JSON.stringify({ app, room }));
+  shown = "";
   $("users").replaceChildren();
   refreshUsers();
+}
+
+// One answer a rule's condition used: count(join, room, 10 s) = 17.
+function evidenceText(e) {
+  if (typeof e !== "object" || e === null) return String(e);
+  const parts = [e.type, e.field, e.scope, e.window !== undefined ? `${e.window} s` : undefined].filter((x) => x !== undefined);
+  return `${e.query}(${parts.join(", ")}) = ${e.value}`;
 }
 
 // The feed: one item per decision, newest first.
@@ -197,10 +214,16 @@ async function refreshFeed() {
     head.append(" ", outcome);
     const evidence = document.createElement("div");
     evidence.className = "evidence";
-    evidence.textContent = (d.evidence || []).map((e) => (typeof e === "string" ? e : JSON.stringify(e))).join("; ");
+    evidence.textContent = (d.evidence || []).map(evidenceText).join("; ");
     li.append(head, evidence);
     return li;
   });
+  if (items.length === 0) {
+    const li = document.createElement("li");
+    li.className = "hint";
+    li.textContent = "No decisions yet.";
+    items.push(li);
+  }
   $("decision-feed").replaceChildren(...items);
 }
 
