@@ -2,7 +2,8 @@
 --
 --   intake   signed, distinct RTC callbacks per second through the receiver with `store` (each
 --            event kept in the shared-dict queue before its 200), with 1 and 4 workers, driven by
---            wrk with pre-signed bodies; p50/p99 of the 200 and the CPU share wrk took.
+--            wrk with pre-signed bodies; p50/p99 of the 200 and the CPU share wrk took; with the
+--            default checkpoints and with none during the run.
 --   latency  from a callback's arrival to its API request at the emulator, at 100 and 1000
 --            events/s, every event a kick (no pacing: limiter "none", the emulator's QPS limits off).
 --
@@ -35,7 +36,7 @@ function M.new_engine(journal)
   assert(engine:load_source(%q, "=rules"))
   return engine
 end
-M.host = host.new { dict = "rtcadmin_host", engine = M.new_engine }
+M.host = host.new { dict = "rtcadmin_host", engine = M.new_engine, save_events = %s }
 function M.init_worker()
   client = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = %q, limiter = "none" }
   M.host:start()
@@ -44,7 +45,7 @@ M.callback = require("rtcadmin.callback").handler {
   secret = %q, dict = "rtcadmin_events", store = function(ev) return M.host:store(ev) end,
 }
 return M
-]], tostring(opts.dry_run), rules, T.AK, T.SK, emu.url, SECRET)
+]], tostring(opts.dry_run), rules, tostring(opts.save_events or 50000), T.AK, T.SK, emu.url, SECRET)
 end
 
 local function start_nginx(workers, rules, opts)
@@ -104,10 +105,10 @@ local function cpu_seconds(pid)
   return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- utime, stime: fields 14, 15 of the line
 end
 
-local function intake(workers)
+local function intake(workers, save_events)
   local rules = [[rule "flood" { on = "chat", when = function(ev, ctx) return ctx:count("chat", 10) > 5 end,
     action = escalate { kick, ban(minutes(10)) }, cooldown = 30 }]]
-  local ng = start_nginx(workers, rules, { dry_run = true })
+  local ng = start_nginx(workers, rules, { dry_run = true, save_events = save_events })
   T.sleep(1.5)
   -- Enough distinct bodies for the run at 40 000/s, in two files (one per wrk thread).
   local dir = T.tmpdir()
@@ -137,9 +138,9 @@ local function intake(workers)
   local p99 = out:match("99%%%s+(%S+)")
   local u, s = out:match("wrk_cpu ([%d%.]+) ([%d%.]+)")
   local non2xx = out:match("Non%-2xx or 3xx responses: (%d+)") or "0"
-  print(string.format("intake workers=%d  %.0f callbacks/s (%.0f per worker)  p50 %s  p99 %s  accepted %d " ..
+  print(string.format("intake workers=%d save_events=%d  %.0f callbacks/s (%.0f per worker)  p50 %s  p99 %s  accepted %d " ..
     "duplicate %d error %d non-2xx %s  wrk CPU %.0f%% of the machine, nginx workers %.0f%%  engine decided %d of %d",
-    workers, rps or 0, (rps or 0) / workers, p50, p99, stats.accepted, stats.duplicate, stats.error, non2xx,
+    workers, save_events, rps or 0, (rps or 0) / workers, p50, p99, stats.accepted, stats.duplicate, stats.error, non2xx,
     100 * (tonumber(u) + tonumber(s)) / (2 * SECONDS), 100 * workers_cpu / (2 * SECONDS),
     status.decided_seq, status.last_seq))
 end
@@ -195,8 +196,12 @@ local function latency(rate)
 end
 
 if what == "intake" or what == "all" then
-  intake(1)
-  intake(4)
+  -- With the default checkpoints (every 50 000 events, here every few seconds with a state of
+  -- 100 000 users), and with none inside the run, to show what a checkpoint costs the 200s.
+  for _, save_events in ipairs { 50000, 1000000000 } do
+    intake(1, save_events)
+    intake(4, save_events)
+  end
 end
 if what == "latency" or what == "all" then
   latency(100)
