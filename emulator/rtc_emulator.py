@@ -520,6 +520,9 @@ def authenticate(emu, req):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a client opening its pool of keep-alive connections at
+    # once (16 for a bulk call) would see SYNs dropped and retried a second later.
+    request_queue_size = 256
 
     def handle_error(self, request, client_address):
         # Clients that give up (timeouts, closed sockets) are normal in fault tests.

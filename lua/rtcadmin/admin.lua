@@ -1,6 +1,7 @@
 -- An authenticated moderation endpoint for nginx (a dashboard's backend): POST /kick, /ban, /unban,
 -- /update_ban, /mute, /unmute with a JSON body of the method's fields, GET /online?app_id=&room_id=,
--- each answered with JSON (rtcadmin.json_encode: sorted keys, lists as arrays even when empty).
+-- and GET /decisions?limit= (the engine's newest decisions, when given a source), each answered
+-- with JSON (rtcadmin.json_encode: sorted keys, lists as arrays even when empty).
 -- Requests carry `Authorization: Bearer <token>`.
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
@@ -37,12 +38,18 @@ local ROUTES = {
 }
 M.ROUTES = ROUTES
 
--- opts: token (the bearer token), client (a client, or a function returning one, e.g. per worker).
+-- opts: token (the bearer token), client (a client, or a function returning one, e.g. per worker),
+-- decisions (optional: function(limit) -> the newest decisions, e.g. rtcadmin.host's, for
+-- GET /decisions?limit=).
 function M.handler(opts)
   if type(opts) ~= "table" or type(opts.token) ~= "string" or #opts.token < 16 then
     error("rtcadmin.admin.handler: opts.token must be a string of at least 16 characters", 2)
   end
   if opts.client == nil then error("rtcadmin.admin.handler: opts.client is required", 2) end
+  if opts.decisions ~= nil and type(opts.decisions) ~= "function" then
+    error("rtcadmin.admin.handler: opts.decisions must be a function(limit)", 2)
+  end
+  local decisions = opts.decisions
   local ngx = ngx
   local token, get_client = opts.token, opts.client
   if type(get_client) ~= "function" then
@@ -71,6 +78,10 @@ function M.handler(opts)
       return reply(401, { ok = false, message = "missing or wrong bearer token" })
     end
     local route = ngx.var.uri:match("([%w_]+)/?$")
+    if route == "decisions" and decisions then
+      if ngx.req.get_method() ~= "GET" then return reply(405, { ok = false, message = "GET only" }) end
+      return reply(200, { ok = true, decisions = rtcadmin.json_array(decisions(ngx.var.arg_limit)) })
+    end
     local call = route and ROUTES[route]
     if not call then return reply(404, { ok = false, message = "unknown action" }) end
     local fields

@@ -132,6 +132,29 @@ function M.event(fields)
   }
 end
 
+-- RTC's EventType -> the event type rules watch, as the handler maps it by default (docs/callbacks.md
+-- lists RTC's types): a user joining or leaving a room is a join or a leave whether others see the
+-- user or not. Other types keep their EventType.
+M.EVENT_TYPES = {
+  UserJoinRoom = "join", InvisibleUserJoinRoom = "join",
+  UserLeaveRoom = "leave", InvisibleUserLeaveRoom = "leave",
+}
+
+-- "From=to,From2=to2" -> {From = "to", ...} ("" maps nothing): the form an environment variable
+-- gives a mapping in (the nginx example's RTCADMIN_EVENT_TYPES).
+function M.parse_event_types(spec)
+  if type(spec) ~= "string" then error("rtcadmin.callback.parse_event_types: expects a string", 2) end
+  local map = {}
+  for item in spec:gmatch("[^,]+") do
+    local from, to = item:match("^%s*([^=%s]+)%s*=%s*([^=%s]+)%s*$")
+    if not from then
+      error("rtcadmin.callback.parse_event_types: '" .. item .. "' is not EventType=type", 2)
+    end
+    map[from] = to
+  end
+  return map
+end
+
 -- The callback body -> policy event, or nil, reason (no signature check: see verify).
 function M.parse(body)
   local fields, err = M.decode(body)
@@ -179,7 +202,9 @@ end
 -- does not decode, 403 for an EventTime more than `max_age` seconds old or `max_skew` seconds ahead
 -- of this host's clock, 200 for a duplicate EventId (seen within `ttl` seconds by any worker, through
 -- lua_shared_dict `dict`), otherwise 200 at once and on_event(ev) from a zero-delay timer (it may
--- sleep and call the API; RTC wants its answer within 5 s). A handoff that cannot be scheduled
+-- sleep and call the API; RTC wants its answer within 5 s), or, with `store`, 200 once store(ev) has
+-- kept it (503 when it cannot). ev.type is mapped through `event_types` (default M.EVENT_TYPES;
+-- false keeps RTC's names); ev.rtc_type is always RTC's EventType. A handoff that cannot be scheduled
 -- answers 500, so RTC retries. Every answer is counted in `dict` (M.stats). Request text reaches
 -- the log only through quote (rtcadmin.logtext).
 function M.handler(opts)
@@ -194,6 +219,17 @@ function M.handler(opts)
   end
   if opts.store ~= nil and type(opts.store) ~= "function" then
     error("rtcadmin.callback.handler: store must be a function", 2)
+  end
+  local event_types = opts.event_types
+  if event_types == nil then event_types = M.EVENT_TYPES end
+  if event_types == false then event_types = {} end
+  if type(event_types) ~= "table" then
+    error("rtcadmin.callback.handler: event_types must be a table {EventType = type} or false", 2)
+  end
+  for from, to in pairs(event_types) do
+    if type(from) ~= "string" or type(to) ~= "string" then
+      error("rtcadmin.callback.handler: event_types maps EventType strings to type strings", 2)
+    end
   end
   local max_age = number_option(opts, "max_age", 300, 1)
   local max_skew = number_option(opts, "max_skew", 60, 0)
@@ -250,6 +286,8 @@ function M.handler(opts)
       ngx.log(ngx.WARN, "rtcadmin.callback: malformed event ", quote(fields.EventId), ": ", err)
       return reply("malformed", 400, err)
     end
+    ev.rtc_type = ev.type
+    ev.type = event_types[ev.type] or ev.type
     ok, err = M.fresh(ev.ts, ngx.now(), max_age, max_skew)
     if not ok then
       ngx.log(ngx.WARN, "rtcadmin.callback: stale event ", quote(ev.id), " EventTime ", quote(ev.time), ": ", err)

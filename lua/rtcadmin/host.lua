@@ -9,9 +9,12 @@
 -- a sequence number and one key per event) before the callback is answered 200, so a worker that
 -- crashes or exits cannot lose it. One worker at a time holds the engine lease (a key with an
 -- expiry, renewed while it lives): it decides the events in queue order with the one engine, sends
--- the actions, and saves the engine's state (engine:snapshot() and the next sequence number) to the
--- dict at least every `save_every` seconds, when it exits, and to `state_file` when one is set. An
--- event leaves the queue only after a saved state covers it. When the holder dies, the lease
+-- the actions. The dict always holds the engine's whole memory: a checkpoint (engine:snapshot() and
+-- the next sequence number) and every event after it, still queued — an event leaves the queue only
+-- once a checkpoint covers it. The holder writes a checkpoint every `save_every` seconds or
+-- `save_events` events, whichever comes first, and when it exits (and to `state_file`, when one is
+-- set): a snapshot costs time in proportion to the state (about 3 µs per user record), so it is
+-- taken rarely, and the queue in between bounds what a new holder decides again. When the holder dies, the lease
 -- expires and another worker takes over: it restores the saved state and decides the events after
 -- it again — the same decisions, since the state and the events are the same — and a journal in
 -- the dict (decision ids sent, and being sent) keeps their actions from being sent twice, except one
@@ -27,16 +30,22 @@ Host.__index = Host
 
 local PREFIX = "rtcadmin.host:"
 local K_SEQ, K_LEASE, K_STATE = PREFIX .. "seq", PREFIX .. "lease", PREFIX .. "state"
+local K_DECIDED = PREFIX .. "decided" -- the last sequence number the engine decided (for status)
+-- The decision feed: the newest audit records of decisions, a ring of FEED_RING entries.
+local K_FEED = PREFIX .. "feed"
+local FEED_RING = 400
+local function k_feed(n) return PREFIX .. "feed:" .. n end
 local function k_event(n) return PREFIX .. "ev:" .. n end
 -- The state as stored: a header line with the format and the next sequence number, then the
 -- engine's snapshot.
 local STATE_MAGIC = "rtcadmin-host-state 1 "
 
 local DEFAULTS = {
-  save_every = 1,      -- seconds between saved states (a crash replays at most this much)
+  save_every = 10,     -- seconds between checkpoints (a new holder decides at most this much again)
+  save_events = 50000, -- events between checkpoints
   lease = 3,           -- seconds a dead holder keeps the lease
   poll = 0.005,        -- seconds between looks at the queue when it is empty
-  batch = 512,         -- events decided per step
+  batch = 128,         -- events decided per step (the worker serves requests between steps)
   gap_wait = 2,        -- seconds to wait for a sequence number whose event never came
   journal_ttl = 86400, -- seconds a sent decision is remembered
 }
@@ -50,7 +59,7 @@ local function check_number(opts, name, min)
   return v
 end
 
--- host.new{dict, engine, state_file?, save_every?, lease?, poll?, batch?, gap_wait?, journal_ttl?,
+-- host.new{dict, engine, state_file?, save_every?, save_events?, lease?, poll?, batch?, gap_wait?, journal_ttl?,
 -- on_state?}: `engine(journal)` makes the host's engine (rules loaded) and must pass `journal` to
 -- policy.new.
 function host.new(opts)
@@ -66,7 +75,8 @@ function host.new(opts)
   end
   local self = setmetatable({
     dict = dict, make_engine = opts.engine, state_file = opts.state_file,
-    save_every = check_number(opts, "save_every", 0.01), lease = check_number(opts, "lease", 0.5),
+    save_every = check_number(opts, "save_every", 0.01), save_events = check_number(opts, "save_events", 1),
+    lease = check_number(opts, "lease", 0.5),
     poll = check_number(opts, "poll", 0.001), batch = check_number(opts, "batch", 1),
     gap_wait = check_number(opts, "gap_wait", 0.01), journal_ttl = check_number(opts, "journal_ttl", 1),
     engine = nil, next_seq = nil, saved_seq = nil, saved_at = 0, gap_since = nil,
@@ -137,6 +147,7 @@ function Host:_take_over()
     if not from_file then next_seq = seq end
   end
   self.engine, self.next_seq, self.saved_seq, self.saved_at = engine, next_seq, next_seq, ngx.now()
+  self.dict:set(K_DECIDED, next_seq - 1)
   ngx.log(ngx.NOTICE, "rtcadmin.host: worker ", ngx.worker.id(), " runs the engine from event ", next_seq)
   return true
 end
@@ -160,7 +171,10 @@ function Host:_save()
     end
     if not f or not ok then ngx.log(ngx.ERR, "rtcadmin.host: cannot write ", self.state_file, ": ", tostring(ferr)) end
   end
-  for n = self.saved_seq, seq - 1 do self.dict:delete(k_event(n)) end
+  for n = self.saved_seq, seq - 1 do
+    self.dict:delete(k_event(n))
+    if n % 4096 == 0 then ngx.sleep(0) end -- a long queue: let the worker serve requests meanwhile
+  end
   self.saved_seq, self.saved_at = seq, ngx.now()
   return true
 end
@@ -195,6 +209,7 @@ function Host:_step()
   end
   local took = n - self.next_seq
   self.next_seq = n
+  if took > 0 then dict:set(K_DECIDED, n - 1) end
   if #engine.queue > 0 or (engine:next_retry_in() or 1) == 0 then engine:flush() end
   return took
 end
@@ -235,8 +250,11 @@ local function loop(premature, self)
       end
       if self.engine then
         local took = self:_step()
-        if ngx.now() - self.saved_at >= self.save_every then self:_save() end
-        if took == 0 then ngx.sleep(self.poll) end
+        if ngx.now() - self.saved_at >= self.save_every or self.next_seq - self.saved_seq >= self.save_events then
+          self:_save()
+        end
+        -- Yield between steps (sleep(0) lets the worker serve what is waiting), wait when idle.
+        ngx.sleep(took == 0 and self.poll or 0)
       end
     else
       if exiting then return end
@@ -258,6 +276,43 @@ function Host:start()
   if not ok then error("rtcadmin.host: cannot start its timer: " .. tostring(err), 2) end
 end
 
+-- Keeps an audit record for the decision feed (call it from the engine's audit function): the
+-- decisions, each again when its outcome changes. Any worker; a record the dict cannot hold is
+-- left out of the feed (the audit log has it).
+function Host:feed(record)
+  if type(record) ~= "table" or record.kind ~= "decision" then return end
+  if type(record.evidence) == "table" then rtcadmin.json_array(record.evidence) end
+  local ok, text = pcall(rtcadmin.json_encode, record)
+  if not ok then return end
+  local dict = self.dict
+  local n = dict:incr(K_FEED, 1, 0)
+  if not n then return end
+  dict:set(k_feed(n), text)
+  dict:delete(k_feed(n - FEED_RING))
+end
+
+-- The newest `limit` decisions of the feed (at most 100), newest first, each with its latest
+-- outcome.
+function Host:decisions(limit)
+  limit = math.min(math.max(math.floor(tonumber(limit) or 50), 1), 100)
+  local dict, list, seen = self.dict, {}, {}
+  local n = dict:get(K_FEED) or 0
+  for i = n, math.max(1, n - FEED_RING + 1), -1 do
+    local text = dict:get(k_feed(i))
+    local d = text and cjson.decode(text)
+    if type(d) == "table" then
+      local key = tostring(d.run) .. ":" .. tostring(d.id)
+      if not seen[key] then
+        seen[key] = true
+        if type(d.evidence) == "table" then rtcadmin.json_array(d.evidence) end
+        list[#list + 1] = d
+        if #list >= limit then break end
+      end
+    end
+  end
+  return rtcadmin.json_array(list)
+end
+
 -- Facts for an admin or metrics endpoint: the queue and who holds the engine.
 function Host:status()
   local dict = self.dict
@@ -265,7 +320,7 @@ function Host:status()
   local s = dict:get(K_STATE)
   local saved = s and parse_state(s) or 1
   return { holder_pid = dict:get(K_LEASE), last_seq = last, saved_seq = saved, queued = last - saved + 1,
-           engine_here = self.engine ~= nil }
+           decided_seq = dict:get(K_DECIDED) or saved - 1, engine_here = self.engine ~= nil }
 end
 
 host.DEFAULTS = DEFAULTS

@@ -49,6 +49,16 @@ T.case("the worked example of docs/callbacks.md: its body, sorted values, concat
   T.eq(ev.user_id, "raid_01", "user")
 end)
 
+T.case("RTC's event types map to rule types: the default table and one read from a string", function()
+  T.same(callback.EVENT_TYPES, { UserJoinRoom = "join", InvisibleUserJoinRoom = "join", UserLeaveRoom = "leave",
+    InvisibleUserLeaveRoom = "leave" }, "the default mapping")
+  T.same(callback.parse_event_types("UserJoinRoom=join, RoomDestroy = end"),
+    { UserJoinRoom = "join", RoomDestroy = "end" }, "read from a string, spaces allowed")
+  T.same(callback.parse_event_types(""), {}, "an empty string maps nothing")
+  T.raises("'UserJoinRoom' is not EventType=type", callback.parse_event_types, "UserJoinRoom")
+  T.raises("expects a string", callback.parse_event_types, nil)
+end)
+
 T.case("values are sorted bytewise, not by field name", function()
   local f = example()
   local values = { SECRET }

@@ -301,6 +301,54 @@ function T.nginx(opts)
   return ng
 end
 
+-- The example application (examples/nginx) against `emu`, started from the repository root as its
+-- header says, on a free port with its own prefix; `env` adds environment variables. Returns
+-- {url, port, token, secret, log(), stop()}.
+function T.example_nginx(emu, env)
+  local port = T.free_ports(1)
+  local prefix = T.tmpdir()
+  assert(os.execute("mkdir -p " .. shell_quote(prefix .. "/logs") .. " " .. shell_quote(prefix .. "/tmp")))
+  local conf = assert(T.read_file(T.source_dir .. "/examples/nginx/nginx.conf"))
+  conf = conf:gsub("listen 127%.0%.0%.1:8088;", "listen 127.0.0.1:" .. port .. ";")
+  local cpath = os.getenv("RTCADMIN_LUAJIT_CPATH")
+  if cpath then conf = conf:gsub('lua_package_cpath "build/lua%-luajit/%?%.so;;";', 'lua_package_cpath "' .. cpath .. ';;";') end
+  if io.popen("id -u"):read("*l") == "0" then conf = "user root root;\n" .. conf end
+  T.write_file(prefix .. "/nginx.conf", conf)
+  local ng = { port = port, url = "http://127.0.0.1:" .. port, prefix = prefix,
+               token = "console-token-0123456789abcdef", secret = "CallbackSecret-42" }
+  local vars = { VOLC_ACCESSKEY = T.AK, VOLC_SECRETKEY = T.SK, RTCADMIN_ENDPOINT = emu.url,
+                 RTCADMIN_ADMIN_TOKEN = ng.token, RTCADMIN_CALLBACK_SECRET = ng.secret }
+  for k, v in pairs(env or {}) do vars[k] = v end
+  local exports = {}
+  for k, v in pairs(vars) do exports[#exports + 1] = k .. "=" .. shell_quote(v) end
+  local log_file = prefix .. "/nginx.out"
+  local start = "cd " .. shell_quote(T.source_dir) .. " && " .. table.concat(exports, " ") .. " " .. T.plain_env ..
+    "nginx -p " .. shell_quote(prefix) .. " -c " .. shell_quote(prefix .. "/nginx.conf") .. " & n=$!; " ..
+    "while kill -0 " .. T.pid() .. " 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; " ..
+    "kill -QUIT $n 2>/dev/null; wait $n"
+  local proc = assert(io.popen("sh -c " .. shell_quote(start) .. " >" .. shell_quote(log_file) .. " 2>&1 &"))
+  proc:close()
+  function ng.log() return T.read_file(log_file) or "" end
+  local up = false
+  for _ = 1, 50 do
+    if T.http("GET", ng.url .. "/admin/online") == 401 then up = true break end
+    T.sleep(0.1)
+  end
+  if not up then error("the example nginx did not start:\n" .. ng.log()) end
+  function ng.stop()
+    local pid = T.read_file(prefix .. "/logs/nginx.pid")
+    if pid then
+      os.execute("kill -QUIT " .. pid:match("%d+") .. " 2>/dev/null")
+      for _ = 1, 50 do
+        if not io.open(prefix .. "/logs/nginx.pid") then break end
+        T.sleep(0.1)
+      end
+    end
+    os.execute("rm -rf " .. shell_quote(prefix))
+  end
+  return ng
+end
+
 -- Starts tests/servers/hostile_server.py (HTTPS when given cert and key files; its control calls then
 -- skip verification, which is curl's business, not the module's).
 function T.hostile(cert, key)
@@ -535,17 +583,21 @@ function T.contains(list, value)
   return false
 end
 
--- Runs every case; a failing case does not stop the others.
+-- Runs every case (or, with T_ONLY set, those whose name contains it); a failing case does not
+-- stop the others.
 function T.run(teardown)
   local passed, failed = 0, 0
+  local only = os.getenv("T_ONLY")
   for _, c in ipairs(cases) do
-    local ok, err = xpcall(c.fn, debug.traceback)
-    if ok then
-      passed = passed + 1
-      print("ok - " .. c.name)
-    else
-      failed = failed + 1
-      print("not ok - " .. c.name .. "\n    " .. tostring(err):gsub("\n", "\n    "))
+    if not only or c.name:find(only, 1, true) then
+      local ok, err = xpcall(c.fn, debug.traceback)
+      if ok then
+        passed = passed + 1
+        print("ok - " .. c.name)
+      else
+        failed = failed + 1
+        print("not ok - " .. c.name .. "\n    " .. tostring(err):gsub("\n", "\n    "))
+      end
     end
   end
   if teardown then teardown() end
