@@ -41,6 +41,8 @@ Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry
 3 a rules file does not load; 4 (--strict) invalid input lines or rule errors.
 ]]
 
+local durations -- the API's duration ranges (defined below, with the moderation commands)
+
 local HELP = {
   kick = [[
 usage: rtcadmin kick APP ROOM USER... [--endpoint URL] [--json]
@@ -48,7 +50,7 @@ Kicks each USER out of ROOM (KickUser). They may rejoin at once; use ban to keep
   ban = [[
 usage: rtcadmin ban APP ROOM USER... --duration SECONDS [--endpoint URL] [--json]
        rtcadmin ban --everywhere APP USER... --duration SECONDS
-Removes each USER from ROOM and bans them from it for SECONDS, whole seconds from 10 to 604800
+Removes each USER from ROOM and bans them from it for SECONDS, whole seconds from BAN_MIN to BAN_MAX
 (BanRoomUser). --everywhere bans them from every room of the app. A user who is banned already
 has the ban set to SECONDS from now (UpdateBanRoomUserRule): the API does not say when a ban
 ends, so this extends a shorter ban and also shortens a longer one.]],
@@ -59,7 +61,7 @@ Lifts the bans (UpdateBanRoomUserRule with interval 0).]],
   mute = [[
 usage: rtcadmin mute APP ROOM USER... [--audio] [--video] [--duration SECONDS] [--endpoint URL] [--json]
 Bans the users' streams (BanUserStream): --audio and/or --video (neither: both), for SECONDS,
-whole seconds from 60 to 259200, or 0 (the default): until unmuted.]],
+whole seconds from MUTE_MIN to MUTE_MAX, or 0 (the default): until unmuted.]],
   unmute = [[
 usage: rtcadmin unmute APP ROOM USER... [--audio] [--video] [--endpoint URL] [--json]
 Lifts stream bans (UnbanUserStream): --audio and/or --video (neither: both).]],
@@ -91,6 +93,15 @@ Loads the rules files together, in the sandbox, as replay and run do, and report
 rule definitions, rule names defined twice and warnings with file:line. Exit status 3 when a file
 does not load.]],
 }
+
+-- A command's help, with the API's duration ranges (BAN_MIN and so on) filled in.
+local function help_text(topic)
+  local text = HELP[topic]
+  if not text or not text:find("_M[AI][XN]") then return text end
+  local d = durations()
+  local v = { BAN_MIN = d.ban[1], BAN_MAX = d.ban[2], MUTE_MIN = d.mute[1], MUTE_MAX = d.mute[2] }
+  return (text:gsub("%u+_M[AI][XN]", function(k) return v[k] and tostring(v[k]) end))
+end
 
 -- Options: name -> takes a value?
 local OPTIONS = {
@@ -186,7 +197,7 @@ function Cmd:usage_error(msg, command, brief)
   if brief then
     self:warn("run 'rtcadmin ", command and (command .. " ") or "", "--help' for usage")
   else
-    self:warn(command and HELP[command] or "run 'rtcadmin --help' for usage")
+    self:warn(command and help_text(command) or "run 'rtcadmin --help' for usage")
   end
   return EXIT_USAGE
 end
@@ -259,9 +270,18 @@ local MODERATION = {
   unmute = { verb = "unmuted", room = true, streams = true },
 }
 
--- The durations the API takes (whole seconds): BanRoomUser 10..604800; BanUserStream 60..259200,
--- or 0 for "until unmuted". (The C module also takes 0 for a ban, which bans nobody: refused here.)
-local DURATIONS = { ban = { 10, 604800 }, mute = { 60, 259200, zero = "until unmuted" } }
+-- The durations the API takes (whole seconds, rtcadmin.LIMITS): BanRoomUser's and BanUserStream's
+-- ranges, and 0 for "until unmuted". (The C module also takes 0 for a ban, which bans nobody:
+-- refused here.)
+local DURATIONS
+durations = function()
+  if not DURATIONS then
+    local limits = require("rtcadmin").LIMITS
+    DURATIONS = { ban = { limits.ban.min, limits.ban.max },
+                  mute = { limits.mute.min, limits.mute.max, zero = limits.mute.zero and "until unmuted" or nil } }
+  end
+  return DURATIONS
+end
 
 function Cmd:moderate(command)
   local spec = MODERATION[command]
@@ -283,7 +303,7 @@ function Cmd:moderate(command)
   if spec.duration == "required" and not duration then
     return self:usage_error("--duration SECONDS is required", command)
   end
-  local range = DURATIONS[command]
+  local range = durations()[command]
   if duration and not (duration % 1 == 0 and ((duration >= range[1] and duration <= range[2])
                                               or (duration == 0 and range.zero))) then
     return self:usage_error(string.format("--duration must be whole seconds from %d to %d%s, got %s", range[1],
@@ -966,7 +986,7 @@ local function dispatch(self, argv)
     local topic = pos[1]
     if topic == nil then self.out:write(USAGE) return EXIT_OK end
     if not HELP[topic] then return self:usage_error("unknown command '" .. topic .. "'") end
-    self:say(HELP[topic])
+    self:say(help_text(topic))
     return EXIT_OK
   end
   if command == nil then
@@ -975,7 +995,7 @@ local function dispatch(self, argv)
   end
   local fn = COMMANDS[command]
   if not fn then return self:usage_error("unknown command '" .. command .. "'") end
-  if opts.help then self:say(HELP[command]) return EXIT_OK end
+  if opts.help then self:say(help_text(command)) return EXIT_OK end
   for name in pairs(opts) do
     local only = OPTION_COMMANDS[name]
     if only and not only[command] then return self:usage_error("--" .. name .. " is not an option of " .. command,
