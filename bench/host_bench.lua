@@ -134,8 +134,8 @@ local function intake(workers, save_events)
   T.rmdir(dir)
   ng.stop()
   local rps = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
-  local p50 = out:match("50%%%s+(%S+)")
-  local p99 = out:match("99%%%s+(%S+)")
+  local p50 = out:match("\n%s+50%%%s+(%S+)")
+  local p99 = out:match("\n%s+99%%%s+(%S+)")
   local u, s = out:match("wrk_cpu ([%d%.]+) ([%d%.]+)")
   local non2xx = out:match("Non%-2xx or 3xx responses: (%d+)") or "0"
   print(string.format("intake workers=%d save_events=%d  %.0f callbacks/s (%.0f per worker)  p50 %s  p99 %s  accepted %d " ..
