@@ -33,6 +33,7 @@ build = {
             "src/json.c", "src/stats.c", "src/heap.c", "src/view.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
             "src/limiter_redis.c", "src/redis_url.c", "src/redis_fallback.c", "src/step_meter.c", "src/pattern.c",
             "src/pattern_match.c", "src/redis_lua.c",
+            "src/redis_conn.c", "src/redis_conn_lua.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)" },
