@@ -26,6 +26,10 @@ Policy (rules files: Lua files or directories of them; events: JSON Lines):
   run     RULES... [EVENTS|-]               live: act on the decisions (stdin when EVENTS is - or absent)
   check   RULES...                          load and lint rules files (together, as replay and run do)
 
+Fleet (events through Redis Streams; docs/fleet.md):
+  ingest  --to redis://HOST:PORT[/DB] [EVENTS|-]     append JSON Lines events to the fleet's log
+  run     RULES... --from redis://HOST:PORT[/DB] [--consumer NAME]   an engine of the fleet
+
 Options:
   --endpoint URL   API endpoint (default: RTCADMIN_ENDPOINT, else https://rtc.volcengineapi.com)
   --json           one JSON object per line on stdout, and nothing else there
@@ -40,6 +44,13 @@ Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry
 ]]
 
 local HELP = {
+  ingest = [[
+usage: rtcadmin ingest --to redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] [EVENTS|-] [--shards N] [--json] [--strict]
+Appends the events (JSON Lines from a file, or stdin) to the fleet's log in Redis: each to its room's
+shard stream, in pipelined batches. Lines that are not events the engines can take are reported
+(line number and reason) and not sent. --shards N: the number of shards for a new deployment (16
+by default; an existing one keeps its own, and a different N is an error). --strict: exit 4 when
+lines were skipped. Exit 1 when Redis cannot be reached or refuses the connection.]],
   kick = [[
 usage: rtcadmin kick APP ROOM USER... [--endpoint URL] [--json]
 Kicks each USER out of ROOM (KickUser). They may rejoin at once; use ban to keep them out.]],
@@ -77,7 +88,14 @@ Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absen
 queue consumer), and acts on the decisions through the API, paced and retried. Each row (or JSON
 object) is printed when its action is done. Failed actions are retried later; at the end of input
 it waits up to --drain seconds (default 30) for retries. --strict: exit 4 when lines were invalid or
-rules raised errors (1, an action failed, comes first).]],
+rules raised errors (1, an action failed, comes first).
+
+       rtcadmin run RULES... --from redis://HOST[:PORT][/DB] [--consumer NAME] [--idle SECONDS]
+                    [--dry-run] [--json] [--audit FILE] [--endpoint URL]
+An engine of the fleet (docs/fleet.md): reads the shards it holds a lease on from Redis, decides,
+acts, acknowledges. Engines split the shards between them; on SIGTERM or SIGINT it finishes the
+batch, releases its shards and exits 0. --consumer: this engine's name (default HOST-PID).
+--idle: exit after this many seconds without an event.]],
   check = [[
 usage: rtcadmin check RULES... [--json]
 Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
@@ -89,7 +107,7 @@ does not load.]],
 local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
-  strict = false,
+  strict = false, to = true, from = true, consumer = true, idle = true, shards = true,
 }
 
 -- The commands an option is for (absent: every command). An option given to a command that does
@@ -102,7 +120,8 @@ end
 local MODERATION_COMMANDS = set("kick", "ban", "unban", "mute", "unmute")
 local OPTION_COMMANDS = {
   endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
-  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay"),
+  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay", "ingest"),
+  to = set("ingest"), from = set("run"), consumer = set("run"), idle = set("run"), shards = set("ingest"),
   drain = set("run"),
   duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
   video = MODERATION_COMMANDS,
@@ -783,15 +802,9 @@ local function sleep(seconds)
   if seconds > 0 then require("rtcadmin").sleep(seconds) end
 end
 
-function Cmd:run()
-  local drain, bad = number_opt(self, "drain", "run")
-  if bad then return bad end
-  self.drain = drain or 30
-  local engine, fh = self:start_policy("run", true)
-  if not engine then return fh end
-  local dry = engine.dry_run
-  -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
-  if dry then
+-- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
+function Cmd:show_decisions(engine)
+  if engine.dry_run then
     engine.on_decision = function(d) self:decision_row(d) end
   else
     engine.on_result = function(d)
@@ -799,6 +812,20 @@ function Cmd:run()
       self:decision_row(d)
     end
   end
+end
+
+function Cmd:run()
+  if self.opts.from then return require("rtcadmin.fleet_cli").run(self, cli.internal) end
+  if self.opts.consumer or self.opts.idle then
+    return self:usage_error("--" .. (self.opts.consumer and "consumer" or "idle") .. " goes with --from", "run", true)
+  end
+  local drain, bad = number_opt(self, "drain", "run")
+  if bad then return bad end
+  self.drain = drain or 30
+  local engine, fh = self:start_policy("run", true)
+  if not engine then return fh end
+  local dry = engine.dry_run
+  self:show_decisions(engine)
   -- From stdin act after every line (events arrive live); from a file, in batches of 256 lines.
   local every = fh == io.stdin and 1 or 256
   local function act()
@@ -852,6 +879,13 @@ end
 local COMMANDS = {
   kick = Cmd.moderate, ban = Cmd.moderate, unban = Cmd.moderate, mute = Cmd.moderate, unmute = Cmd.moderate,
   online = Cmd.online, replay = Cmd.replay, run = Cmd.run, check = Cmd.check,
+  ingest = function(self) return require("rtcadmin.fleet_cli").ingest(self, cli.internal) end,
+}
+
+-- What the fleet's commands (rtcadmin.fleet_cli) share with the others.
+cli.internal = {
+  events_from = events_from, split_args = split_args, open_problem = open_problem, number_opt = number_opt,
+  plain = plain, array = array, SKIPS_SHOWN = SKIPS_SHOWN,
 }
 
 local function dispatch(self, argv)
