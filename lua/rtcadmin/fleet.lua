@@ -284,8 +284,10 @@ end
 function Worker:take(i)
   local log, conn = self.log, self.conn
   local ok, err = conn:call("SET", log:lease_key(i), self.name, "NX", "PX", self.lease_ms)
-  if ok == nil then return nil, err end
-  if ok ~= "OK" then return false end
+  if ok ~= "OK" then
+    if err then return nil, err end
+    return false -- (a nil reply: another engine holds it)
+  end
   local cursor = "0-0"
   repeat
     local r, cerr = conn:call("XAUTOCLAIM", log:key(i), log.group, self.name, 0, cursor, "COUNT", 10000, "JUSTID")
