@@ -9,16 +9,7 @@ local dir = T.tmpdir()
 local q = T.shell_quote
 local LUA = arg and arg[-1] or "lua5.4"
 local BIN = T.source_dir .. "/bin/rtcadmin"
--- The directory the module was loaded from (package.searchpath is 5.2+).
-local BUILD
-for pattern in package.cpath:gmatch("[^;]+") do
-  local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
-  if f then
-    f:close()
-    BUILD = pattern:match("^(.*)/[^/]+$")
-    break
-  end
-end
+local BUILD = T.module_dir()
 
 -- The shell command that runs bin/rtcadmin with `args` (a string) against the emulator, stderr to `errf`;
 -- `env` ("NAME=value ...") overrides the environment.

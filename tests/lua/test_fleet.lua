@@ -18,15 +18,7 @@ local redis = T.redis(PASSWORD)
 local URL = "redis://:" .. PASSWORD .. "@127.0.0.1:" .. redis.port
 local LEASE = "1.5" -- seconds: engines renew every 0.5 s, a dead one's shards are free after 1.5 s
 
-local BUILD
-for pattern in package.cpath:gmatch("[^;]+") do
-  local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
-  if f then
-    f:close()
-    BUILD = pattern:match("^(.*)/[^/]+$")
-    break
-  end
-end
+local BUILD = T.module_dir()
 
 local function env()
   return "VOLC_ACCESSKEY=" .. q(T.AK) .. " VOLC_SECRETKEY=" .. q(T.SK) .. " RTCADMIN_ENDPOINT=" .. q(emu.url)

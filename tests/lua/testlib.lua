@@ -173,6 +173,17 @@ function T.emulator(args)
   return emu
 end
 
+-- The directory the module is loaded from (package.searchpath is 5.2+): bin/rtcadmin's RTCADMIN_BUILD.
+function T.module_dir()
+  for pattern in package.cpath:gmatch("[^;]+") do
+    local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
+    if f then
+      f:close()
+      return pattern:match("^(.*)/[^/]+$")
+    end
+  end
+end
+
 -- A fresh empty directory under /tmp.
 -- Copies a file the code under test wrote (an audit log, say) beside the test's captured output,
 -- so the secrets scan (tests/secrets) reads it too. Outside ctest's capture it does nothing.
