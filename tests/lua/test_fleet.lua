@@ -4,7 +4,7 @@
 local T = require "testlib"
 local cjson = require "cjson"
 local rtcadmin = require "rtcadmin"
-local raid = require "fleet_raid"
+local raid = require "fleetlib"
 
 local emu = T.emulator()
 local APP = T.APP
@@ -40,44 +40,9 @@ local function rtcadmin_cli(args, stdin_file)
   return code, out, err
 end
 
-local procs = {} -- every process started, newest last (their stderr goes into failure messages)
-
--- Starts bin/rtcadmin in the background: {pid, out, err, done() -> exit status or nil}.
-local n_procs = 0
-local function start(args)
-  n_procs = n_procs + 1
-  local base = dir .. "/proc" .. n_procs
-  local script = env() .. q(LUA) .. " " .. q(BIN) .. " " .. args .. " >" .. q(base .. ".out") .. " 2>"
-    .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >"
-    .. q(base .. ".code")
-  assert(io.popen("sh -c " .. q(script) .. " >/dev/null 2>&1 &")):close()
-  local pr = { base = base }
-  procs[#procs + 1] = pr
-  for _ = 1, 100 do
-    local s = T.read_file(base .. ".pid")
-    if s and s:match("%d+") then pr.pid = s:match("%d+") break end
-    T.sleep(0.02)
-  end
-  assert(pr.pid, "no pid for " .. args)
-  function pr.code()
-    local s = T.read_file(base .. ".code")
-    return s and tonumber(s:match("%d+"))
-  end
-  function pr.wait(seconds)
-    for _ = 1, seconds * 20 do
-      if pr.code() then return pr.code() end
-      T.sleep(0.05)
-    end
-    os.execute("kill -9 " .. pr.pid .. " 2>/dev/null")
-    error("process did not end within " .. seconds .. " s: " .. args .. "\n" .. (T.read_file(base .. ".err") or ""))
-  end
-  function pr.out() return T.read_file(base .. ".out") or "" end
-  function pr.err() return T.read_file(base .. ".err") or "" end
-  function pr.signal(sig) os.execute("kill -" .. sig .. " " .. pr.pid) end
-  return pr
-end
-
 local conn = assert(rtcadmin.redis(URL))
+local F = raid.fleet(conn, env, LUA, dir)
+local start, wait_split, backlog, entries = F.start, F.wait_split, F.backlog, F.entries
 local function fresh() assert(conn:call("FLUSHALL")) end
 
 -- "rule|action|room|user|event" of every decision record in JSON Lines text.
@@ -106,60 +71,6 @@ local function diff(a, b)
   for k, v in pairs(b) do if a[k] ~= v then out[#out + 1] = "+" .. k .. " x" .. v end end
   table.sort(out)
   return table.concat(out, "\n", 1, math.min(#out, 20))
-end
-
--- The owner of every shard's lease (shard -> name or false).
-local function owners()
-  local out = {}
-  for i = 0, 15 do out[i] = conn:call("GET", "rtcadmin:fleet:lease:" .. i) or false end
-  return out
-end
-
--- Waits until every shard is owned and the owners are exactly `names` (each holds at most its fair
--- share, ceil(16 / #names), and so at least one).
-local function wait_split(names, seconds)
-  local want = {}
-  for _, n in ipairs(names) do want[n] = true end
-  local t0 = T.now()
-  while T.now() - t0 < seconds do
-    local o, per, ok = owners(), {}, true
-    for i = 0, 15 do
-      if not o[i] or not want[o[i]] then ok = false break end
-      per[o[i]] = (per[o[i]] or 0) + 1
-    end
-    if ok then
-      for _, n in ipairs(names) do
-        if (per[n] or 0) < 1 then ok = false end
-      end
-    end
-    if ok then return T.now() - t0, o end
-    T.sleep(0.05)
-  end
-  local errs = {}
-  for _, pr in ipairs(procs) do errs[#errs + 1] = pr.err() end
-  error("shards not split between " .. table.concat(names, ", ") .. " within " .. seconds .. " s: "
-    .. cjson.encode(owners()) .. "\n" .. table.concat(errs, "\n"))
-end
-
--- Pending (delivered, not acknowledged) entries over all shards, and entries never delivered.
-local function backlog()
-  local pending, lag = 0, 0
-  for i = 0, 15 do
-    local groups = conn:call("XINFO", "GROUPS", "rtcadmin:fleet:s:" .. i)
-    for _, g in ipairs(type(groups) == "table" and groups or {}) do
-      for j = 1, #g, 2 do
-        if g[j] == "pending" then pending = pending + g[j + 1] end
-        if g[j] == "lag" and type(g[j + 1]) == "number" then lag = lag + g[j + 1] end
-      end
-    end
-  end
-  return pending, lag
-end
-
-local function entries()
-  local n = 0
-  for i = 0, 15 do n = n + (conn:call("XLEN", "rtcadmin:fleet:s:" .. i) or 0) end
-  return n
 end
 
 local by_room, rooms = raid.rooms(60, APP)
