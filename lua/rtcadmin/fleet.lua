@@ -126,17 +126,18 @@ function Log:lease_key(i) return self.prefix .. "lease:" .. i end
 function Log:engines_key() return self.prefix .. "engines" end
 function Log:shard_of(ev) return rtcadmin.shard(ev.app_id, ev.room_id or "", self.n) end
 
--- The XADD of one event (already checked).
-function Log:xadd(ev)
-  return { "XADD", self:key(self:shard_of(ev)), "*", "e", M.encode(ev) }
+-- The XADD of one event (already checked); `json`, when given, is the event as JSON already (a
+-- producer's input line: not encoded again).
+function Log:xadd(ev, json)
+  return { "XADD", self:key(self:shard_of(ev)), "*", "e", json or M.encode(ev) }
 end
 
--- Appends events (already checked) in one pipeline: the entry ids, or nil, err (then any of them
--- may or may not have been added: a producer sends them again, and engines drop the duplicates by
--- event id).
-function Log:append(conn, list)
+-- Appends events (already checked) in one pipeline, with their JSON texts when `jsons` is given:
+-- the entry ids, or nil, err (then any of them may or may not have been added: a producer sends
+-- them again, and engines drop the duplicates by event id).
+function Log:append(conn, list, jsons)
   local cmds = {}
-  for i, ev in ipairs(list) do cmds[i] = self:xadd(ev) end
+  for i, ev in ipairs(list) do cmds[i] = self:xadd(ev, jsons and jsons[i]) end
   local out, err = conn:pipeline(cmds)
   if not out then return nil, err end
   for i = 1, #out do

@@ -53,7 +53,7 @@ function M.ingest(self, internal)
     return log
   end
   local name = path == "-" and "stdin" or path
-  local batch, sent, bad, down = {}, 0, 0, nil
+  local batch, texts, sent, bad, down = {}, {}, 0, 0, nil
   local status = EXIT_OK
 
   -- Sends the batch, waiting (up to RETRY_FOR seconds) while Redis is unreachable. A batch sent
@@ -62,14 +62,14 @@ function M.ingest(self, internal)
     if #batch == 0 then return true end
     local started = rtcadmin.time()
     while true do
-      local ids, err = log:append(conn, batch)
+      local ids, err = log:append(conn, batch, texts)
       if ids then
         if down then
           self:warn(string.format("rtcadmin: Redis at %s reachable again", conn:where()))
           down = nil
         end
         sent = sent + #ids
-        batch = {}
+        batch, texts = {}, {}
         return true
       end
       if not (type(err) == "table" and err.retryable) or rtcadmin.time() - started > RETRY_FOR then
@@ -85,7 +85,13 @@ function M.ingest(self, internal)
     end
   end
 
-  for n, ev, err in internal.events_from(fh) do
+  -- Each line is checked decoded, and sent as it came (the engines decode it the same way).
+  local last_line
+  local reader = internal.events_from({ read = function(_, how)
+    last_line = fh:read(how)
+    return last_line
+  end })
+  for n, ev, err in reader do
     if ev then err = fleet.problem(ev) end
     if err then
       bad = bad + 1
@@ -97,6 +103,7 @@ function M.ingest(self, internal)
       if self.opts.json then self:json({ kind = "invalid", source = name, line = n, reason = err }) end
     else
       batch[#batch + 1] = ev
+      texts[#batch] = last_line
       if #batch >= BATCH and not send() then status = EXIT_FAILED break end
     end
   end
