@@ -267,11 +267,14 @@ function Worker:trouble(err)
   return false
 end
 
+-- Back after an outage: the entries delivered to this engine and not acknowledged (a batch cut
+-- off by the outage) are read again first; the engine drops the event ids it has decided already.
 function Worker:reachable()
   if self.down then
     self.say(string.format("rtcadmin: Redis at %s reachable again after %.1f s", self.conn:where(),
       rtcadmin.time() - self.down))
     self.down = nil
+    for _, st in pairs(self.owned) do st.backlog, st.cursor = true, "0" end
   end
 end
 

@@ -79,7 +79,10 @@ end
 -- fleet(conn, env, lua, dir): helpers for one deployment (default prefix, 16 shards) reached through
 -- conn (rtcadmin.redis), starting bin/rtcadmin with `env` (a shell prefix) and interpreter `lua`,
 -- keeping their output in `dir`.
+local n_fleets = 0
 function M.fleet(conn, env, lua, dir)
+  n_fleets = n_fleets + 1
+  local tag = dir .. "/fleet" .. n_fleets .. "-" -- (its own files: two fleets may share `dir`)
   local q = T.shell_quote
   local BIN = T.source_dir .. "/bin/rtcadmin"
   local F = { procs = {} } -- every process started, newest last (their stderr goes into failure messages)
@@ -88,7 +91,7 @@ function M.fleet(conn, env, lua, dir)
   -- Starts bin/rtcadmin with `args` in the background: {pid, code(), wait(s), out(), err(), signal(s)}.
   function F.start(args)
     n_procs = n_procs + 1
-    local base = dir .. "/proc" .. n_procs
+    local base = tag .. "proc" .. n_procs
     local script = env() .. q(lua) .. " " .. q(BIN) .. " " .. args .. " >" .. q(base .. ".out") .. " 2>"
       .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >"
       .. q(base .. ".code")

@@ -291,6 +291,41 @@ T.case("SIGTERM: the engine finishes its batch, releases its shards at once and 
   T.eq(lag, 0)
 end)
 
+T.case("Redis killed and restarted (append-only file on): engines wait, resume, same decisions", function()
+  local aof = T.redis(PASSWORD, true)
+  local aurl = "redis://:" .. PASSWORD .. "@127.0.0.1:" .. aof.port
+  local aconn = assert(rtcadmin.redis(aurl))
+  local A = raid.fleet(aconn, env, LUA, dir)
+  local engines = {}
+  for i = 1, 2 do
+    engines[i] = A.start("run " .. q(RULES) .. " --from " .. q(aurl) .. " --consumer r" .. i
+      .. " --dry-run --json --idle 6")
+  end
+  A.wait_split({ "r1", "r2" }, 20)
+  local p1 = A.start("ingest --to " .. q(aurl) .. " " .. q(file1))
+  T.sleep(0.3)
+  aof.kill() -- in the middle of the first producer's batches, or just after them
+  aof.start()
+  T.eq(aconn:call("PING"), nil, "this suite's own connection was cut too") -- (the next call connects again)
+  T.eq(p1.wait(60), 0, p1.err())
+  T.eq(A.start("ingest --to " .. q(aurl) .. " " .. q(file2)).wait(60), 0)
+  local got = {}
+  for i, e in ipairs(engines) do
+    T.eq(e.wait(90), 0, "engine " .. i .. ": " .. e.err())
+    T.match(e.err(), "Redis at 127%.0%.0%.1:%d+/0 unreachable %(")
+    T.match(e.err(), "Redis at 127%.0%.0%.1:%d+/0 reachable again after")
+    decisions(e.out(), got)
+  end
+  T.eq(A.entries(), TOTAL, "every event in the log once (" .. A.entries() .. ")")
+  local want = single_run()
+  T.same(got, want, diff(want, got))
+  local pending, lag = A.backlog()
+  T.eq(pending, 0)
+  T.eq(lag, 0)
+  aconn:close()
+  aof.stop()
+end)
+
 T.run(function()
   conn:close()
   redis.stop()

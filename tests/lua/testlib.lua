@@ -450,15 +450,16 @@ local function stop_server(pid, signal)
   while alive(pid) do T.sleep(0.02) end
 end
 
--- A real redis-server on a free loopback port with its own temporary directory and no persistence.
--- kill() ends it at once (SIGKILL); start() brings it back on the same port, empty; stop() ends it
--- and removes its directory.
-function T.redis(password)
+-- A real redis-server on a free loopback port with its own temporary directory and no persistence
+-- (with `aof`, an append-only file written on every command). kill() ends it at once (SIGKILL);
+-- start() brings it back on the same port, empty (with `aof`, as it was); stop() ends it and removes
+-- its directory.
+function T.redis(password, aof)
   local r = { dir = T.tmpdir(), password = password }
   local function launch()
     os.remove(r.dir .. "/redis.log")
-    r.pid = start_server(string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no"
-      .. " --dir %s --logfile redis.log %s", r.port, shell_quote(r.dir),
+    r.pid = start_server(string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly %s"
+      .. " --dir %s --logfile redis.log %s", r.port, aof and "yes --appendfsync always" or "no", shell_quote(r.dir),
       password and ("--requirepass " .. shell_quote(password)) or ""))
     return wait_ready(r.pid, r.dir .. "/redis.log", "Ready to accept connections", "Address already in use")
   end
