@@ -24,7 +24,7 @@ local conn = assert(rtcadmin.redis(redis.url))
 local RULES = T.source_dir .. "/examples/rules"
 
 local function env()
-  return "RTCADMIN_BUILD=" .. q(T.module_dir()) .. " RTCADMIN_FLEET_LEASE=" .. LEASE .. " " .. T.plain_env
+  return "RTCADMIN_BUILD=" .. q(T.module_dir()) .. " RTCADMIN_FLEET_LEASE=" .. LEASE .. " "
 end
 local F = fleetlib.fleet(conn, env, LUA, dir)
 

@@ -8,7 +8,7 @@
 void rtc_redis_register(lua_State *L);
 /* rtcadmin.redis and rtcadmin.shard (redis_conn_lua.c), set the same way. */
 void rtc_redis_conn_register(lua_State *L);
-/* rtcadmin.catch_signals and rtcadmin.signalled (signals.c), set the same way. */
+/* rtcadmin.catch_signals and rtcadmin.caught_signal (signals.c), set the same way. */
 void rtc_signals_register(lua_State *L);
 
 #endif

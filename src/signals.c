@@ -1,4 +1,4 @@
-/* rtcadmin.catch_signals and rtcadmin.signalled: a long-running command (`rtcadmin run --from`)
+/* rtcadmin.catch_signals and rtcadmin.caught_signal: a long-running command (`rtcadmin run --from`)
  * finishes its batch and stops cleanly on SIGTERM or SIGINT instead of dying in the middle of it.
  * The handler only records the signal; the Lua loop looks between batches. The flag is the one piece
  * of process-wide state a signal handler needs; the handlers are installed once (pthread_once). */
@@ -30,11 +30,11 @@ static int l_catch_signals(lua_State *L) {
     return 0;
 }
 
-/* rtcadmin.signalled() -> "TERM" | "INT" | nil: the last signal caught. */
-static int l_signalled(lua_State *L) {
+/* rtcadmin.caught_signal() -> "SIGTERM" | "SIGINT" | nil: the last signal caught. */
+static int l_caught_signal(lua_State *L) {
     int sig = caught;
-    if (sig == SIGTERM) lua_pushliteral(L, "TERM");
-    else if (sig == SIGINT) lua_pushliteral(L, "INT");
+    if (sig == SIGTERM) lua_pushliteral(L, "SIGTERM");
+    else if (sig == SIGINT) lua_pushliteral(L, "SIGINT");
     else lua_pushnil(L);
     return 1;
 }
@@ -42,6 +42,6 @@ static int l_signalled(lua_State *L) {
 void rtc_signals_register(lua_State *L) {
     lua_pushcfunction(L, l_catch_signals);
     lua_setfield(L, -2, "catch_signals");
-    lua_pushcfunction(L, l_signalled);
-    lua_setfield(L, -2, "signalled");
+    lua_pushcfunction(L, l_caught_signal);
+    lua_setfield(L, -2, "caught_signal");
 }

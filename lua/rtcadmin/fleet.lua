@@ -434,7 +434,8 @@ function Worker:stop()
 end
 
 -- Runs rounds until should_stop() is true (checked between rounds: a batch is always finished),
--- or `idle` seconds passed without an entry; waits while Redis is unreachable. Then stop().
+-- or `idle` seconds passed without an entry (Redis unreachable or not); waits while Redis is
+-- unreachable. Then stop().
 function Worker:run(should_stop, idle)
   while not should_stop() do
     local ok, err = self:step()
@@ -442,7 +443,7 @@ function Worker:run(should_stop, idle)
       if not self:trouble(err) then return nil, err end
       rtcadmin.sleep(0.5)
     end
-    if idle and not self.down and rtcadmin.time() - self.last_entry >= idle then break end
+    if idle and rtcadmin.time() - self.last_entry >= idle then break end
   end
   local ok, err = self:stop()
   if not ok then self:trouble(err) end

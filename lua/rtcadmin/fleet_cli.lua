@@ -147,6 +147,9 @@ local function pid()
 end
 
 function M.run(self, internal)
+  for _, o in ipairs { "drain", "strict" } do
+    if self.opts[o] then return self:usage_error("--" .. o .. " does not go with --from", "run", true) end
+  end
   local files, why = internal.split_args(self.pos, false)
   if not files then return self:usage_error(why, "run", true) end
   if #files == 0 then return self:usage_error("no rules files given", "run") end
@@ -230,7 +233,7 @@ function M.run(self, internal)
   }
   self:warn(string.format("rtcadmin: engine %s reading %s (%d shards)", name, conn:where(), log.n))
   rtcadmin.catch_signals()
-  local done, werr = worker:run(function() return rtcadmin.signalled() ~= nil end, idle)
+  local done, werr = worker:run(function() return rtcadmin.caught_signal() ~= nil end, idle)
   local status = done and EXIT_OK or EXIT_FAILED
   if not done then self:warn("rtcadmin: ", tostring(werr)) end
   local engines = worker.engines

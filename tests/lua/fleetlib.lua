@@ -92,9 +92,12 @@ function M.fleet(conn, env, lua, dir)
   function F.start(args)
     n_procs = n_procs + 1
     local base = tag .. "proc" .. n_procs
+    -- A watcher kills the process when this one (the suite) is gone, so a failing case leaves no
+    -- engine behind.
     local script = env() .. q(lua) .. " " .. q(BIN) .. " " .. args .. " >" .. q(base .. ".out") .. " 2>"
-      .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >"
-      .. q(base .. ".code")
+      .. q(base .. ".err") .. " </dev/null & p=$!; echo $p >" .. q(base .. ".pid") .. "; "
+      .. "(while kill -0 " .. T.pid() .. " 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 0.5; done; "
+      .. "kill -9 $p 2>/dev/null) >/dev/null 2>&1 & wait $p; echo $? >" .. q(base .. ".code")
     assert(io.popen("sh -c " .. q(script) .. " >/dev/null 2>&1 &")):close()
     local pr = { base = base }
     F.procs[#F.procs + 1] = pr

@@ -22,7 +22,7 @@ local BUILD = T.module_dir()
 
 local function env()
   return "VOLC_ACCESSKEY=" .. q(T.AK) .. " VOLC_SECRETKEY=" .. q(T.SK) .. " RTCADMIN_ENDPOINT=" .. q(emu.url)
-    .. " RTCADMIN_BUILD=" .. q(BUILD) .. " RTCADMIN_FLEET_LEASE=" .. LEASE .. " " .. T.plain_env
+    .. " RTCADMIN_BUILD=" .. q(BUILD) .. " RTCADMIN_FLEET_LEASE=" .. LEASE .. " "
 end
 
 -- Runs bin/rtcadmin to the end: exit status, stdout, stderr.
@@ -163,6 +163,9 @@ T.case("ingest and run: configuration errors are clear, at start, and never show
   code, _, err = rtcadmin_cli("run " .. q(RULES) .. " --consumer x --dry-run " .. q(all))
   T.eq(code, 2)
   T.match(err, "%-%-consumer goes with %-%-from")
+  code, _, err = rtcadmin_cli("run " .. q(RULES) .. " --from " .. q(URL) .. " --drain 5 --dry-run")
+  T.eq(code, 2)
+  T.match(err, "%-%-drain does not go with %-%-from")
   -- A deployment's shard count is fixed: another --shards is refused.
   T.eq((rtcadmin_cli("ingest --to " .. q(URL) .. " --shards 16 " .. q(file1))), 0)
   code, _, err = rtcadmin_cli("ingest --to " .. q(URL) .. " --shards 8 " .. q(file1))

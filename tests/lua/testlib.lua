@@ -18,7 +18,7 @@ T.APP = "661e2ebb5ffd4b0e8d3f6b1d"
 T.WRONG_SK = "V3JvbmdTZWNyZXQrLz0hS2V5OTk="
 -- Every secret the suites use: no output of the suite may contain one (tests/secrets/scan_outputs.lua).
 T.SECRETS = { T.SK, T.SK2, T.STS_SK, T.STS_TOKEN, T.WRONG_SK, "V3JvbmdTZWNyZXQ=", "Tm90QVNlY3JldFRvU2hvdw==",
-  "VERY+Secret/Value==", "RnV6elNlY3JldEtleQ==", "Conn-Test-Pw+/=" }
+  "VERY+Secret/Value==", "RnV6elNlY3JldEtleQ==", "Conn-Test-Pw+/=", "Fleet-Test-Pw", "FleetNginxPw" }
 
 T.source_dir = os.getenv("RTCADMIN_SOURCE_DIR") or "."
 
