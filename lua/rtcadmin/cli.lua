@@ -44,13 +44,13 @@ Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry
 ]]
 
 local HELP = {
-  ingest = [[
+  ingest = [=[
 usage: rtcadmin ingest --to redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] [EVENTS|-] [--shards N] [--json] [--strict]
 Appends the events (JSON Lines from a file, or stdin) to the fleet's log in Redis: each to its room's
 shard stream, in pipelined batches. Lines that are not events the engines can take are reported
 (line number and reason) and not sent. --shards N: the number of shards for a new deployment (16
 by default; an existing one keeps its own, and a different N is an error). --strict: exit 4 when
-lines were skipped. Exit 1 when Redis cannot be reached or refuses the connection.]],
+lines were skipped. Exit 1 when Redis cannot be reached or refuses the connection.]=],
   kick = [[
 usage: rtcadmin kick APP ROOM USER... [--endpoint URL] [--json]
 Kicks each USER out of ROOM (KickUser). They may rejoin at once; use ban to keep them out.]],
