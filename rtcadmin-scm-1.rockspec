@@ -33,6 +33,7 @@ build = {
             "src/batch.c", "src/exchange.c", "src/call.c", "src/errors.c", "src/json.c", "src/stats.c", "src/heap.c", "src/view.c", "src/buf.c", "src/signing.c", "src/transport.c", "src/limiter.c",
             "src/limiter_redis.c", "src/redis_url.c", "src/redis_fallback.c", "src/step_meter.c", "src/pattern.c",
             "src/pattern_match.c", "src/redis_lua.c", "src/pack.c", "src/cli_io.c",
+            "src/redis_conn.c", "src/redis_conn_lua.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          incdirs = { "src", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)" },
@@ -47,6 +48,9 @@ build = {
       ["rtcadmin.bans"] = "lua/rtcadmin/bans.lua",
       ["rtcadmin.redis_gcra"] = "lua/rtcadmin/redis_gcra.lua",
       ["rtcadmin.redis_limiter"] = "lua/rtcadmin/redis_limiter.lua",
+      ["rtcadmin.resp"] = "lua/rtcadmin/resp.lua",
+      ["rtcadmin.fleet"] = "lua/rtcadmin/fleet.lua",
+      ["rtcadmin.fleet_cli"] = "lua/rtcadmin/fleet_cli.lua",
       -- the policy engine, its rule sandbox and the command line
       ["rtcadmin.sandbox"] = "lua/rtcadmin/sandbox.lua",
       ["rtcadmin.policy"] = "lua/rtcadmin/policy.lua",

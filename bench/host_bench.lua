@@ -138,9 +138,11 @@ local function intake(workers, save_events)
   local p99 = out:match("\n%s+99%%%s+(%S+)")
   local u, s = out:match("wrk_cpu ([%d%.]+) ([%d%.]+)")
   local non2xx = out:match("Non%-2xx or 3xx responses: (%d+)") or "0"
-  print(string.format("intake workers=%d save_events=%d  %.0f callbacks/s (%.0f per worker)  p50 %s  p99 %s  accepted %d " ..
-    "duplicate %d error %d non-2xx %s  wrk CPU %.0f%% of the machine, nginx workers %.0f%%  engine decided %d of %d",
-    workers, save_events, rps or 0, (rps or 0) / workers, p50, p99, stats.accepted, stats.duplicate, stats.error, non2xx,
+  print(string.format("intake workers=%d save_events=%d  %.0f callbacks/s (%.0f per worker)  p50 %s  p99 %s  " ..
+    "accepted %d duplicate %d error %d non-2xx %s  wrk CPU %.0f%% of the machine, nginx workers %.0f%%  " ..
+    "engine decided %d of %d",
+    workers, save_events, rps or 0, (rps or 0) / workers, p50, p99, stats.accepted, stats.duplicate, stats.error,
+    non2xx,
     100 * (tonumber(u) + tonumber(s)) / (2 * SECONDS), 100 * workers_cpu / (2 * SECONDS),
     status.decided_seq, status.last_seq))
 end

@@ -18,31 +18,22 @@
  * The Redis slot is used as it is. (Taking it again in a local schedule would be wrong: two
  * reservations that return out of order would push the earlier slot behind the later one, late,
  * onto another host's slot.) */
-#include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <time.h>
 
-#include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 
 #include "buf.h"
 #include "limiter.h"
-#include "redis_common.h"
+#include "redis_conn.h"
 
-#define NS 1000000000LL
 #define DEFAULT_PREFIX "rtcadmin:gcra:"
-#define REFUSED (-2)
 
 typedef struct {
     rtc_limiter base;            /* first: the interface sees an rtc_limiter */
     rtc_fallback *decision;      /* when to ask Redis, and the fallback */
-    redisContext *ctx;           /* NULL until connected, and after any I/O error */
-    rtc_redis_url url;
+    rtc_redis_conn conn;         /* connected, authenticated and selected (redis_conn.c) */
     char *prefix;
     char *script;
     char sha[41];
@@ -52,138 +43,8 @@ typedef struct {
 
 static char *copy_string(const char *s) { return rtc_strndup(s, strlen(s)); }
 
-static struct timeval to_timeval(int64_t ns) {
-    struct timeval tv;
-    if (ns < 1000000) ns = 1000000; /* hiredis treats a zero timeout as "none" */
-    tv.tv_sec = (time_t)(ns / NS);
-    tv.tv_usec = (suseconds_t)((ns % NS) / 1000);
-    return tv;
-}
-
-/* hiredis writes with write(2): a peer that went away would raise SIGPIPE. The signal is blocked in
- * this thread for the call and a SIGPIPE it caused is consumed, leaving the process's handlers alone. */
-typedef struct {
-    sigset_t old;
-    int was_pending;
-} pipe_guard;
-
-static void pipe_guard_on(pipe_guard *g) {
-    sigset_t set, pending;
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    sigemptyset(&pending);
-    sigpending(&pending);
-    g->was_pending = sigismember(&pending, SIGPIPE) == 1;
-    pthread_sigmask(SIG_BLOCK, &set, &g->old);
-}
-
-static void pipe_guard_off(pipe_guard *g) {
-    if (!g->was_pending) {
-        sigset_t set, pending;
-        struct timespec zero = {0, 0};
-        sigemptyset(&set);
-        sigaddset(&set, SIGPIPE);
-        sigemptyset(&pending);
-        sigpending(&pending);
-        if (sigismember(&pending, SIGPIPE) == 1) sigtimedwait(&set, NULL, &zero);
-    }
-    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
-}
-
-static void drop_connection(redis_limiter *r) {
-    if (r->ctx) redisFree(r->ctx);
-    r->ctx = NULL;
-}
-
-static void io_error(redis_limiter *r, char *why, size_t n) {
-    if (r->ctx && r->ctx->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
-        snprintf(why, n, "no answer within the timeout");
-    else
-        snprintf(why, n, "%s", r->ctx && r->ctx->errstr[0] ? r->ctx->errstr : "connection lost");
-    drop_connection(r);
-}
-
-/* One command with what is left until end_ns; NULL (connection dropped) on an I/O failure. */
-static redisReply *command(redis_limiter *r, int64_t end_ns, int argc, const char **argv, const size_t *lens,
-                           char *why, size_t n) {
-    int64_t left = end_ns - rtc_monotonic_ns();
-    redisReply *rep;
-    pipe_guard g;
-    if (left <= 0) {
-        snprintf(why, n, "no answer within the timeout");
-        return NULL;
-    }
-    redisSetTimeout(r->ctx, to_timeval(left));
-    pipe_guard_on(&g);
-    errno = 0;
-    rep = redisCommandArgv(r->ctx, argc, argv, lens);
-    if (!rep) io_error(r, why, n);
-    pipe_guard_off(&g);
-    return rep;
-}
-
-/* Runs a setup command that must not answer with an error; 0, or with why: -1 (I/O) or
- * REFUSED (Redis answered it with an error). */
-static int setup_command(redis_limiter *r, int64_t end_ns, int argc, const char **argv, const char *what,
-                         char *why, size_t n) {
-    size_t lens[3];
-    int i;
-    redisReply *rep;
-    for (i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-    rep = command(r, end_ns, argc, argv, lens, why, n);
-    if (!rep) return -1;
-    if (rep->type == REDIS_REPLY_ERROR) {
-        snprintf(why, n, "%s refused: %s", what, rep->str);
-        freeReplyObject(rep);
-        drop_connection(r);
-        return REFUSED;
-    }
-    freeReplyObject(rep);
-    return 0;
-}
-
-/* Connect, AUTH, SELECT, PING: after this the connection is known to work. 0, -1 or REFUSED. */
-static int open_connection(redis_limiter *r, int64_t end_ns, char *why, size_t n) {
-    int64_t left = end_ns - rtc_monotonic_ns();
-    const char *argv[3];
-    char db[24];
-    pipe_guard g;
-    int rc;
-    if (left <= 0) {
-        snprintf(why, n, "no time left to connect");
-        return -1;
-    }
-    pipe_guard_on(&g);
-    r->ctx = redisConnectWithTimeout(r->url.host, r->url.port, to_timeval(left));
-    pipe_guard_off(&g);
-    if (!r->ctx) {
-        snprintf(why, n, "out of memory");
-        return -1;
-    }
-    if (r->ctx->err) {
-        snprintf(why, n, "cannot connect: %s", r->ctx->errstr);
-        drop_connection(r);
-        return -1;
-    }
-    if (r->url.password) {
-        int argc = 0;
-        argv[argc++] = "AUTH";
-        if (r->url.user) argv[argc++] = r->url.user;
-        argv[argc++] = r->url.password;
-        if ((rc = setup_command(r, end_ns, argc, argv, "AUTH", why, n))) return rc;
-    }
-    if (r->url.db) {
-        snprintf(db, sizeof db, "%ld", r->url.db);
-        argv[0] = "SELECT";
-        argv[1] = db;
-        if ((rc = setup_command(r, end_ns, 2, argv, "SELECT", why, n))) return rc;
-    }
-    argv[0] = "PING";
-    return setup_command(r, end_ns, 1, argv, "PING", why, n);
-}
-
 /* One GCRA step in Redis. *wait_ns: from the reply's arrival (*at_ns, our clock) to the slot.
- * 0, -1 or REFUSED (the connection setup was refused) with why. */
+ * 0, -1 or RTC_REDIS_REFUSED (the connection setup was refused) with why. */
 static int gcra_round_trip(redis_limiter *r, const unsigned char fp[8], const char *action, int64_t interval_ns,
                            int64_t not_before_ns, int64_t end_ns, int64_t *wait_ns, int64_t *at_ns, char *why,
                            size_t n) {
@@ -192,7 +53,7 @@ static int gcra_round_trip(redis_limiter *r, const unsigned char fp[8], const ch
     size_t lens[6];
     redisReply *rep;
     int i;
-    if (!r->ctx && (i = open_connection(r, end_ns, why, n))) return i;
+    if (!r->conn.ctx && (i = rtc_redis_open(&r->conn, end_ns, why, n))) return i;
     i = snprintf(key, sizeof key, "%s%02x%02x%02x%02x%02x%02x%02x%02x:%s", r->prefix, fp[0], fp[1], fp[2], fp[3],
                  fp[4], fp[5], fp[6], fp[7], action);
     if (i < 0 || (size_t)i >= sizeof key) {
@@ -209,14 +70,14 @@ static int gcra_round_trip(redis_limiter *r, const unsigned char fp[8], const ch
     snprintf(not_before, sizeof not_before, "%lld", (long long)((not_before_ns + 999) / 1000));
     argv[5] = not_before;
     for (i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
-    rep = command(r, end_ns, 6, argv, lens, why, n);
+    rep = rtc_redis_command(&r->conn, end_ns, 6, argv, lens, why, n);
     if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
         freeReplyObject(rep); /* a restarted or flushed Redis: EVAL loads the script again */
         argv[0] = "EVAL";
         argv[1] = r->script;
         lens[0] = 4;
         lens[1] = strlen(r->script);
-        rep = command(r, end_ns, 6, argv, lens, why, n);
+        rep = rtc_redis_command(&r->conn, end_ns, 6, argv, lens, why, n);
     }
     *at_ns = rtc_monotonic_ns();
     if (!rep) return -1;
@@ -248,7 +109,7 @@ static int redis_reserve(rtc_limiter *self, const unsigned char fp[8], const cha
         if (io == 0)
             rc = rtc_fallback_answered(r->decision, &t, at, wait_ns, &out);
         else
-            rc = rtc_fallback_failed(r->decision, &t, rtc_monotonic_ns(), why, io == REFUSED, &out);
+            rc = rtc_fallback_failed(r->decision, &t, rtc_monotonic_ns(), why, io == RTC_REDIS_REFUSED, &out);
     }
     if (out.note[0] && r->log) fprintf(stderr, "rtcadmin: %s\n", out.note);
     if (rc == RTC_FB_FAIL) {
@@ -261,9 +122,9 @@ static int redis_reserve(rtc_limiter *self, const unsigned char fp[8], const cha
 
 static void redis_destroy(rtc_limiter *self) {
     redis_limiter *r = (redis_limiter *)self;
-    drop_connection(r);
+    rtc_redis_drop(&r->conn);
     rtc_fallback_free(r->decision);
-    rtc_redis_url_free(&r->url);
+    rtc_redis_url_free(&r->conn.url);
     free(r->prefix);
     free(r->script);
     free(r);
@@ -292,22 +153,22 @@ rtc_limiter *rtc_limiter_redis_new(const rtc_redis_opts *o, char *err, size_t er
         return NULL;
     }
     r->base.ops = &redis_ops;
-    if (rtc_redis_url_parse(o->url, &r->url, err, errlen)) goto fail;
+    if (rtc_redis_url_parse(o->url, &r->conn.url, err, errlen)) goto fail;
     if (o->password) {
-        if (r->url.password) {
+        if (r->conn.url.password) {
             snprintf(err, errlen, "give the password in the url or in 'password', not both");
             goto fail;
         }
-        if (!(r->url.password = copy_string(o->password))) goto oom;
+        if (!(r->conn.url.password = copy_string(o->password))) goto oom;
     }
     if (o->user) {
-        if (r->url.user) {
+        if (r->conn.url.user) {
             snprintf(err, errlen, "give the user in the url or in 'user', not both");
             goto fail;
         }
-        if (!(r->url.user = copy_string(o->user))) goto oom;
+        if (!(r->conn.url.user = copy_string(o->user))) goto oom;
     }
-    if (r->url.user && !r->url.password) {
+    if (r->conn.url.user && !r->conn.url.password) {
         snprintf(err, errlen, "a Redis user needs a password");
         goto fail;
     }
@@ -321,15 +182,15 @@ rtc_limiter *rtc_limiter_redis_new(const rtc_redis_opts *o, char *err, size_t er
     r->timeout_ns = (int64_t)(o->timeout * 1e9);
     r->log = o->log;
     memset(&fo, 0, sizeof fo);
-    fo.where = r->url.where;
+    fo.where = r->conn.url.where;
     fo.dir = o->dir;
     fo.timeout = o->timeout;
     fo.reprobe = o->reprobe;
     fo.share = o->fallback_share;
     fo.fail = o->fallback_error;
     if (!(r->decision = rtc_fallback_new(&fo, err, errlen))) goto fail;
-    if (open_connection(r, rtc_monotonic_ns() + r->timeout_ns, why, sizeof why)) {
-        snprintf(err, errlen, "Redis at %s: %s", r->url.where, why);
+    if (rtc_redis_open(&r->conn, rtc_monotonic_ns() + r->timeout_ns, why, sizeof why)) {
+        snprintf(err, errlen, "Redis at %s: %s", r->conn.url.where, why);
         goto fail;
     }
     rtc_fallback_reached(r->decision);

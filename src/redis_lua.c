@@ -244,4 +244,5 @@ void rtc_redis_register(lua_State *L) {
     lua_setfield(L, -2, "parse_redis_url");
     lua_pushcfunction(L, l_redis_fallback);
     lua_setfield(L, -2, "redis_fallback");
+    rtc_redis_conn_register(L);
 }

@@ -6,5 +6,7 @@
 
 /* rtcadmin.parse_redis_url and rtcadmin.redis_fallback, set in the module table at the top of the stack. */
 void rtc_redis_register(lua_State *L);
+/* rtcadmin.redis and rtcadmin.shard (redis_conn_lua.c), set the same way. */
+void rtc_redis_conn_register(lua_State *L);
 
 #endif

@@ -134,7 +134,8 @@ function M.console()
   if not body then return ngx.exit(404) end
   ngx.header["Content-Type"] = CONSOLE_TYPES[name:match("%.(%w+)$")]
   -- Only this origin's own files, no inline script, no framing.
-  ngx.header["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+  ngx.header["Content-Security-Policy"] =
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
   ngx.header["X-Content-Type-Options"] = "nosniff"
   ngx.header["Cache-Control"] = "no-cache"
   ngx.print(body)

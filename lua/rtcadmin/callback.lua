@@ -210,6 +210,18 @@ end
 function M.handler(opts)
   if type(opts) ~= "table" then error("rtcadmin.callback.handler: expects a table {secret, on_event, dict}", 2) end
   check_secret("handler", opts.secret)
+  if opts.queue ~= nil then
+    -- The fleet's log (docs/fleet.md): answered 200 once Redis has the event (rtcadmin.fleet).
+    if opts.store ~= nil or opts.on_event ~= nil then
+      error("rtcadmin.callback.handler: give one of queue, store and on_event", 2)
+    end
+    if type(opts.queue) ~= "string" then error("rtcadmin.callback.handler: queue must be a redis:// URL", 2) end
+    local copy = {}
+    for k, v in pairs(opts) do copy[k] = v end
+    copy.store = require("rtcadmin.fleet").queue_store(opts.queue, opts.queue_options)
+    copy.queue, copy.queue_options = nil, nil
+    opts = copy
+  end
   if (opts.on_event == nil) == (opts.store == nil) then
     error("rtcadmin.callback.handler: give on_event (a function run from a timer) or store (a function that keeps "
       .. "the event before the answer), not both", 2)

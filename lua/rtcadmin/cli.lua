@@ -26,6 +26,10 @@ Policy (rules files: Lua files or directories of them; events: JSON Lines):
   run     RULES... [EVENTS|-]               live: act on the decisions (stdin when EVENTS is - or absent)
   check   RULES...                          load and lint rules files (together, as replay and run do)
 
+Fleet (events through Redis Streams; docs/fleet.md):
+  ingest  --to redis://HOST:PORT[/DB] [EVENTS|-]     append JSON Lines events to the fleet's log
+  run     RULES... --from redis://HOST:PORT[/DB] [--consumer NAME]   an engine of the fleet
+
 Options:
   --endpoint URL   API endpoint (default: RTCADMIN_ENDPOINT, else https://rtc.volcengineapi.com)
   --json           one JSON object per line on stdout, and nothing else there
@@ -44,6 +48,13 @@ Exit status: 0 done; 1 an action or call failed (or is still waiting for a retry
 local durations -- the API's duration ranges (defined below, with the moderation commands)
 
 local HELP = {
+  ingest = [=[
+usage: rtcadmin ingest --to redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] [EVENTS|-] [--shards N] [--json] [--strict]
+Appends the events (JSON Lines from a file, or stdin) to the fleet's log in Redis: each to its room's
+shard stream, in pipelined batches. Lines that are not events the engines can take are reported
+(line number and reason) and not sent. --shards N: the number of shards for a new deployment (16
+by default; an existing one keeps its own, and a different N is an error). --strict: exit 4 when
+lines were skipped. Exit 1 when Redis cannot be reached or refuses the connection.]=],
   kick = [[
 usage: rtcadmin kick APP ROOM USER... [--endpoint URL] [--json]
 Kicks each USER out of ROOM (KickUser). They may rejoin at once; use ban to keep them out.]],
@@ -86,7 +97,14 @@ rules raised errors (1, an action failed, comes first).
 sent) is restored from FILE when it exists and saved to it every --state-every seconds (default 1)
 while it changes, on SIGTERM or SIGINT (which then stop the run without the drain) and at the end of
 the input; always whole (written beside it and renamed). A FILE that cannot be restored stops the
-run (exit 1) and is left as it is.]],
+run (exit 1) and is left as it is.
+
+       rtcadmin run RULES... --from redis://HOST[:PORT][/DB] [--consumer NAME] [--idle SECONDS]
+                    [--dry-run] [--json] [--audit FILE] [--endpoint URL]
+An engine of the fleet (docs/fleet.md): reads the shards it holds a lease on from Redis, decides,
+acts, acknowledges. Engines split the shards between them; on SIGTERM or SIGINT it finishes the
+batch, releases its shards and exits 0. --consumer: this engine's name (default HOST-PID).
+--idle: exit after this many seconds without an event.]],
   check = [[
 usage: rtcadmin check RULES... [--json]
 Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
@@ -107,7 +125,7 @@ end
 local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true, state = true, ["state-every"] = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
-  strict = false,
+  strict = false, to = true, from = true, consumer = true, idle = true, shards = true,
 }
 
 -- The commands an option is for (absent: every command). An option given to a command that does
@@ -120,7 +138,8 @@ end
 local MODERATION_COMMANDS = set("kick", "ban", "unban", "mute", "unmute")
 local OPTION_COMMANDS = {
   endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
-  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay"),
+  ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay", "ingest"),
+  to = set("ingest"), from = set("run"), consumer = set("run"), idle = set("run"), shards = set("ingest"),
   drain = set("run"), state = set("run"), ["state-every"] = set("run"),
   duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
   video = MODERATION_COMMANDS,
@@ -868,7 +887,28 @@ function Cmd:state_keeper(engine, path, every)
   return keeper
 end
 
+-- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
+function Cmd:show_decisions(engine)
+  if engine.dry_run then
+    engine.on_decision = function(d) self:decision_row(d) end
+  else
+    engine.on_result = function(d)
+      self:note_reachable(d)
+      self:decision_row(d)
+    end
+  end
+end
+
 function Cmd:run()
+  if self.opts.from then
+    if self.opts.state then
+      return self:usage_error("--state goes without --from (fleet engines keep no state file)", "run", true)
+    end
+    return require("rtcadmin.fleet_cli").run(self, cli.internal)
+  end
+  if self.opts.consumer or self.opts.idle then
+    return self:usage_error("--" .. (self.opts.consumer and "consumer" or "idle") .. " goes with --from", "run", true)
+  end
   local drain, bad = number_opt(self, "drain", "run")
   if bad then return bad end
   self.drain = drain or 30
@@ -898,15 +938,7 @@ function Cmd:run()
     fh = io.stdin -- (read through the keeper; nothing to close here)
   end
   local dry = engine.dry_run
-  -- Decisions print when they are done: at once in dry-run, after the API answered otherwise.
-  if dry then
-    engine.on_decision = function(d) self:decision_row(d) end
-  else
-    engine.on_result = function(d)
-      self:note_reachable(d)
-      self:decision_row(d)
-    end
-  end
+  self:show_decisions(engine)
   -- From stdin act after every line (events arrive live); from a file, in batches of 256 lines.
   local every_line = self.events_path == "-" and 1 or 256
   local function act()
@@ -974,6 +1006,13 @@ end
 local COMMANDS = {
   kick = Cmd.moderate, ban = Cmd.moderate, unban = Cmd.moderate, mute = Cmd.moderate, unmute = Cmd.moderate,
   online = Cmd.online, replay = Cmd.replay, run = Cmd.run, check = Cmd.check,
+  ingest = function(self) return require("rtcadmin.fleet_cli").ingest(self, cli.internal) end,
+}
+
+-- What the fleet's commands (rtcadmin.fleet_cli) share with the others.
+cli.internal = {
+  events_from = events_from, split_args = split_args, open_problem = open_problem, number_opt = number_opt,
+  plain = plain, array = array, SKIPS_SHOWN = SKIPS_SHOWN,
 }
 
 local function dispatch(self, argv)

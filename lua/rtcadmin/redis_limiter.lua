@@ -11,15 +11,14 @@
 -- key_id is the access key's fingerprint as the C client writes it: the first 8 bytes of
 -- SHA-256(access key), 16 lowercase hex digits (the signer computes SHA-256 anyway).
 --
--- This file only talks to Redis. The URL is read by rtcadmin.parse_redis_url, and every decision -
--- whether to ask Redis, which slot to use, falling back to this host's table at fallback_share of
--- each limit while Redis does not answer, re-probing, coming back - is taken by
--- rtcadmin.redis_fallback, the C decision the C backend uses too (src/redis_fallback.c,
--- docs/redis.md).
+-- This file only talks to Redis (the RESP I/O is rtcadmin.resp's). The URL is read by
+-- rtcadmin.parse_redis_url, and every decision - whether to ask Redis, which slot to use, falling
+-- back to this host's table at fallback_share of each limit while Redis does not answer,
+-- re-probing, coming back - is taken by rtcadmin.redis_fallback, the C decision the C backend uses
+-- too (src/redis_fallback.c, docs/redis.md).
 local rtcadmin = require "rtcadmin"
 local gcra = require "rtcadmin.redis_gcra"
-
-local unpack = table.unpack or unpack -- luacheck: ignore 143
+local resp = require "rtcadmin.resp"
 
 local M = {}
 local Limiter = {}
@@ -27,43 +26,6 @@ Limiter.__index = Limiter
 
 local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
-
-local function command(...)
-  local args = { ... }
-  local out = { "*", #args, "\r\n" }
-  for _, a in ipairs(args) do
-    a = tostring(a)
-    out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
-  end
-  return table.concat(out)
-end
-
--- One RESP reply: value, or nil, err, is_reply_error (an error *reply*: the connection is still good).
-local function read_reply(sock)
-  local line, err = sock:receive("*l")
-  if not line then return nil, err end
-  local kind, body = line:sub(1, 1), line:sub(2)
-  if kind == "+" then return body end
-  if kind == "-" then return nil, body, true end
-  if kind == ":" then return tonumber(body) end
-  if kind == "$" then
-    local n = tonumber(body)
-    if n < 0 then return false end
-    local data, e = sock:receive(n + 2)
-    if not data then return nil, e end
-    return data:sub(1, n)
-  end
-  if kind == "*" then
-    local n, list = tonumber(body), {}
-    for i = 1, n do
-      local v, e, reply_err = read_reply(sock)
-      if v == nil then return nil, e, reply_err end
-      list[i] = v
-    end
-    return list
-  end
-  return nil, "unexpected reply from Redis"
 end
 
 -- opts[k] when it is a number in [min, max] (NaN and infinities are not), else raises at new's caller.
@@ -100,7 +62,7 @@ function M.new(opts)
   local ngx = opts.ngx or _G.ngx
   return setmetatable({
     url = u, prefix = opts.key_prefix or "rtcadmin:gcra:", margin = margin, ngx = ngx,
-    pool = "rtcadmin-redis:" .. u.where .. ":" .. (u.user or ""), pool_size = opts.pool_size or 16,
+    pool = resp.pool_name(u), pool_size = opts.pool_size or 16,
     log = opts.log == nil and true or opts.log,
     sha = hex(ngx.sha1_bin(gcra.script)),
     decision = rtcadmin.redis_fallback { server = u.where, timeout = timeout, reprobe = reprobe,
@@ -113,37 +75,12 @@ function Limiter:now()
   return self.ngx.now()
 end
 
--- Sends one command and reads its reply: value, or nil, err, is_reply_error.
-local function call(sock, ...)
-  local sent, err = sock:send(command(...))
-  if not sent then return nil, err end
-  return read_reply(sock)
-end
+local call = resp.call
 
 -- Connection from the pool (AUTH, SELECT and PING only when new, as the C backend opens one); nil,
 -- err, refused (refused: Redis answered the setup with an error).
 function Limiter:connect(budget)
-  local sock = self.ngx.socket.tcp()
-  sock:settimeout(math.max(1, math.floor(budget * 1000)))
-  local ok, err = sock:connect(self.url.host, self.url.port, { pool = self.pool })
-  if not ok then return nil, "cannot connect: " .. tostring(err) end
-  if sock:getreusedtimes() == 0 then
-    local setup = {}
-    if self.url.password then
-      setup[#setup + 1] = self.url.user and { "AUTH", self.url.user, self.url.password }
-        or { "AUTH", self.url.password }
-    end
-    if self.url.db ~= 0 then setup[#setup + 1] = { "SELECT", self.url.db } end
-    setup[#setup + 1] = { "PING" }
-    for _, cmd in ipairs(setup) do
-      local v, e, refused = call(sock, unpack(cmd))
-      if v == nil then
-        sock:close()
-        return nil, refused and (cmd[1] .. " refused: " .. tostring(e)) or tostring(e), refused
-      end
-    end
-  end
-  return sock
+  return resp.connect(self.ngx, self.url, self.pool, budget)
 end
 
 -- One GCRA step in Redis: microseconds from the reply's arrival to the slot; or nil, err, refused.

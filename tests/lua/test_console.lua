@@ -11,7 +11,8 @@ T.case("a moderator signs in, sees the room, kicks, bans, sees a refusal and the
   local ng = T.example_nginx(emu)
   local shots = os.getenv("CONSOLE_SCREENSHOTS") -- to refresh docs/console/*.png
   local lua = arg[-1]
-  local cmd = string.format("cd %s && CONSOLE_CALLBACK_SECRET=%s %s/usr/bin/python3 tests/console/drive_console.py --url %s " ..
+  local cmd = string.format("cd %s && CONSOLE_CALLBACK_SECRET=%s %s/usr/bin/python3 tests/console/drive_console.py " ..
+    "--url %s " ..
     "--token %s --emulator %s --app %s --room %s --lua %s %s 2>&1", T.shell_quote(T.source_dir),
     T.shell_quote(ng.secret), T.plain_env, ng.url, T.shell_quote(ng.token), emu.url, APP, ROOM, T.shell_quote(lua),
     shots and ("--screenshots " .. T.shell_quote(shots)) or "") .. "; echo exit=$?"

@@ -18,7 +18,7 @@ T.APP = "661e2ebb5ffd4b0e8d3f6b1d"
 T.WRONG_SK = "V3JvbmdTZWNyZXQrLz0hS2V5OTk="
 -- Every secret the suites use: no output of the suite may contain one (tests/secrets/scan_outputs.lua).
 T.SECRETS = { T.SK, T.SK2, T.STS_SK, T.STS_TOKEN, T.WRONG_SK, "V3JvbmdTZWNyZXQ=", "Tm90QVNlY3JldFRvU2hvdw==",
-  "VERY+Secret/Value==", "RnV6elNlY3JldEtleQ==" }
+  "VERY+Secret/Value==", "RnV6elNlY3JldEtleQ==", "Conn-Test-Pw+/=", "Fleet-Test-Pw", "FleetNginxPw" }
 
 T.source_dir = os.getenv("RTCADMIN_SOURCE_DIR") or "."
 
@@ -173,6 +173,17 @@ function T.emulator(args)
   return emu
 end
 
+-- The directory the module is loaded from (package.searchpath is 5.2+): bin/rtcadmin's RTCADMIN_BUILD.
+function T.module_dir()
+  for pattern in package.cpath:gmatch("[^;]+") do
+    local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
+    if f then
+      f:close()
+      return pattern:match("^(.*)/[^/]+$")
+    end
+  end
+end
+
 -- A fresh empty directory under /tmp.
 -- Copies a file the code under test wrote (an audit log, say) beside the test's captured output,
 -- so the secrets scan (tests/secrets) reads it too. Outside ctest's capture it does nothing.
@@ -311,7 +322,9 @@ function T.example_nginx(emu, env)
   local conf = assert(T.read_file(T.source_dir .. "/examples/nginx/nginx.conf"))
   conf = conf:gsub("listen 127%.0%.0%.1:8088;", "listen 127.0.0.1:" .. port .. ";")
   local cpath = os.getenv("RTCADMIN_LUAJIT_CPATH")
-  if cpath then conf = conf:gsub('lua_package_cpath "build/lua%-luajit/%?%.so;;";', 'lua_package_cpath "' .. cpath .. ';;";') end
+  if cpath then
+    conf = conf:gsub('lua_package_cpath "build/lua%-luajit/%?%.so;;";', 'lua_package_cpath "' .. cpath .. ';;";')
+  end
   if io.popen("id -u"):read("*l") == "0" then conf = "user root root;\n" .. conf end
   T.write_file(prefix .. "/nginx.conf", conf)
   local ng = { port = port, url = "http://127.0.0.1:" .. port, prefix = prefix,
@@ -499,15 +512,16 @@ local function stop_server(pid, signal)
   while alive(pid) do T.sleep(0.02) end
 end
 
--- A real redis-server on a free loopback port with its own temporary directory and no persistence.
--- kill() ends it at once (SIGKILL); start() brings it back on the same port, empty; stop() ends it
--- and removes its directory.
-function T.redis(password)
+-- A real redis-server on a free loopback port with its own temporary directory and no persistence
+-- (with `aof`, an append-only file written on every command). kill() ends it at once (SIGKILL);
+-- start() brings it back on the same port, empty (with `aof`, as it was); stop() ends it and removes
+-- its directory.
+function T.redis(password, aof)
   local r = { dir = T.tmpdir(), password = password }
   local function launch()
     os.remove(r.dir .. "/redis.log")
-    r.pid = start_server(string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no"
-      .. " --dir %s --logfile redis.log %s", r.port, shell_quote(r.dir),
+    r.pid = start_server(string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly %s"
+      .. " --dir %s --logfile redis.log %s", r.port, aof and "yes --appendfsync always" or "no", shell_quote(r.dir),
       password and ("--requirepass " .. shell_quote(password)) or ""))
     return wait_ready(r.pid, r.dir .. "/redis.log", "Ready to accept connections", "Address already in use")
   end
