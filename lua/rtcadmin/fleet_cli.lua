@@ -87,10 +87,10 @@ function M.ingest(self, internal)
 
   -- Each line is checked decoded, and sent as it came (the engines decode it the same way).
   local last_line
-  local reader = internal.events_from({ read = function(_, how)
-    last_line = fh:read(how)
+  local reader = internal.events_from(function()
+    last_line = fh:read("*l")
     return last_line
-  end })
+  end)
   for n, ev, err in reader do
     if ev then err = fleet.problem(ev) end
     if err then
