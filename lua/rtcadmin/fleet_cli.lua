@@ -238,6 +238,14 @@ function M.run(self, internal)
   if not done then self:warn("rtcadmin: ", tostring(werr)) end
   local engines = worker.engines
   if #engines == 0 then engines = { first } end
+  -- Actions still waiting for a retry end (done, or reported failed) before the engine leaves.
+  local drain_until = rtcadmin.time() + 30
+  for _, e in ipairs(engines) do
+    while not e.dry_run and #e:pending() > 0 and rtcadmin.time() < drain_until do
+      rtcadmin.sleep(math.max(0, math.min(e:next_retry_in() or 0.1, drain_until - rtcadmin.time())))
+      e:flush()
+    end
+  end
   local t = totals(engines)
   if self.opts.json then
     self:json({ kind = "summary", command = "run", from = conn:where(), consumer = name, events = t.events,

@@ -79,7 +79,8 @@ T.case("queue: 200 only once the event is in its shard's stream", function()
   for id, who in pairs(answered) do
     T.ok(got[id], "event " .. id .. " is in the log")
     T.eq(got[id].room_id .. "|" .. got[id].user_id, who)
-    T.eq(got[id].type, "UserJoinRoom")
+    T.eq(got[id].type, "join", "RTC's UserJoinRoom is a join (callback.EVENT_TYPES)")
+    T.eq(got[id].rtc_type, "UserJoinRoom")
     T.eq(got[id].app_id, APP)
   end
   T.eq(conn:call("GET", "rtcadmin:fleet:shards"), "16")
@@ -119,7 +120,7 @@ end)
 
 T.case("an engine decides every callback answered 200, and acknowledges it", function()
   local rules = T.write_file(dir .. "/joins.lua",
-    'rule "no-joins" { on = "UserJoinRoom", when = function() return true end, action = kick }\n')
+    'rule "no-joins" { on = "join", when = function() return true end, action = kick }\n')
   local p = assert(io.popen("RTCADMIN_BUILD=" .. q(T.module_dir()) .. " " .. T.plain_env .. q(LUA) .. " "
     .. q(T.source_dir .. "/bin/rtcadmin") .. " run " .. q(rules) .. " --from " .. q(URL)
     .. " --dry-run --json --idle 2 2>" .. q(dir .. "/engine.err") .. "; echo __exit=$?"))
