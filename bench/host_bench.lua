@@ -13,88 +13,24 @@
 -- Needs nginx with its Lua module and the LuaJIT build (make luajit), wrk (apt-get install wrk),
 -- lua-socket. Every process is on 127.0.0.1; results go to stdout (bench/RESULTS.md, section 10).
 local T = require "testlib"
-local cjson = require "cjson"
-local callback = require "rtcadmin.callback"
 local socket = require "socket"
 
 local what = arg[1] or "all"
 local SECONDS = tonumber(arg[2]) or 10
 local SECRET = "CallbackSecret-42"
-local APP = T.APP
 local emu = T.emulator("--no-qps")
 
-local function app_module(rules, opts)
-  return string.format([[
-local rtcadmin = require "rtcadmin"
-local policy = require "rtcadmin.policy"
-local host = require "rtcadmin.host"
-local M = {}
-local client
-function M.new_engine(journal)
-  local engine = policy.new { client = client, journal = journal, dry_run = %s, now = ngx.now,
-    audit = function(r) if r.outcome == "ok" then ngx.log(ngx.NOTICE, "sent ", r.user_id, " ", ngx.now()) end end }
-  assert(engine:load_source(%q, "=rules"))
-  return engine
-end
-M.host = host.new { dict = "rtcadmin_host", engine = M.new_engine, save_events = %s }
-function M.init_worker()
-  client = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = %q, limiter = "none" }
-  M.host:start()
-end
-M.callback = require("rtcadmin.callback").handler {
-  secret = %q, dict = "rtcadmin_events", store = function(ev) return M.host:store(ev) end,
-}
-return M
-]], tostring(opts.dry_run), rules, tostring(opts.save_events or 50000), T.AK, T.SK, emu.url, SECRET)
-end
-
+-- nginx with the host engine as in the example (tests/lua/testlib.lua, T.host_nginx); no pacing.
 local function start_nginx(workers, rules, opts)
-  local ng = T.nginx {
-    workers = workers, log_level = "notice",
-    lua_files = { ["benchapp.lua"] = app_module(rules, opts) },
-    http = [[
-  lua_shared_dict rtcadmin_events 256m;
-  lua_shared_dict rtcadmin_host 256m;
-  init_by_lua_block { require "benchapp" }
-  init_worker_by_lua_block { require("benchapp").init_worker() }
-  server {
-    listen 127.0.0.1:PORT backlog=4096;
-    location = /rtc/callback { content_by_lua_block { require("benchapp").callback() } }
-    location = /status { content_by_lua_block { ngx.say(require("cjson").encode(require("benchapp").host:status())) } }
-    location = /stats { content_by_lua_block { ngx.say(require("cjson").encode(
-      require("rtcadmin.callback").stats("rtcadmin_events"))) } }
+  return T.host_nginx {
+    emu = emu, secret = SECRET, rules = rules, workers = workers, dict_size = "256m",
+    engine = "dry_run = " .. tostring(opts.dry_run), client = 'limiter = "none"',
+    host = "save_events = " .. tostring(opts.save_events or 50000),
   }
-]],
-  }
-  -- The workers' pids (children of the master).
-  function ng.worker_pids()
-    local master = assert(T.read_file(ng.prefix .. "/logs/nginx.pid")):match("%d+")
-    local p = io.popen("pgrep -P " .. master)
-    local pids = {}
-    for pid in p:lines() do pids[#pids + 1] = pid end
-    p:close()
-    return pids
-  end
-  return ng
 end
 
-local function get_json(url)
-  local _, text = T.http("GET", url)
-  return cjson.decode(text)
-end
-
-local seq = 0
 -- A signed callback body: a chat of `user` in `room`, happening now, with a new EventId.
-local function body(user, room)
-  seq = seq + 1
-  local f = {
-    EventType = "chat", EventData = cjson.encode { RoomId = room, UserId = user },
-    EventTime = os.date("!%Y-%m-%dT%H:%M:%SZ"), EventId = string.format("bench-%d-%d", os.time(), seq),
-    AppId = APP, Version = "2020-12-01", Nonce = "n0n3",
-  }
-  f.Signature = callback.signature(f, SECRET)
-  return cjson.encode(f)
-end
+local function body(user, room) return T.signed_callback(SECRET, "chat", room, user) end
 
 -- CPU seconds (user + system) a process has used, from /proc.
 local function cpu_seconds(pid)
@@ -129,8 +65,7 @@ local function intake(workers, save_events)
   p:close()
   local workers_cpu = -workers_cpu0
   for _, pid in ipairs(ng.worker_pids()) do workers_cpu = workers_cpu + cpu_seconds(pid) end
-  local stats = get_json(ng.url .. "/stats")
-  local status = get_json(ng.url .. "/status")
+  local stats, status = ng.stats(), ng.status()
   T.rmdir(dir)
   ng.stop()
   local rps = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
@@ -170,7 +105,7 @@ local function latency(rate)
     sent_at[users[i]] = socket.gettime()
     local ok = c:connect(host, port)
     if ok then
-      c:send("POST /rtc/callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n" ..
+      c:send("POST /callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n" ..
         "Content-Length: " .. #bodies[i] .. "\r\n\r\n" .. bodies[i])
       local line = c:receive("*l")
       if not (line and line:find(" 200 ")) then failures = failures + 1 end

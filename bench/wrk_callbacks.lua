@@ -16,5 +16,5 @@ end
 
 function request() -- luacheck: ignore
   i = i % #bodies + 1
-  return wrk.format("POST", "/rtc/callback", headers, bodies[i]) -- luacheck: ignore
+  return wrk.format("POST", "/callback", headers, bodies[i]) -- luacheck: ignore
 end

@@ -5,89 +5,32 @@
 -- twice.
 local T = require "testlib"
 local cjson = require "cjson"
-local callback = require "rtcadmin.callback"
 
 local emu = T.emulator()
-local APP = T.APP
 local CB_SECRET = "CallbackSecret-42"
 
--- The nginx application: the example's shape (examples/nginx/moderation.lua) with the rules and
--- the state file given by the test.
-local function app_module(rules, state_file, limiter_dir)
-  return string.format([[
-local rtcadmin = require "rtcadmin"
-local policy = require "rtcadmin.policy"
-local host = require "rtcadmin.host"
-local M = {}
-local client
-local function audit(record)
-  if type(record.evidence) == "table" then rtcadmin.json_array(record.evidence) end
-  ngx.log(ngx.NOTICE, "rtcadmin audit ", rtcadmin.json_encode(record))
-end
-function M.new_engine(journal)
-  local engine = policy.new { client = client, audit = audit, journal = journal, now = ngx.now }
-  local ok, errs = engine:load_source(%q, "=rules")
-  if not ok then error(table.concat(errs, "; "), 0) end
-  return engine
-end
-M.host = host.new { dict = "rtcadmin_host", engine = M.new_engine, state_file = %s, save_every = 0.2, lease = 1 }
-function M.init_worker()
-  client = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = %q, retry_base = 0.05,
-                             limiter = { backend = "host", dir = %q } }
-  M.host:start()
-end
-M.callback = require("rtcadmin.callback").handler {
-  secret = %q, dict = "rtcadmin_events", store = function(ev) return M.host:store(ev) end,
-}
-return M
-]], rules, state_file and string.format("%q", state_file) or "nil", T.AK, T.SK, emu.url, limiter_dir, CB_SECRET)
-end
-
+-- nginx with the host engine (T.host_nginx: the example's shape) with these rules and state file; a
+-- host limiter of its own.
 local function start_nginx(rules, state_file)
   local dir = T.tmpdir()
-  local ng = T.nginx {
-    workers = 4,
-    log_level = "notice",
-    lua_files = { ["hostapp.lua"] = app_module(rules, state_file, dir) },
-    http = [[
-  lua_shared_dict rtcadmin_events 4m;
-  lua_shared_dict rtcadmin_host 16m;
-  init_by_lua_block { require "hostapp" }
-  init_worker_by_lua_block { require("hostapp").init_worker() }
-  server {
-    listen 127.0.0.1:PORT;
-    location = /callback { content_by_lua_block { require("hostapp").callback() } }
-    location = /status { content_by_lua_block { ngx.say(require("cjson").encode(require("hostapp").host:status())) } }
-  }
-]],
+  local ng = T.host_nginx {
+    emu = emu, secret = CB_SECRET, rules = rules,
+    client = string.format("retry_base = 0.05, limiter = { backend = 'host', dir = %q }", dir),
+    host = string.format("state_file = %s, save_every = 0.2, lease = 1",
+      state_file and string.format("%q", state_file) or "nil"),
   }
   local stop = ng.stop
   function ng.stop()
     stop()
     T.rmdir(dir)
   end
-  function ng.status()
-    local status, text = T.http("GET", ng.url .. "/status")
-    T.eq(status, 200, "status endpoint")
-    return cjson.decode(text)
-  end
-  function ng.master_pid()
-    return assert(T.read_file(ng.prefix .. "/logs/nginx.pid")):match("%d+")
-  end
   return ng
 end
 
-local n_events = 0
--- Signs and posts an RTC callback of `etype` about `user` in `room`: status, body.
+-- Posts a signed RTC callback of `etype` about `user` in `room`: status, body.
 local function post(ng, etype, room, user)
-  n_events = n_events + 1
-  local fields = {
-    EventType = etype, EventData = cjson.encode { RoomId = room, UserId = user },
-    EventTime = os.date("!%Y-%m-%dT%H:%M:%SZ"), EventId = "evt-" .. os.time() .. "-" .. n_events, AppId = APP,
-    Version = "2020-12-01", Nonce = "n0n3",
-  }
-  fields.Signature = callback.signature(fields, CB_SECRET)
-  return T.http("POST", ng.url .. "/callback", cjson.encode(fields), { "Content-Type: application/json" })
+  return T.http("POST", ng.url .. "/callback", T.signed_callback(CB_SECRET, etype, room, user),
+    { "Content-Type: application/json" })
 end
 
 local function accepted(ng, etype, room, user)

@@ -173,17 +173,6 @@ function T.emulator(args)
   return emu
 end
 
--- The directory the module is loaded from (package.searchpath is 5.2+): bin/rtcadmin's RTCADMIN_BUILD.
-function T.module_dir()
-  for pattern in package.cpath:gmatch("[^;]+") do
-    local f = io.open((pattern:gsub("%?", "rtcadmin")), "rb")
-    if f then
-      f:close()
-      return pattern:match("^(.*)/[^/]+$")
-    end
-  end
-end
-
 -- A fresh empty directory under /tmp.
 -- Copies a file the code under test wrote (an audit log, say) beside the test's captured output,
 -- so the secrets scan (tests/secrets) reads it too. Outside ctest's capture it does nothing.
@@ -308,6 +297,93 @@ function T.nginx(opts)
       end
     end
     os.execute("rm -rf " .. shell_quote(prefix))
+  end
+  return ng
+end
+
+-- A signed RTC callback body (JSON): `etype` about `user` in `room` of T.APP, happening now, with a
+-- new EventId; `extra` overrides envelope fields.
+local n_callbacks = 0
+function T.signed_callback(secret, etype, room, user, extra)
+  local callback = require "rtcadmin.callback"
+  n_callbacks = n_callbacks + 1
+  local fields = {
+    EventType = etype, EventData = cjson.encode { RoomId = room, UserId = user },
+    EventTime = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    EventId = string.format("evt-%d-%d-%d", T.pid(), os.time(), n_callbacks),
+    AppId = T.APP, Version = "2020-12-01", Nonce = "n0n3",
+  }
+  for k, v in pairs(extra or {}) do fields[k] = v end
+  fields.Signature = callback.signature(fields, secret)
+  return cjson.encode(fields)
+end
+
+-- nginx running one policy engine for the host (rtcadmin.host) the way examples/nginx does: the
+-- callback receiver storing events in the host's queue (POST /callback), GET /status (host:status())
+-- and GET /stats (callback.stats). o: emu, secret, rules (a rules file's text), workers (4),
+-- client (Lua fields added to rtcadmin.client{...}), engine (added to policy.new{...}), host (added to
+-- host.new{...}), dict_size ("16m"). The engine's audit records go to the error log at NOTICE as
+-- `rtcadmin audit {json}`. Returns T.nginx's object with status(), master_pid(), worker_pids().
+function T.host_nginx(o)
+  local app = string.format([[
+local rtcadmin = require "rtcadmin"
+local policy = require "rtcadmin.policy"
+local host = require "rtcadmin.host"
+local M = {}
+local client
+local function audit(record)
+  if type(record.evidence) == "table" then rtcadmin.json_array(record.evidence) end
+  ngx.log(ngx.NOTICE, "rtcadmin audit ", rtcadmin.json_encode(record))
+end
+function M.new_engine(journal)
+  local engine = policy.new { client = client, audit = audit, journal = journal, now = ngx.now, %s }
+  local ok, errs = engine:load_source(%q, "=rules")
+  if not ok then error(table.concat(errs, "; "), 0) end
+  return engine
+end
+M.host = host.new { dict = "rtcadmin_host", engine = M.new_engine, %s }
+function M.init_worker()
+  client = rtcadmin.client { access_key = %q, secret_key = %q, endpoint = %q, %s }
+  M.host:start()
+end
+M.callback = require("rtcadmin.callback").handler {
+  secret = %q, dict = "rtcadmin_events", store = function(ev) return M.host:store(ev) end,
+}
+return M
+]], o.engine or "", o.rules, o.host or "", T.AK, T.SK, o.emu.url, o.client or "", o.secret)
+  local size = o.dict_size or "16m"
+  local ng = T.nginx {
+    workers = o.workers or 4,
+    log_level = "notice",
+    lua_files = { ["hostapp.lua"] = app },
+    http = [[
+  lua_shared_dict rtcadmin_events ]] .. size .. [[;
+  lua_shared_dict rtcadmin_host ]] .. size .. [[;
+  init_by_lua_block { require "hostapp" }
+  init_worker_by_lua_block { require("hostapp").init_worker() }
+  server {
+    listen 127.0.0.1:PORT backlog=4096;
+    location = /callback { content_by_lua_block { require("hostapp").callback() } }
+    location = /status { content_by_lua_block { ngx.say(require("cjson").encode(require("hostapp").host:status())) } }
+    location = /stats { content_by_lua_block { ngx.say(require("cjson").encode(
+      require("rtcadmin.callback").stats("rtcadmin_events"))) } }
+  }
+]],
+  }
+  local function get(path)
+    local status, text = T.http("GET", ng.url .. path)
+    if status ~= 200 then error("GET " .. path .. ": " .. tostring(status) .. " " .. tostring(text), 2) end
+    return cjson.decode(text)
+  end
+  function ng.status() return get("/status") end
+  function ng.stats() return get("/stats") end
+  function ng.master_pid() return assert(T.read_file(ng.prefix .. "/logs/nginx.pid")):match("%d+") end
+  function ng.worker_pids()
+    local p = io.popen("pgrep -P " .. ng.master_pid())
+    local pids = {}
+    for pid in p:lines() do pids[#pids + 1] = pid end
+    p:close()
+    return pids
   end
   return ng
 end
