@@ -899,6 +899,22 @@ function Cmd:show_decisions(engine)
   end
 end
 
+-- Waits for the engine's actions still waiting for a retry, flushing them when due, until none is
+-- left or `deadline` (os.time()) has passed. opts: step (the longest sleep), stop() (a true value
+-- ends the wait, and is returned), after() (called after each flush).
+local function drain(engine, deadline, opts)
+  opts = opts or {}
+  while #engine:pending() > 0 and os.time() < deadline do
+    local step = math.min(engine:next_retry_in() or 1, deadline - os.time())
+    if opts.step then step = math.min(step, opts.step) end
+    sleep(step)
+    local stopped = opts.stop and opts.stop()
+    if stopped then return stopped end
+    engine:flush()
+    if opts.after then opts.after() end
+  end
+end
+
 function Cmd:run()
   if self.opts.from then
     if self.opts.state then
@@ -909,9 +925,9 @@ function Cmd:run()
   if self.opts.consumer or self.opts.idle then
     return self:usage_error("--" .. (self.opts.consumer and "consumer" or "idle") .. " goes with --from", "run", true)
   end
-  local drain, bad = number_opt(self, "drain", "run")
+  local drain_for, bad = number_opt(self, "drain", "run")
   if bad then return bad end
-  self.drain = drain or 30
+  self.drain = drain_for or 30
   local every
   every, bad = number_opt(self, "state-every", "run")
   if bad then return bad end
@@ -942,9 +958,7 @@ function Cmd:run()
   -- From stdin act after every line (events arrive live); from a file, in batches of 256 lines.
   local every_line = self.events_path == "-" and 1 or 256
   local function act()
-    if #engine.queue > 0 or (engine:next_retry_in() or 1) == 0 then
-      engine:flush({ progress = self:progress_fn(#engine.queue) })
-    end
+    if engine:due() then engine:flush({ progress = self:progress_fn(#engine.queue) }) end
   end
   self:feed(engine, fh, function(n)
     if n % every_line == 0 then act() end
@@ -954,16 +968,9 @@ function Cmd:run()
   if not dry and not self.signal then
     engine:flush({ progress = self:progress_fn(#engine.queue) })
     self.drain_deadline = os.time() + self.drain
-    local core = require "rtcadmin"
-    while #engine:pending() > 0 and os.time() < self.drain_deadline do
-      -- (in short steps while a signal can end the wait)
-      local step = math.min(engine:next_retry_in() or 1, self.drain_deadline - os.time())
-      if keeper then step = math.min(step, 0.2) end
-      sleep(step)
-      if keeper and core.caught_signal() then self.signal = core.caught_signal() break end
-      engine:flush()
-      if keeper then keeper.changed() end
-    end
+    -- (in short steps while a signal can end the wait)
+    self.signal = drain(engine, self.drain_deadline,
+      keeper and { step = 0.2, stop = require("rtcadmin").caught_signal, after = keeper.changed }) or self.signal
   end
   if keeper then
     keeper.save()
@@ -1012,7 +1019,7 @@ local COMMANDS = {
 -- What the fleet's commands (rtcadmin.fleet_cli) share with the others.
 cli.internal = {
   events_from = events_from, split_args = split_args, open_problem = open_problem, number_opt = number_opt,
-  plain = plain, array = array, SKIPS_SHOWN = SKIPS_SHOWN,
+  plain = plain, array = array, drain = drain, SKIPS_SHOWN = SKIPS_SHOWN,
 }
 
 local function dispatch(self, argv)

@@ -227,7 +227,7 @@ function M.run(self, internal)
       return assert(make_engine())
     end,
     after_batch = function(engine)
-      if not engine.dry_run and (#engine.queue > 0 or (engine:next_retry_in() or 1) == 0) then engine:flush() end
+      if not engine.dry_run and engine:due() then engine:flush() end
     end,
     say = function(line) self:warn(line) end,
   }
@@ -239,12 +239,9 @@ function M.run(self, internal)
   local engines = worker.engines
   if #engines == 0 then engines = { first } end
   -- Actions still waiting for a retry end (done, or reported failed) before the engine leaves.
-  local drain_until = rtcadmin.time() + 30
+  local drain_until = os.time() + 30
   for _, e in ipairs(engines) do
-    while not e.dry_run and #e:pending() > 0 and rtcadmin.time() < drain_until do
-      rtcadmin.sleep(math.max(0, math.min(e:next_retry_in() or 0.1, drain_until - rtcadmin.time())))
-      e:flush()
-    end
+    if not e.dry_run then internal.drain(e, drain_until) end
   end
   local t = totals(engines)
   if self.opts.json then

@@ -210,7 +210,7 @@ function Host:_step()
   local took = n - self.next_seq
   self.next_seq = n
   if took > 0 then dict:set(K_DECIDED, n - 1) end
-  if #engine.queue > 0 or (engine:next_retry_in() or 1) == 0 then engine:flush() end
+  if engine:due() then engine:flush() end
   return took
 end
 

@@ -177,6 +177,11 @@ function Engine:next_retry_in()
   return soonest and math_max(0, soonest - self.now()) or nil
 end
 
+-- Whether flush has something to send now: a queued decision, or a retry that is due.
+function Engine:due()
+  return #self.queue > 0 or (self:next_retry_in() or 1) == 0
+end
+
 -- Decisions that failed for good (non-retryable error, or out of attempts).
 function Engine:failed() return self.failures end
 

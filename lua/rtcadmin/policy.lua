@@ -83,7 +83,7 @@ local WINDOWS_KEPT = 32
 
 local Engine = {}
 Engine.__index = Engine
--- Sending decisions: flush, pending, next_retry_in, failed (rtcadmin.outbox).
+-- Sending decisions: flush, due, pending, next_retry_in, failed (rtcadmin.outbox).
 for k, v in pairs(outbox) do if type(v) == "function" and k ~= "decision_call" then Engine[k] = v end end
 -- Saving and restoring its state: snapshot, restore (rtcadmin.state).
 for k, v in pairs(state) do if type(v) == "function" then Engine[k] = v end end

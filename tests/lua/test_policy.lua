@@ -397,6 +397,7 @@ T.case("failed actions are kept, visible, retried later and reported; permanent 
       max_attempts = 3 })
   emu.faults({ { action = "KickUser", kind = "status500", count = 1 } })
   e:process(ev(1, "chat", "r1", { id = "x1" }))
+  T.eq(e:due(), true, "a queued decision is due")
   local s = e:flush()
   T.eq(s.succeeded, 0, "first attempt failed")
   T.eq(s.waiting, 1, "waiting for a retry")
@@ -407,8 +408,10 @@ T.case("failed actions are kept, visible, retried later and reported; permanent 
   T.eq(audit[#audit].outcome, "retry", "audited")
   T.eq(audit[#audit].error.http_status, 500, "with the HTTP status")
   T.ok(audit[#audit].next_retry, "and when it is retried")
+  T.eq(e:due(), false, "the retry is not due yet")
   T.eq(e:flush().sent, 0, "not due yet")
   clock.t = clock.t + 5
+  T.eq(e:due(), true, "the retry is due")
   s = e:flush()
   T.eq(s.succeeded, 1, "the retry succeeded")
   T.eq(#e:pending(), 0, "nothing left")
