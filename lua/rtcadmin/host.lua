@@ -162,14 +162,9 @@ function Host:_save()
     return false
   end
   if self.state_file then
-    local tmp = self.state_file .. ".tmp"
-    local f, ferr = io.open(tmp, "wb")
-    if f then
-      f:write(s)
-      f:close()
-      ok, ferr = os.rename(tmp, self.state_file)
-    end
-    if not f or not ok then ngx.log(ngx.ERR, "rtcadmin.host: cannot write ", self.state_file, ": ", tostring(ferr)) end
+    -- Written beside it, synced and renamed over it: a crash leaves the old state or the new one.
+    local saved, ferr = rtcadmin.save_file(self.state_file, s)
+    if not saved then ngx.log(ngx.ERR, "rtcadmin.host: cannot write ", self.state_file, ": ", tostring(ferr)) end
   end
   for n = self.saved_seq, seq - 1 do
     self.dict:delete(k_event(n))
