@@ -100,11 +100,14 @@ the input; always whole (written beside it and renamed). A FILE that cannot be r
 run (exit 1) and is left as it is.
 
        rtcadmin run RULES... --from redis://HOST[:PORT][/DB] [--consumer NAME] [--idle SECONDS]
-                    [--dry-run] [--json] [--audit FILE] [--endpoint URL]
+                    [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--state-every SECONDS] [--keep-log]
 An engine of the fleet (docs/fleet.md): reads the shards it holds a lease on from Redis, decides,
-acts, acknowledges. Engines split the shards between them; on SIGTERM or SIGINT it finishes the
-batch, releases its shards and exits 0. --consumer: this engine's name (default HOST-PID).
---idle: exit after this many seconds without an event.]],
+acts, and checkpoints each shard's state to Redis every --state-every seconds (default 2), which
+acknowledges the entries it covers. Engines split the shards between them; a shard taken over is
+restored from its checkpoint, and the fleet's send journal keeps actions from being sent twice. On
+SIGTERM or SIGINT it finishes the batch, checkpoints, releases its shards and exits 0.
+--consumer: this engine's name (default HOST-PID). --idle: exit after this many seconds without an
+event. --keep-log: do not trim the streams below what the checkpoints cover.]],
   check = [[
 usage: rtcadmin check RULES... [--json]
 Loads the rules files together, in the sandbox, as replay and run do, and reports syntax errors, bad
@@ -125,7 +128,7 @@ end
 local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true, state = true, ["state-every"] = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
-  strict = false, to = true, from = true, consumer = true, idle = true, shards = true,
+  strict = false, to = true, from = true, consumer = true, idle = true, shards = true, ["keep-log"] = false,
 }
 
 -- The commands an option is for (absent: every command). An option given to a command that does
@@ -140,6 +143,7 @@ local OPTION_COMMANDS = {
   endpoint = set("kick", "ban", "unban", "mute", "unmute", "online", "run"),
   ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay", "ingest"),
   to = set("ingest"), from = set("run"), consumer = set("run"), idle = set("run"), shards = set("ingest"),
+  ["keep-log"] = set("run"),
   drain = set("run"), state = set("run"), ["state-every"] = set("run"),
   duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
   video = MODERATION_COMMANDS,
@@ -717,18 +721,21 @@ function Cmd:policy_status(engine, live)
   return EXIT_OK
 end
 
-function Cmd:policy_engine(live, audit)
+-- `with`: {journal =, client =} for the fleet's engines (one client shared by them).
+function Cmd:policy_engine(live, audit, with)
   local policy = require "rtcadmin.policy"
+  with = with or {}
   local o = {
     dry_run = not live or self.opts["dry-run"] == true,
-    audit = audit,
+    audit = audit, journal = with.journal,
     on_error = function(rec)
       self:warn("rule error: ", rec.error)
       if self.opts.json then self:json(rec) end
     end,
   }
   if not o.dry_run then
-    local client, cerr = self:client()
+    local client, cerr = with.client, nil
+    if not client then client, cerr = self:client() end
     if not client then return nil, cerr end
     o.client = client
     self.endpoint = client:info().endpoint
@@ -922,8 +929,8 @@ function Cmd:run()
     end
     return require("rtcadmin.fleet_cli").run(self, cli.internal)
   end
-  if self.opts.consumer or self.opts.idle then
-    return self:usage_error("--" .. (self.opts.consumer and "consumer" or "idle") .. " goes with --from", "run", true)
+  for _, o in ipairs { "consumer", "idle", "keep-log" } do
+    if self.opts[o] then return self:usage_error("--" .. o .. " goes with --from", "run", true) end
   end
   local drain_for, bad = number_opt(self, "drain", "run")
   if bad then return bad end

@@ -120,18 +120,6 @@ function M.ingest(self, internal)
   return status
 end
 
--- The engines' totals, summed over every shard's engine this process had.
-local function totals(engines)
-  local t = { events = 0, decisions = 0, dry_run = 0, duplicates = 0, invalid = 0, rule_errors = 0, succeeded = 0,
-              failed = 0, by_action = {} }
-  for _, e in ipairs(engines) do
-    local st = e:stats()
-    for k in pairs(t) do if type(t[k]) == "number" then t[k] = t[k] + (st[k] or 0) end end
-    for k, v in pairs(st.by_action) do t.by_action[k] = (t.by_action[k] or 0) + v end
-  end
-  return t
-end
-
 local function hostname()
   local f = io.open("/proc/sys/kernel/hostname")
   local h = f and f:read("*l") or "host"
@@ -155,6 +143,12 @@ function M.run(self, internal)
   if #files == 0 then return self:usage_error("no rules files given", "run") end
   local idle, bad = internal.number_opt(self, "idle", "run")
   if bad then return bad end
+  local every
+  every, bad = internal.number_opt(self, "state-every", "run")
+  if bad then return bad end
+  if every ~= nil and not (every >= 0.01 and every <= 3600) then
+    return self:usage_error("--state-every must be 0.01-3600 seconds", "run")
+  end
   local name = self.opts.consumer or (hostname() .. "-" .. pid())
   if not name:find("^[%w@._:-]+$") or #name > 128 then
     return self:usage_error("--consumer must be 1-128 of A-Z a-z 0-9 @ . _ : -", "run", true)
@@ -166,24 +160,18 @@ function M.run(self, internal)
     if not audit then return self:usage_error("cannot open the audit log: " .. tostring(aerr), "run", true) end
     self.audit_fh = audit
   end
-  -- The first engine checks the rules (and gives the table its widths); each shard gets its own.
-  -- One API client for all of them (one pacing budget).
-  local client
+  -- One engine per shard, all with the same rules, one API client (one pacing budget) and the
+  -- fleet's send journal. The first one checks the rules (and gives the table its widths).
+  local client, worker
+  -- The fleet's journal (made with the worker, after the rules are checked and Redis is reached).
+  local journal = {}
+  for _, f in ipairs { "sent", "was_sending", "sending", "done" } do
+    journal[f] = function(id) return worker.journal[f](id) end
+  end
   local function make_engine()
-    local engine, eerr
-    if client == nil then
-      engine, eerr = self:policy_engine(true, audit)
-      if not engine then return nil, eerr end
-      client = engine.client or false
-    else
-      engine = require("rtcadmin.policy").new {
-        dry_run = self.opts["dry-run"] == true, audit = audit, client = client or nil,
-        on_error = function(rec)
-          self:warn("rule error: ", rec.error)
-          if self.opts.json then self:json(rec) end
-        end,
-      }
-    end
+    local engine, eerr = self:policy_engine(true, audit, { journal = journal, client = client })
+    if not engine then return nil, eerr end
+    client = engine.client
     local errs = {}
     for _, f in ipairs(files) do
       local loaded, lerrs = engine:load(f)
@@ -213,11 +201,11 @@ function M.run(self, internal)
     conn:close()
     return EXIT_FAILED
   end
-  if not self.opts.json then self:decision_header() end
   local spare = first
-  local worker = fleet.worker {
+  worker = fleet.worker {
     conn = conn, log = log, name = name,
     lease = tonumber(os.getenv("RTCADMIN_FLEET_LEASE")) or 3,
+    checkpoint_every = every, trim = not self.opts["keep-log"],
     engine = function()
       if spare then
         local e = spare
@@ -226,33 +214,38 @@ function M.run(self, internal)
       end
       return assert(make_engine())
     end,
-    after_batch = function(engine)
-      if not engine.dry_run and engine:due() then engine:flush() end
+    after_batch = function(engine, _, progress)
+      if not engine.dry_run and engine:due() then engine:flush { progress = progress } end
     end,
     say = function(line) self:warn(line) end,
   }
+  if not self.opts.json then self:decision_header() end
   self:warn(string.format("rtcadmin: engine %s reading %s (%d shards)", name, conn:where(), log.n))
   rtcadmin.catch_signals()
-  local done, werr = worker:run(function() return rtcadmin.caught_signal() ~= nil end, idle)
+  -- At the end of the input (--idle), actions waiting for a retry end (done, or reported failed)
+  -- before the last checkpoint; on a signal they go into it, and the next owner sends them.
+  local drain_until
+  local function before_stop(engine)
+    if engine.dry_run or rtcadmin.caught_signal() then return end
+    drain_until = drain_until or os.time() + 30
+    internal.drain(engine, drain_until)
+  end
+  local done, werr = worker:run(function() return rtcadmin.caught_signal() ~= nil end, idle, before_stop)
   local status = done and EXIT_OK or EXIT_FAILED
   if not done then self:warn("rtcadmin: ", tostring(werr)) end
-  local engines = worker.engines
-  if #engines == 0 then engines = { first } end
-  -- Actions still waiting for a retry end (done, or reported failed) before the engine leaves.
-  local drain_until = os.time() + 30
-  for _, e in ipairs(engines) do
-    if not e.dry_run then internal.drain(e, drain_until) end
-  end
-  local t = totals(engines)
+  local t = worker:totals()
   if self.opts.json then
     self:json({ kind = "summary", command = "run", from = conn:where(), consumer = name, events = t.events,
                 decisions = t.decisions, dry_run = t.dry_run, duplicates = t.duplicates, invalid = t.invalid,
                 rule_errors = t.rule_errors, read = worker.read, acked = worker.acked, by_action = t.by_action,
-                actions = { succeeded = t.succeeded, failed = t.failed }, exit = status })
+                actions = { succeeded = t.succeeded, failed = t.failed, recovered = t.recovered, resent = t.resent },
+                checkpoints = worker.checkpoints, restored = worker.restored, exit = status })
   else
     self:say(string.format("%s: %d entries read, %d acknowledged; %d events, %d decisions (%d dry-run), "
-      .. "%d duplicates, %d invalid, %d rule errors; actions: %d succeeded, %d failed", name, worker.read,
-      worker.acked, t.events, t.decisions, t.dry_run, t.duplicates, t.invalid, t.rule_errors, t.succeeded, t.failed))
+      .. "%d duplicates, %d invalid, %d rule errors; actions: %d succeeded, %d failed, %d not sent again "
+      .. "(journal), %d sent again; %d checkpoints written, %d restored", name, worker.read, worker.acked, t.events,
+      t.decisions, t.dry_run, t.duplicates, t.invalid, t.rule_errors, t.succeeded, t.failed, t.recovered or 0,
+      t.resent or 0, worker.checkpoints, worker.restored))
   end
   if client then client:close() end
   if self.audit_fh then self.audit_fh:close() end

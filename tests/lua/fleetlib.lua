@@ -158,23 +158,48 @@ function M.fleet(conn, env, lua, dir)
       .. cjson.encode(F.owners()) .. "\n" .. table.concat(errs, "\n"))
   end
 
-  -- Pending (delivered, not acknowledged) entries over all shards, and entries never delivered.
-  function F.backlog()
-    local pending, lag = 0, 0
-    for i = 0, 15 do
-      local groups = conn:call("XINFO", "GROUPS", "rtcadmin:fleet:s:" .. i)
-      for _, g in ipairs(type(groups) == "table" and groups or {}) do
-        for j = 1, #g, 2 do
-          if g[j] == "pending" then pending = pending + g[j + 1] end
-          if g[j] == "lag" and type(g[j + 1]) == "number" then lag = lag + g[j + 1] end
-        end
-      end
-    end
-    return pending, lag
+  -- A reply of field/value pairs as a table.
+  local function fields(list)
+    local t = {}
+    for j = 1, #list, 2 do t[list[j]] = list[j + 1] end
+    return t
   end
 
-  -- Entries in the log.
+  -- Pending (delivered, not acknowledged) entries over all shards, and the shards with entries
+  -- never delivered (the group's last delivered id is not the stream's last one; engines trim what
+  -- their checkpoints cover, so XINFO's lag is not always known).
+  function F.backlog()
+    local pending, behind = 0, 0
+    for i = 0, 15 do
+      local key = "rtcadmin:fleet:s:" .. i
+      local info = conn:call("XINFO", "STREAM", key)
+      local groups = conn:call("XINFO", "GROUPS", key)
+      if type(info) == "table" then
+        local last = fields(info)["last-generated-id"]
+        local delivered = "0-0"
+        for _, g in ipairs(type(groups) == "table" and groups or {}) do
+          g = fields(g)
+          pending = pending + g.pending
+          delivered = g["last-delivered-id"]
+        end
+        if last ~= "0-0" and delivered ~= last then behind = behind + 1 end
+      end
+    end
+    return pending, behind
+  end
+
+  -- Entries ever appended to the log (trimmed ones included).
   function F.entries()
+    local n = 0
+    for i = 0, 15 do
+      local info = conn:call("XINFO", "STREAM", "rtcadmin:fleet:s:" .. i)
+      if type(info) == "table" then n = n + fields(info)["entries-added"] end
+    end
+    return n
+  end
+
+  -- Entries still in the log.
+  function F.kept()
     local n = 0
     for i = 0, 15 do n = n + (conn:call("XLEN", "rtcadmin:fleet:s:" .. i) or 0) end
     return n
