@@ -433,7 +433,7 @@ function Worker:take(i)
       give_back()
       self.refused[i] = rtcadmin.time() + REFUSED_FOR
       self.say(string.format("rtcadmin: shard %d left alone: its checkpoint %s cannot be restored (%s); the shard "
-        .. "is not started afresh: fix the rules or delete the key to start it with an empty state", i,
+        .. "is not started afresh (delete the key to start it with an empty state)", i,
         log:checkpoint_key(i), tostring(rerr)))
       return false
     end
