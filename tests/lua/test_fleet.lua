@@ -234,16 +234,23 @@ T.case("3 engines, 2 producers, 60 rooms: the decisions of a single run", functi
   T.eq(lag, 0, "every entry delivered")
 end)
 
-T.case("live: the actions the emulator receives are those of a single run", function()
+-- A fresh log and `n` rooms' events in a file: the file, and the actions a single live `rtcadmin
+-- run` over it makes the emulator carry out (the emulator is reset after it).
+local function live_reference(n, name)
   fresh()
-  local small, small_rooms = raid.rooms(4, APP)
-  local f = T.write_file(dir .. "/small.jsonl", table.concat(raid.lines(small, small_rooms), "\n") .. "\n")
+  local by, list = raid.rooms(n, APP)
+  local f = T.write_file(dir .. "/" .. name .. ".jsonl", table.concat(raid.lines(by, list), "\n") .. "\n")
   emu.reset()
   local code, _, err = rtcadmin_cli("run " .. q(RULES) .. " " .. q(f) .. " --json")
   T.eq(code, 0, err)
   local want = received()
-  T.ok(count(want) > 20, "actions sent: " .. count(want))
   emu.reset()
+  return f, want
+end
+
+T.case("live: the actions the emulator receives are those of a single run", function()
+  local f, want = live_reference(4, "small")
+  T.ok(count(want) > 20, "actions sent: " .. count(want))
   local engines = {}
   for i = 1, 2 do
     engines[i] = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer live" .. i .. " --json --idle 5")
@@ -293,14 +300,7 @@ T.case("kill -9 of an engine: its shards are taken over with their state, same d
 end)
 
 T.case("live, kill -9 mid-run: every action sent, none twice but the ones in flight, which the audit marks", function()
-  fresh()
-  local some, some_rooms = raid.rooms(12, APP)
-  local f = T.write_file(dir .. "/some.jsonl", table.concat(raid.lines(some, some_rooms), "\n") .. "\n")
-  emu.reset()
-  local code, _, err = rtcadmin_cli("run " .. q(RULES) .. " " .. q(f) .. " --json")
-  T.eq(code, 0, err)
-  local want = received()
-  emu.reset()
+  local f, want = live_reference(12, "some")
   local engines, audits = {}, {}
   for i = 1, 2 do
     audits[i] = dir .. "/kill-audit" .. i .. ".jsonl"
