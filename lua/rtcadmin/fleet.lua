@@ -477,20 +477,30 @@ function Worker:renew()
   local orphan_ms = 3 * math.max(self.lease_ms, math.floor(self.checkpoint_every * 1000))
   for _, s in ipairs(mine) do
     cmds[#cmds + 1] = { "EVAL", RENEW, 1, log:lease_key(s), self.name, self.lease_ms }
-    cmds[#cmds + 1] = { "XAUTOCLAIM", log:key(s), log.group, self.name, orphan_ms, "0-0", "COUNT", 1000, "JUSTID" }
+    cmds[#cmds + 1] = { "XPENDING", log:key(s), log.group } -- (per consumer: cheap)
   end
   local out, err = conn:pipeline(cmds)
   if not out then return nil, err end
+  local others = {}
   for k, s in ipairs(mine) do
-    local v, claimed = out[2 + 2 * k], out[3 + 2 * k]
+    local v, pending = out[2 + 2 * k], out[3 + 2 * k]
     if type(v) == "table" then return nil, v end
     local st = self.owned[s]
     if v ~= 1 then self:drop(s, "its lease had expired")
     elseif st then
       st.valid_until = t0 + self.lease_ms / 1000 * 2 / 3
-      for _, id in ipairs(type(claimed) == "table" and type(claimed[2]) == "table" and claimed[2] or {}) do
-        if not st.decided[id] then st.backlog, st.cursor = true, "0" break end
+      for _, c in ipairs(type(pending) == "table" and type(pending[4]) == "table" and pending[4] or {}) do
+        if c[1] ~= self.name then others[#others + 1] = s break end
       end
+    end
+  end
+  for _, s in ipairs(others) do
+    local claimed, cerr = conn:call("XAUTOCLAIM", log:key(s), log.group, self.name, orphan_ms, "0-0", "COUNT", 1000,
+      "JUSTID")
+    if not claimed then return nil, cerr end
+    local st = self.owned[s]
+    for _, id in ipairs(st and type(claimed[2]) == "table" and claimed[2] or {}) do
+      if not st.decided[id] then st.backlog, st.cursor = true, "0" break end
     end
   end
   self.alive = math.max(1, tonumber(out[3]) or 1)

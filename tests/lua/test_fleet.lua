@@ -465,6 +465,29 @@ T.case("fencing: a checkpoint or a decision by an engine whose lease is gone doe
   T.eq(engine:stats().events, 0, "not decided")
   T.eq(w.owned[5], nil)
   T.match(lines[#lines], "w1 gave up shard 5 %(its lease had expired%)")
+  -- An entry delivered to an engine that lost the shard before deciding it is claimed by the owner
+  -- once it has been idle for 3 leases.
+  fresh()
+  log = assert(fleet.open(conn))
+  assert(log:ensure_groups(conn))
+  local said = {}
+  local o = fleet.worker {
+    conn = conn, log = log, name = "owner", lease = 0.5, checkpoint_every = 0.1,
+    engine = function() return policy.new { dry_run = true } end,
+    say = function(l) said[#said + 1] = l end,
+  }
+  T.eq(o:take(7), true)
+  local engine7 = o.owned[7].engine
+  T.ok(o:step())
+  conn:call("XADD", log:key(7), "*", "e", fleet.encode(ev))
+  T.eq(#conn:call("XREADGROUP", "GROUP", log.group, "gone", "STREAMS", log:key(7), ">")[1][2], 1)
+  local t0 = T.now()
+  while engine7:stats().events == 0 and T.now() - t0 < 5 do T.ok(o:step()) end
+  T.eq(engine7:stats().events, 1, "the orphan was decided")
+  T.ok(T.now() - t0 >= 1.5, "after 3 leases")
+  T.eq(o.owned[7].engine, engine7, "by the same owner: " .. table.concat(said, "\n"))
+  T.ok(o:checkpoint_due(true))
+  T.eq(conn:call("XPENDING", log:key(7), log.group)[1], 0, "and acknowledged with the checkpoint")
 end)
 
 T.case("Redis killed and restarted (append-only file on): engines wait, resume, same decisions", function()
