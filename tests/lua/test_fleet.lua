@@ -76,6 +76,12 @@ local function in_rooms(set, list)
   return out
 end
 
+local function total(set)
+  local n = 0
+  for _, v in pairs(set) do n = n + v end
+  return n
+end
+
 local function count(set)
   local n = 0
   for _ in pairs(set) do n = n + 1 end
@@ -247,6 +253,30 @@ local function live_reference(n, name)
   emu.reset()
   return f, want
 end
+
+T.case("3 live engines, 2 producers, 60 rooms: the emulator carries out a single run's actions", function()
+  local _, want = live_reference(60, "all-live")
+  T.ok(total(want) > 500, "actions: " .. total(want))
+  local engines = {}
+  for i = 1, 3 do
+    engines[i] = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer le" .. i .. " --json --idle 6")
+  end
+  wait_split({ "le1", "le2", "le3" }, 20)
+  local p1 = start("ingest --to " .. q(URL) .. " " .. q(file1))
+  local p2 = start("ingest --to " .. q(URL) .. " " .. q(file2))
+  T.eq(p1.wait(60), 0, p1.err())
+  T.eq(p2.wait(60), 0, p2.err())
+  local got = {}
+  for i, e in ipairs(engines) do
+    T.eq(e.wait(180), 0, "engine " .. i .. ": " .. e.err())
+    decisions(e.out(), got)
+  end
+  T.same(once(got), once(single_run()), diff(once(single_run()), once(got)))
+  local carried = received()
+  T.same(carried, want, diff(want, carried))
+  local pending, behind = backlog()
+  T.eq(pending + behind, 0)
+end)
 
 T.case("live: the actions the emulator receives are those of a single run", function()
   local f, want = live_reference(4, "small")
