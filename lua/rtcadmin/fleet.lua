@@ -694,8 +694,8 @@ end
 function Worker:stop(before)
   local log = self.log
   for _, s in ipairs(self:owned_list()) do
-    local st = self.owned[s]
-    if before then
+    local st = self.owned[s] -- (nil when a renewal during an earlier shard's drain found it lost)
+    if before and st then
       before(st.engine, s)
       st.dirty = true
     end

@@ -225,10 +225,13 @@ function M.run(self, internal)
   -- At the end of the input (--idle), actions waiting for a retry end (done, or reported failed)
   -- before the last checkpoint; on a signal they go into it, and the next owner sends them.
   local drain_until
-  local function before_stop(engine)
-    if engine.dry_run or rtcadmin.caught_signal() then return end
+  local function before_stop(engine, shard)
+    if engine.dry_run or rtcadmin.caught_signal() or #engine:pending() == 0 then return end
     drain_until = drain_until or os.time() + 30
-    internal.drain(engine, drain_until)
+    self:warn(string.format("rtcadmin: shard %d: %d actions waiting for a retry; waiting for them until %s", shard,
+      #engine:pending(), os.date("%H:%M:%S", drain_until)))
+    -- (the leases are kept meanwhile: another engine must not take these shards while they drain)
+    internal.drain(engine, drain_until, { step = worker.lease_ms / 3000, after = function() worker:keep_leases() end })
   end
   local done, werr = worker:run(function() return rtcadmin.caught_signal() ~= nil end, idle, before_stop)
   local status = done and EXIT_OK or EXIT_FAILED

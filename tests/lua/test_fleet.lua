@@ -370,6 +370,37 @@ T.case("live, kill -9 mid-run: every action sent, none twice but the ones in fli
   T.eq(behind, 0)
 end)
 
+T.case("--idle: retries drain before the last checkpoint, with the leases kept meanwhile", function()
+  local f, want = live_reference(4, "drain")
+  -- Kicks fail for a while: they wait for retries when the input ends.
+  emu.faults({ { action = "KickUser", kind = "status500", count = 108 } })
+  local audit = dir .. "/drain-audit.jsonl"
+  local d1 = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer d1 --json --idle 1 --audit " .. q(audit))
+  wait_split({ "d1" }, 20)
+  T.eq(start("ingest --to " .. q(URL) .. " " .. q(f)).wait(60), 0)
+  local t0 = T.now()
+  while not d1.err():find("actions waiting for a retry; waiting for them until") and T.now() - t0 < 20 do
+    T.sleep(0.05)
+  end
+  T.match(d1.err(), "rtcadmin: shard %d+: %d+ actions waiting for a retry; waiting for them until %d%d:%d%d:%d%d")
+  -- d1 is draining: a second engine joins, and must not take d1's shards before d1 is done.
+  local d2 = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer d2 --json --idle 4")
+  T.eq(d1.wait(60), 0, d1.err())
+  T.eq(d2.wait(60), 0, d2.err())
+  T.no_match(d1.err(), "gave up shard", "d1 kept its shards while it drained")
+  local retried = 0
+  for line in (T.read_file(audit) or ""):gmatch("[^\n]+") do
+    local rec = cjson.decode(line)
+    if rec.action == "kick" and rec.outcome == "ok" and rec.attempts > 1 then retried = retried + 1 end
+    T.ok(not rec.resent, "nothing sent again")
+  end
+  T.ok(retried > 0, "kicks that succeeded on a retry: " .. retried)
+  local got = received()
+  T.same(got, want, diff(want, got))
+  T.match(d2.err(), "took shard %d+ %(from its checkpoint%)")
+  T.no_match(d2.out(), '"kind":"decision"', "d2 had nothing to decide or send")
+end)
+
 T.case("SIGTERM: the engine finishes its batch, releases its shards at once and exits 0", function()
   fresh()
   local a = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer t1 --dry-run --json --state-every 60"
