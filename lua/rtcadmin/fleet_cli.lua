@@ -155,6 +155,8 @@ function M.run(self, internal)
   if #files == 0 then return self:usage_error("no rules files given", "run") end
   local idle, bad = internal.number_opt(self, "idle", "run")
   if bad then return bad end
+  local metrics_every, mbad = self:metrics_every()
+  if not metrics_every then return mbad end
   local name = self.opts.consumer or (hostname() .. "-" .. pid())
   if not name:find("^[%w@._:-]+$") or #name > 128 then
     return self:usage_error("--consumer must be 1-128 of A-Z a-z 0-9 @ . _ : -", "run", true)
@@ -232,8 +234,15 @@ function M.run(self, internal)
     say = function(line) self:warn(line) end,
   }
   self:warn(string.format("rtcadmin: engine %s reading %s (%d shards)", name, conn:where(), log.n))
+  -- --metrics: every engine this process had (their totals), written between rounds when due.
+  local ticker = self.opts.metrics and self:metrics_writer(metrics_every, function()
+    return { clients = { client or nil }, engines = #worker.engines > 0 and worker.engines or { first } }
+  end)
   rtcadmin.catch_signals()
-  local done, werr = worker:run(function() return rtcadmin.caught_signal() ~= nil end, idle)
+  local done, werr = worker:run(function()
+    if ticker then ticker.tick() end
+    return rtcadmin.caught_signal() ~= nil
+  end, idle)
   local status = done and EXIT_OK or EXIT_FAILED
   if not done then self:warn("rtcadmin: ", tostring(werr)) end
   local engines = worker.engines
@@ -243,6 +252,7 @@ function M.run(self, internal)
   for _, e in ipairs(engines) do
     if not e.dry_run then internal.drain(e, drain_until) end
   end
+  if ticker then ticker.write() end
   local t = totals(engines)
   if self.opts.json then
     self:json({ kind = "summary", command = "run", from = conn:where(), consumer = name, events = t.events,
