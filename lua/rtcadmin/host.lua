@@ -37,10 +37,10 @@ local K_FEED = PREFIX .. "feed"
 local FEED_RING = 400
 local function k_feed(n) return PREFIX .. "feed:" .. n end
 local function k_event(n) return PREFIX .. "ev:" .. n end
--- The engine's counters for the metrics (rtcadmin.metrics' policy part, flattened, as JSON), added up
--- over every holder of this nginx run; the last sequence number whose decisions they hold; the
--- engine's record count. One holder at a time writes them, each time whole.
-local K_COUNTERS, K_COUNTED, K_KEYS = PREFIX .. "counters", PREFIX .. "counted", PREFIX .. "keys"
+-- The engine's counters for the metrics (rtcadmin.metrics' policy part, flattened), added up over
+-- every holder of this nginx run, with the last sequence number whose decisions they hold, as one
+-- JSON value {seq, counters}: one holder at a time writes it, whole. And the engine's record count.
+local K_COUNTERS, K_KEYS = PREFIX .. "counters", PREFIX .. "keys"
 -- The state as stored: a header line with the format and the next sequence number, then the
 -- engine's snapshot.
 local STATE_MAGIC = "rtcadmin-host-state 1 "
@@ -155,11 +155,11 @@ function Host:_take_over()
   self.engine, self.next_seq, self.saved_seq, self.saved_at = engine, next_seq, next_seq, ngx.now()
   self.dict:set(K_DECIDED, next_seq - 1)
   -- The restored counters were published already (by the holder that saved them), and so were the
-  -- events up to K_COUNTED that this engine decides again after a crash: not counted twice.
+  -- events up to the seq saved with them that this engine decides again after a crash: not counted twice.
   local counted = cjson.decode(self.dict:get(K_COUNTERS) or "{}")
-  self.counted = type(counted) == "table" and counted or {}
+  if type(counted) ~= "table" then counted = {} end
+  self.counted, self.replay_to = type(counted.counters) == "table" and counted.counters or {}, counted.seq or 0
   self.counters_seen = metrics.flatten(metrics.policy_counters(engine:stats()))
-  self.replay_to = self.dict:get(K_COUNTED) or 0
   ngx.log(ngx.NOTICE, "rtcadmin.host: worker ", ngx.worker.id(), " runs the engine from event ", next_seq)
   return true
 end
@@ -235,9 +235,8 @@ function Host:_count(upto)
       local d = v - (seen[k] or 0)
       if d ~= 0 or counted[k] == nil then counted[k] = (counted[k] or 0) + d end
     end
-    local ok, err = self.dict:safe_set(K_COUNTERS, rtcadmin.json_encode(counted))
-    if ok then self.dict:set(K_COUNTED, upto)
-    else ngx.log(ngx.WARN, "rtcadmin.host: cannot publish the engine's counters: ", tostring(err)) end
+    local ok, err = self.dict:safe_set(K_COUNTERS, rtcadmin.json_encode({ seq = upto, counters = counted }))
+    if not ok then ngx.log(ngx.WARN, "rtcadmin.host: cannot publish the engine's counters: ", tostring(err)) end
   end
   self.counters_seen = now
   self.dict:set(K_KEYS, st.keys)
@@ -246,7 +245,8 @@ end
 -- The engine's counters for rtcadmin.metrics: {policy = {events, decisions, rule_errors}, state_keys},
 -- added up over every worker that held the engine since nginx started. Any worker.
 function Host:counters()
-  local c = metrics.unflatten(cjson.decode(self.dict:get(K_COUNTERS) or "{}") or {})
+  local saved = cjson.decode(self.dict:get(K_COUNTERS) or "{}")
+  local c = metrics.unflatten(type(saved) == "table" and type(saved.counters) == "table" and saved.counters or {})
   return { policy = { events = c.events or {}, decisions = c.decisions or {}, rule_errors = c.rule_errors or {} },
            state_keys = self.dict:get(K_KEYS) }
 end
