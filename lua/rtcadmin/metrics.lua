@@ -28,7 +28,6 @@ local function bounds()
 end
 
 M.EVENT_OUTCOMES = { "decided", "ignored", "duplicate", "allowed", "invalid" }
-M.CALLBACK_STATUSES = { "accepted", "duplicate", "bad_signature", "stale", "malformed", "error" }
 
 ---------------------------------------------------------------------------------------------------
 -- Counters from the module's statistics.
@@ -186,7 +185,7 @@ local FAMILIES = {
     { "action" }, "waited" },
   { "rtcadmin_callbacks_total", "counter", "RTC callbacks answered, by status.", { "status" }, function(t, emit)
       if not t.callbacks then return end
-      for _, status in ipairs(M.CALLBACK_STATUSES) do emit({ status }, t.callbacks[status] or 0) end
+      for _, status in ipairs(require("rtcadmin.callback").STATUSES) do emit({ status }, t.callbacks[status] or 0) end
     end },
   { "rtcadmin_policy_events_total", "counter",
     "Events the policy engine took, by outcome (decided: evaluated by the rules).", { "outcome" }, function(t, emit)
