@@ -809,16 +809,17 @@ static void set_integer(lua_State *L, const char *k, long v) {
 }
 
 /* client:stats() -> {Action = {sent, succeeded, failed, failures = {code = n}, retries, throttled,
- * missed_slots, waited, p50, p99}} */
+ * missed_slots, waited, p50, p99, latency_sum, buckets = {n <= LATENCY_BUCKETS[i]}}} */
 static int client_stats(lua_State *L) {
     rtc_client *c = rtc_check_client(L, 1, "stats");
     float sorted[RTC_STATS_SAMPLES];
+    long cumulative[RTC_STATS_BUCKETS];
     int i, j;
     lua_createtable(L, 0, c->stats.nactions);
     for (i = 0; i < c->stats.nactions; i++) {
         const rtc_action_stats *a = c->stats.actions[i];
         double p50, p99;
-        lua_createtable(L, 0, 10);
+        lua_createtable(L, 0, 12);
         set_integer(L, "sent", a->sent);
         set_integer(L, "succeeded", a->succeeded);
         set_integer(L, "failed", a->failed);
@@ -826,6 +827,14 @@ static int client_stats(lua_State *L) {
         set_integer(L, "throttled", a->throttled);
         set_integer(L, "missed_slots", a->missed_slots);
         set_number(L, "waited", a->waited);
+        set_number(L, "latency_sum", a->latency_sum);
+        rtc_stats_cumulative(a, cumulative);
+        lua_createtable(L, RTC_STATS_BUCKETS, 0);
+        for (j = 0; j < RTC_STATS_BUCKETS; j++) {
+            lua_pushinteger(L, (lua_Integer)cumulative[j]);
+            lua_rawseti(L, -2, j + 1);
+        }
+        lua_setfield(L, -2, "buckets");
         lua_createtable(L, 0, a->ncodes);
         for (j = 0; j < a->ncodes; j++) set_integer(L, a->codes[j].code, a->codes[j].count);
         lua_setfield(L, -2, "failures");

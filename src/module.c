@@ -366,6 +366,16 @@ static void push_limits(lua_State *L) {
     lua_setfield(L, -2, "id_max");
 }
 
+/* rtcadmin.LATENCY_BUCKETS: the upper bounds (seconds) of client:stats()'s latency histogram. */
+static void push_buckets(lua_State *L) {
+    int i;
+    lua_createtable(L, RTC_STATS_BUCKETS, 0);
+    for (i = 0; i < RTC_STATS_BUCKETS; i++) {
+        lua_pushnumber(L, (lua_Number)rtc_stats_bounds[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
 /* rtcadmin.CODES: the error codes the module makes itself (the service's own come in its answers),
  * name -> name: the transport's (transport.c) and the call engine's (call.h). */
 static void push_codes(lua_State *L) {
@@ -475,6 +485,8 @@ RTC_EXPORT int luaopen_rtcadmin(lua_State *L) {
     lua_setfield(L, -2, "LIMITS");
     push_codes(L);
     lua_setfield(L, -2, "CODES");
+    push_buckets(L);
+    lua_setfield(L, -2, "LATENCY_BUCKETS");
     lua_pushliteral(L, RTCADMIN_VERSION);
     lua_setfield(L, -2, "_VERSION");
     install_nginx_layer(L, lua_gettop(L));

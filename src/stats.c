@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+const double rtc_stats_bounds[RTC_STATS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
 rtc_action_stats *rtc_stats_for(rtc_stats *s, const char *action) {
     int i;
     for (i = 0; i < s->nactions; i++)
@@ -19,11 +21,16 @@ void rtc_stats_missed_slot(rtc_action_stats *a) {
 }
 
 void rtc_stats_attempt(rtc_action_stats *a, int attempt, double waited, double latency, int throttled) {
+    int b = 0;
     if (!a) return;
     a->sent++;
     if (attempt > 1) a->retries++;
     if (throttled) a->throttled++;
     a->waited += waited;
+    a->latency_sum += latency;
+    /* A handful of comparisons; latencies over the last bound are counted by `sent` alone (+Inf). */
+    while (b < RTC_STATS_BUCKETS && latency > rtc_stats_bounds[b]) b++;
+    if (b < RTC_STATS_BUCKETS) a->buckets[b]++;
     a->latency[a->next_latency] = (float)latency;
     a->next_latency = (a->next_latency + 1) % RTC_STATS_SAMPLES;
     if (a->nlatency < RTC_STATS_SAMPLES) a->nlatency++;
@@ -74,4 +81,10 @@ int rtc_stats_percentiles(const rtc_action_stats *a, float *sorted, double *p50,
     *p50 = sorted[(a->nlatency - 1) / 2];
     *p99 = sorted[(a->nlatency * 99 - 1) / 100];
     return 1;
+}
+
+void rtc_stats_cumulative(const rtc_action_stats *a, long cumulative[RTC_STATS_BUCKETS]) {
+    long n = 0;
+    int i;
+    for (i = 0; i < RTC_STATS_BUCKETS; i++) cumulative[i] = n += a->buckets[i];
 }

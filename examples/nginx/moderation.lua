@@ -10,10 +10,11 @@ local policy = require "rtcadmin.policy"
 local callback = require "rtcadmin.callback"
 local admin = require "rtcadmin.admin"
 local host = require "rtcadmin.host"
+local metrics = require "rtcadmin.metrics"
 
 local M = {}
 local conf = {}
-local client, moderation_host
+local client, moderation_host, metrics_worker
 
 local function need(name)
   local v = os.getenv(name)
@@ -26,6 +27,9 @@ function M.init()
   conf.endpoint = os.getenv("RTCADMIN_ENDPOINT") -- unset: the production endpoint
   conf.admin_token = need("RTCADMIN_ADMIN_TOKEN")
   conf.callback_secret = need("RTCADMIN_CALLBACK_SECRET")
+  -- Optional: when set, GET /metrics needs `Authorization: Bearer $RTCADMIN_METRICS_TOKEN`.
+  conf.metrics_token = os.getenv("RTCADMIN_METRICS_TOKEN")
+  if conf.metrics_token == "" then conf.metrics_token = nil end
   -- Credentials: VOLC_ACCESSKEY / VOLC_SECRETKEY, read by rtcadmin.client itself.
   conf.access_key, conf.secret_key = need("VOLC_ACCESSKEY"), need("VOLC_SECRETKEY")
   -- Rule files, comma-separated (paths relative to the directory nginx starts in), read here by the
@@ -94,6 +98,8 @@ function M.init_worker()
   -- Rule files are checked once here too, so that a broken rule stops nginx from starting.
   M.new_engine(nil)
   moderation_host:start()
+  -- The worker's API counters go to the rtcadmin_metrics dict every second (and when it exits).
+  metrics_worker = metrics.start_worker { dict = "rtcadmin_metrics", client = M.client }
 end
 
 function M.client() return client end
@@ -121,6 +127,14 @@ function M.admin()
   handlers.admin = handlers.admin or admin.handler { token = conf.admin_token, client = M.client,
     decisions = function(limit) return moderation_host:decisions(limit) end }
   return handlers.admin()
+end
+
+-- GET /metrics: every worker's API calls, the receiver's answers and the host engine's decisions,
+-- in Prometheus' text format (docs/metrics.md).
+function M.metrics()
+  handlers.metrics = handlers.metrics or metrics.handler { dict = "rtcadmin_metrics", worker = metrics_worker,
+    callbacks = "rtcadmin_events", host = moderation_host, token = conf.metrics_token }
+  return handlers.metrics()
 end
 
 -- GET /console/...: the console's three files. It talks to /admin/ with the token the moderator

@@ -38,6 +38,13 @@ local ROUTES = {
 }
 M.ROUTES = ROUTES
 
+-- Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+function M.authorized(token)
+  local auth = ngx.var.http_authorization or ""
+  local given = auth:match("^[Bb]earer%s+(%S+)%s*$")
+  return given ~= nil and rtcadmin.secure_equal(given, token)
+end
+
 -- opts: token (the bearer token), client (a client, or a function returning one, e.g. per worker),
 -- decisions (optional: function(limit) -> the newest decisions, e.g. rtcadmin.host's, for
 -- GET /decisions?limit=).
@@ -71,9 +78,7 @@ function M.handler(opts)
   end
 
   return function()
-    local auth = ngx.var.http_authorization or ""
-    local given = auth:match("^[Bb]earer%s+(%S+)%s*$")
-    if not given or not rtcadmin.secure_equal(given, token) then
+    if not M.authorized(token) then
       ngx.header["WWW-Authenticate"] = 'Bearer realm="rtcadmin"'
       return reply(401, { ok = false, message = "missing or wrong bearer token" })
     end

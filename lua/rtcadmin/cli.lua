@@ -38,6 +38,8 @@ Options:
   --drain SECONDS  at the end of the input, keep retrying failed actions this long (run; default 30)
   --state FILE     keep the engine's state in FILE: restored at the start, saved every --state-every
                    seconds (default 1), on SIGTERM/SIGINT and at the end of the input (run)
+  --metrics FILE   write Prometheus metrics to FILE every --metrics-every seconds (default 5) and at
+                   the end (run; node_exporter's textfile collector reads it)
   --strict         exit 4 when input lines were invalid or rules raised errors (replay, run)
   --help           help for a command: rtcadmin COMMAND --help, or rtcadmin help COMMAND
 
@@ -87,7 +89,7 @@ last object: {"kind":"summary",...}). RULES are Lua files or directories (their 
 order); the last argument is EVENTS. --strict: exit 4 when lines were invalid or rules raised errors.]],
   run = [[
 usage: rtcadmin run RULES... [EVENTS|-] [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--drain SECONDS]
-                    [--strict] [--state FILE] [--state-every SECONDS]
+                    [--strict] [--state FILE] [--state-every SECONDS] [--metrics FILE] [--metrics-every SECONDS]
 Runs the rules over events from a JSON Lines file, or stdin (EVENTS "-" or absent; e.g. piped from a
 queue consumer), and acts on the decisions through the API, paced and retried. Each row (or JSON
 object) is printed when its action is done. Failed actions are retried later; at the end of input
@@ -98,9 +100,14 @@ sent) is restored from FILE when it exists and saved to it every --state-every s
 while it changes, on SIGTERM or SIGINT (which then stop the run without the drain) and at the end of
 the input; always whole (written beside it and renamed). A FILE that cannot be restored stops the
 run (exit 1) and is left as it is.
+--metrics FILE: the run's counters (API calls, events, decisions, rule errors) in Prometheus' text
+format, written to FILE every --metrics-every seconds (default 5), also while the input is quiet,
+and at the end; always whole (written beside it and renamed), for node_exporter's textfile
+collector (docs/metrics.md). SIGTERM or SIGINT then stop the run as with --state.
 
        rtcadmin run RULES... --from redis://HOST[:PORT][/DB] [--consumer NAME] [--idle SECONDS]
                     [--dry-run] [--json] [--audit FILE] [--endpoint URL] [--state-every SECONDS] [--keep-log]
+                    [--metrics FILE] [--metrics-every SECONDS]
 An engine of the fleet (docs/fleet.md): reads the shards it holds a lease on from Redis, decides,
 acts, and checkpoints each shard's state to Redis every --state-every seconds (default 2), which
 acknowledges the entries it covers. Engines split the shards between them; a shard taken over is
@@ -129,6 +136,7 @@ local OPTIONS = {
   endpoint = true, audit = true, duration = true, drain = true, state = true, ["state-every"] = true,
   ["dry-run"] = false, json = false, help = false, everywhere = false, audio = false, video = false,
   strict = false, to = true, from = true, consumer = true, idle = true, shards = true, ["keep-log"] = false,
+  metrics = true, ["metrics-every"] = true,
 }
 
 -- The commands an option is for (absent: every command). An option given to a command that does
@@ -144,7 +152,8 @@ local OPTION_COMMANDS = {
   ["dry-run"] = set("run", "replay"), audit = set("run", "replay"), strict = set("run", "replay", "ingest"),
   to = set("ingest"), from = set("run"), consumer = set("run"), idle = set("run"), shards = set("ingest"),
   ["keep-log"] = set("run"),
-  drain = set("run"), state = set("run"), ["state-every"] = set("run"),
+  drain = set("run"), state = set("run"), ["state-every"] = set("run"), metrics = set("run"),
+  ["metrics-every"] = set("run"),
   duration = MODERATION_COMMANDS, everywhere = MODERATION_COMMANDS, audio = MODERATION_COMMANDS,
   video = MODERATION_COMMANDS,
 }
@@ -859,21 +868,56 @@ function Cmd:restore_state(engine, path)
   return true
 end
 
--- The state file's side of run: save() writes it (atomically); read_line() reads the input with a
--- timeout, so that a state changed while the input is quiet is saved when it is due; a signal
--- (SIGTERM, SIGINT) ends the input. after_line() notes the change and saves when it is due.
-function Cmd:state_keeper(engine, path, every)
+-- --metrics FILE: a writer of the counters of sources() ({clients, engines}, see rtcadmin.metrics'
+-- collect) every `every` seconds: tick() writes when due, write() now, due_in(). A failed write is
+-- reported once (until one succeeds again).
+function Cmd:metrics_writer(every, sources)
+  local metrics = require "rtcadmin.metrics"
+  local path, failing = self.opts.metrics, false
+  local w = metrics.file_writer(path, every, function() return metrics.collect(sources()) end)
+  local function checked(write)
+    return function()
+      local ok, err = write()
+      if not ok and not failing then self:warn("rtcadmin: cannot write the metrics to ", path, ": ", tostring(err)) end
+      failing = not ok
+    end
+  end
+  return { tick = checked(w.tick), write = checked(w.write), due_in = w.due_in }
+end
+
+-- --metrics-every: seconds > 0 (default 5), only with --metrics. Returns it, or nil and the exit status.
+function Cmd:metrics_every()
+  local every, bad = number_opt(self, "metrics-every", "run")
+  if bad then return nil, bad end
+  if every ~= nil and not (every > 0 and every < math.huge) then
+    return nil, self:usage_error("--metrics-every must be a number of seconds > 0", "run")
+  end
+  if every and not self.opts.metrics then
+    return nil, self:usage_error("--metrics-every needs --metrics FILE", "run")
+  end
+  return every or 5
+end
+
+-- The periodic side of run: the state file (--state; `path` nil without it) and the metrics file
+-- (--metrics; `ticker` nil without it). save() writes the state (atomically); read_line() reads the
+-- input with a timeout, so that a state changed while the input is quiet is saved when it is due and
+-- the metrics are written every few seconds; a signal (SIGTERM, SIGINT) ends the input. after_line()
+-- notes the change and writes what is due.
+function Cmd:state_keeper(engine, path, every, ticker)
   local core = require "rtcadmin"
   local last, dirty = core.time(), false
   local keeper = {}
   function keeper.save()
-    local ok, err = core.save_file(path, engine:snapshot())
-    if not ok then self:warn("rtcadmin: cannot save the state: ", err) end
+    if path then
+      local ok, err = core.save_file(path, engine:snapshot())
+      if not ok then self:warn("rtcadmin: cannot save the state: ", err) end
+    end
     last, dirty = core.time(), false
   end
   function keeper.changed()
-    dirty = true
-    if core.time() - last >= every then keeper.save() end
+    dirty = path ~= nil
+    if dirty and core.time() - last >= every then keeper.save() end
+    if ticker then ticker.tick() end
   end
   local reader, rerr = core.lines(self.events_path)
   if not reader then return nil, rerr end
@@ -881,9 +925,12 @@ function Cmd:state_keeper(engine, path, every)
     while true do
       if core.caught_signal() then self.signal = core.caught_signal() return nil end
       local wait = dirty and math.max(0, last + every - core.time()) or nil
+      if ticker then wait = math.min(wait or math.huge, ticker.due_in()) end
       local line, why = reader:read(wait)
       if line then return line end
-      if why == "timeout" then keeper.save()
+      if why == "timeout" then
+        if dirty and core.time() - last >= every then keeper.save() end
+        if ticker then ticker.tick() end
       elseif why ~= "signal" then
         if why then self:warn("rtcadmin: cannot read ", self.events_name, ": ", why) end
         return nil
@@ -942,9 +989,11 @@ function Cmd:run()
     return self:usage_error("--state-every must be a number of seconds > 0", "run")
   end
   if every and not self.opts.state then return self:usage_error("--state-every needs --state FILE", "run") end
+  local metrics_every, mbad = self:metrics_every()
+  if not metrics_every then return mbad end
   local engine, fh = self:start_policy("run", true)
   if not engine then return fh end
-  local keeper
+  local keeper, ticker
   if self.opts.state then
     local ok, status = self:restore_state(engine, self.opts.state)
     if not ok then
@@ -953,9 +1002,17 @@ function Cmd:run()
       if self.audit_fh then self.audit_fh:close() end
       return status
     end
+  end
+  if self.opts.metrics then
+    ticker = self:metrics_writer(metrics_every, function()
+      return { clients = { engine.client }, engines = { engine } }
+    end)
+    ticker.write()
+  end
+  if self.opts.state or ticker then
     if fh ~= io.stdin then fh:close() end
     local kerr
-    keeper, kerr = self:state_keeper(engine, self.opts.state, every or 1)
+    keeper, kerr = self:state_keeper(engine, self.opts.state, every or 1, ticker)
     if not keeper then return self:usage_error("cannot read " .. tostring(kerr), "run", true) end
     require("rtcadmin").catch_signals()
     fh = io.stdin -- (read through the keeper; nothing to close here)
@@ -982,7 +1039,11 @@ function Cmd:run()
   if keeper then
     keeper.save()
     keeper.close()
-    if self.signal then self:warn("rtcadmin: ", self.signal, ": stopped; state saved to ", self.opts.state) end
+    if ticker then ticker.write() end
+    if self.signal then
+      local saved = self.opts.state and ("; state saved to " .. self.opts.state) or ""
+      self:warn("rtcadmin: ", self.signal, ": stopped", saved)
+    end
   end
   return self:finish_policy("run", engine, fh, not dry)
 end

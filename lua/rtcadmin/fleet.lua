@@ -391,19 +391,38 @@ local function stats_copy(engine)
   return out
 end
 
--- What this process's engines did: the sum of their stats less what restored checkpoints brought.
-function Worker:totals()
-  local t = { by_action = {} }
-  for _, e in ipairs(self.engines) do
-    local base = self.baselines[e] or {}
-    for k, v in pairs(e:stats()) do
-      if type(v) == "number" then
-        t[k] = (t[k] or 0) + v - (type(base[k]) == "number" and base[k] or 0)
-      end
-    end
-    local bb = base.by_action or {}
-    for k, v in pairs(e:stats().by_action or {}) do t.by_action[k] = (t.by_action[k] or 0) + v - (bb[k] or 0) end
+-- now less base, maps of numbers too.
+local function minus(now, base)
+  local out = {}
+  for k, v in pairs(now) do
+    local b = base and base[k]
+    if type(v) == "number" then out[k] = v - (type(b) == "number" and b or 0)
+    elseif type(v) == "table" then out[k] = minus(v, type(b) == "table" and b or nil)
+    else out[k] = v end
   end
+  return out
+end
+
+-- What this process's engines did: each engine's stats less what its restored checkpoint brought
+-- (the previous owners' share), as objects with a stats() method (what rtcadmin.metrics collects).
+-- `keys` is a level, not a count: that of the shards this engine holds now.
+function Worker:own_stats()
+  local held = {}
+  for _, st in pairs(self.owned) do held[st.engine] = true end
+  local out = {}
+  for i, e in ipairs(self.engines) do
+    local st = e:stats()
+    local d = minus(st, self.baselines[e])
+    d.keys = held[e] and st.keys or 0
+    out[i] = { stats = function() return d end }
+  end
+  return out
+end
+
+-- The sum of own_stats().
+function Worker:totals()
+  local add, t = require("rtcadmin.metrics").add, { by_action = {} }
+  for _, e in ipairs(self:own_stats()) do add(t, e:stats()) end
   return t
 end
 

@@ -149,6 +149,8 @@ function M.run(self, internal)
   if every ~= nil and not (every >= 0.01 and every <= 3600) then
     return self:usage_error("--state-every must be 0.01-3600 seconds", "run")
   end
+  local metrics_every, mbad = self:metrics_every()
+  if not metrics_every then return mbad end
   local name = self.opts.consumer or (hostname() .. "-" .. pid())
   if not name:find("^[%w@._:-]+$") or #name > 128 then
     return self:usage_error("--consumer must be 1-128 of A-Z a-z 0-9 @ . _ : -", "run", true)
@@ -221,6 +223,10 @@ function M.run(self, internal)
   }
   if not self.opts.json then self:decision_header() end
   self:warn(string.format("rtcadmin: engine %s reading %s (%d shards)", name, conn:where(), log.n))
+  -- --metrics: every engine this process had (their totals), written between rounds when due.
+  local ticker = self.opts.metrics and self:metrics_writer(metrics_every, function()
+    return { clients = { client or nil }, engines = #worker.engines > 0 and worker:own_stats() or { first } }
+  end)
   rtcadmin.catch_signals()
   -- At the end of the input (--idle), actions waiting for a retry end (done, or reported failed)
   -- before the last checkpoint; on a signal they go into it, and the next owner sends them.
@@ -233,9 +239,13 @@ function M.run(self, internal)
     -- (the leases are kept meanwhile: another engine must not take these shards while they drain)
     internal.drain(engine, drain_until, { step = worker.lease_ms / 3000, after = function() worker:keep_leases() end })
   end
-  local done, werr = worker:run(function() return rtcadmin.caught_signal() ~= nil end, idle, before_stop)
+  local done, werr = worker:run(function()
+    if ticker then ticker.tick() end
+    return rtcadmin.caught_signal() ~= nil
+  end, idle, before_stop)
   local status = done and EXIT_OK or EXIT_FAILED
   if not done then self:warn("rtcadmin: ", tostring(werr)) end
+  if ticker then ticker.write() end
   local t = worker:totals()
   if self.opts.json then
     self:json({ kind = "summary", command = "run", from = conn:where(), consumer = name, events = t.events,

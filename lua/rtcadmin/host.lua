@@ -22,6 +22,7 @@
 -- See docs/nginx.md ("One engine per host").
 local rtcadmin = require "rtcadmin"
 local cjson = require "cjson.safe"
+local metrics = require "rtcadmin.metrics"
 
 local host = {}
 
@@ -36,6 +37,10 @@ local K_FEED = PREFIX .. "feed"
 local FEED_RING = 400
 local function k_feed(n) return PREFIX .. "feed:" .. n end
 local function k_event(n) return PREFIX .. "ev:" .. n end
+-- The engine's counters for the metrics (rtcadmin.metrics' policy part, flattened), added up over
+-- every holder of this nginx run, with the last sequence number whose decisions they hold, as one
+-- JSON value {seq, counters}: one holder at a time writes it, whole. And the engine's record count.
+local K_COUNTERS, K_KEYS = PREFIX .. "counters", PREFIX .. "keys"
 -- The state as stored: a header line with the format and the next sequence number, then the
 -- engine's snapshot.
 local STATE_MAGIC = "rtcadmin-host-state 1 "
@@ -80,6 +85,7 @@ function host.new(opts)
     poll = check_number(opts, "poll", 0.001), batch = check_number(opts, "batch", 1),
     gap_wait = check_number(opts, "gap_wait", 0.01), journal_ttl = check_number(opts, "journal_ttl", 1),
     engine = nil, next_seq = nil, saved_seq = nil, saved_at = 0, gap_since = nil,
+    counted = nil, counters_seen = nil, replay_to = 0,
   }, Host)
   local ttl = self.journal_ttl
   -- The send journal the engine's outbox keeps (docs/policy.md, "Saving and restoring state").
@@ -148,6 +154,12 @@ function Host:_take_over()
   end
   self.engine, self.next_seq, self.saved_seq, self.saved_at = engine, next_seq, next_seq, ngx.now()
   self.dict:set(K_DECIDED, next_seq - 1)
+  -- The restored counters were published already (by the holder that saved them), and so were the
+  -- events up to the seq saved with them that this engine decides again after a crash: not counted twice.
+  local counted = cjson.decode(self.dict:get(K_COUNTERS) or "{}")
+  if type(counted) ~= "table" then counted = {} end
+  self.counted, self.replay_to = type(counted.counters) == "table" and counted.counters or {}, counted.seq or 0
+  self.counters_seen = metrics.flatten(metrics.policy_counters(engine:stats()))
   ngx.log(ngx.NOTICE, "rtcadmin.host: worker ", ngx.worker.id(), " runs the engine from event ", next_seq)
   return true
 end
@@ -179,6 +191,8 @@ function Host:_step()
   local dict, engine = self.dict, self.engine
   local last = dict:get(K_SEQ) or 0
   local list, n = {}, self.next_seq
+  -- Events decided again (after a crash) are taken apart from new ones, so that a step is either.
+  if n <= self.replay_to then last = math.min(last, self.replay_to) end
   while n <= last and #list < self.batch do
     local text = dict:get(k_event(n))
     if text == nil then
@@ -205,8 +219,36 @@ function Host:_step()
   local took = n - self.next_seq
   self.next_seq = n
   if took > 0 then dict:set(K_DECIDED, n - 1) end
-  if engine:due() then engine:flush() end
+  local due = engine:due()
+  if due then engine:flush() end
+  if took > 0 or due then self:_count(n - 1) end
   return took
+end
+
+-- Publishes the engine's counters after a step that decided the events up to `upto`; a step that
+-- only decided again what an earlier holder had counted is taken as published.
+function Host:_count(upto)
+  local st = self.engine:stats()
+  local now, seen, counted = metrics.flatten(metrics.policy_counters(st)), self.counters_seen, self.counted
+  if upto > self.replay_to then
+    for k, v in pairs(now) do
+      local d = v - (seen[k] or 0)
+      if d ~= 0 or counted[k] == nil then counted[k] = (counted[k] or 0) + d end
+    end
+    local ok, err = self.dict:safe_set(K_COUNTERS, rtcadmin.json_encode({ seq = upto, counters = counted }))
+    if not ok then ngx.log(ngx.WARN, "rtcadmin.host: cannot publish the engine's counters: ", tostring(err)) end
+  end
+  self.counters_seen = now
+  self.dict:set(K_KEYS, st.keys)
+end
+
+-- The engine's counters for rtcadmin.metrics: {policy = {events, decisions, rule_errors}, state_keys},
+-- added up over every worker that held the engine since nginx started. Any worker.
+function Host:counters()
+  local saved = cjson.decode(self.dict:get(K_COUNTERS) or "{}")
+  local c = metrics.unflatten(type(saved) == "table" and type(saved.counters) == "table" and saved.counters or {})
+  return { policy = { events = c.events or {}, decisions = c.decisions or {}, rule_errors = c.rule_errors or {} },
+           state_keys = self.dict:get(K_KEYS) }
 end
 
 -- Holds the lease while it lives: true when this worker holds it now.

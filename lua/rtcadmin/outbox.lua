@@ -41,6 +41,15 @@ local function ban_key(d)
   return d.app_id .. "\n" .. (d.action == "ban" and d.room_id or "") .. "\n" .. d.user_id
 end
 
+-- Counts a decision under its final outcome (dry_run, ok, extended, already, failed, recovered) in
+-- st.by_outcome, keyed "action outcome rule" (action and outcome are single words; rule names may be
+-- anything): once per decision, when nothing more will happen to it. The metrics read it
+-- (rtcadmin.metrics, rtcadmin_policy_decisions_total).
+function Engine:_count_outcome(d)
+  local by, key = self.st.by_outcome, d.action .. " " .. d.outcome .. " " .. d.rule
+  by[key] = (by[key] or 0) + 1
+end
+
 -- When the engine's own ban of a decision's target ends (engine time), if it knows of one.
 function Engine:_ban_ends(d)
   local b = self.bans.map[ban_key(d)]
@@ -129,7 +138,10 @@ function Engine:flush(opts)
         summary.failed = summary.failed + 1
       end
     end
-    if journal and d.outcome ~= "retry" then journal.done(d.decision_id) end
+    if d.outcome ~= "retry" then
+      self:_count_outcome(d)
+      if journal then journal.done(d.decision_id) end
+    end
     self:_emit(d)
     if self.on_result then self.on_result(d) end
   end
@@ -147,6 +159,7 @@ function Engine:_journal_check(batch)
       d.outcome, d.recovered, d.time = "recovered", true, iso_time(wall_clock())
       d.next_retry, d.next_retry_at = nil, nil
       st.recovered = st.recovered + 1
+      self:_count_outcome(d)
       self:_emit(d)
       if self.on_result then self.on_result(d) end
     else

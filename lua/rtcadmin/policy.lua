@@ -190,7 +190,7 @@ function policy.new(opts)
     st = { events = 0, ignored = 0, duplicates = 0, allowed = 0, invalid = 0, decisions = 0, dry_run = 0,
               succeeded = 0, failed = 0, retried = 0, cooldown = 0, rule_errors = 0, bans_extended = 0,
               bans_already = 0, recovered = 0, resent = 0,
-              by_rule = {}, by_action = {}, errors_by_rule = {} },
+              by_rule = {}, by_action = {}, errors_by_rule = {}, by_outcome = {} },
   }, Engine)
   E.keys = gen3_new(cfg.max_keys, nil)
   E.seen = { map = {}, ring = {}, pos = 0 } -- the last `dedupe` event ids (see Engine:_make_hot)
@@ -822,7 +822,12 @@ function Engine:_decision(o)
   st.decisions = st.decisions + 1
   st.by_rule[r.name] = st.by_rule[r.name] + 1
   st.by_action[act.kind] = (st.by_action[act.kind] or 0) + 1
-  if dry then st.dry_run = st.dry_run + 1 else self.queue[#self.queue + 1] = d end
+  if dry then
+    st.dry_run = st.dry_run + 1
+    self:_count_outcome(d)
+  else
+    self.queue[#self.queue + 1] = d
+  end
   self:_emit(d)
   if self.on_decision then self.on_decision(d) end
   return d

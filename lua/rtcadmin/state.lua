@@ -31,7 +31,8 @@ state.FORMAT, state.VERSION = FORMAT, VERSION
 -- the same values.
 local SHAPING = { "max_keys", "dedupe", "max_offenders", "slots", "distinct_max", "max_counters" }
 -- The engine's counters (stats) saved as numbers, and its maps of them.
-local STAT_MAPS = { by_rule = true, by_action = true, errors_by_rule = true }
+-- The maps among the engine's counters; by_outcome is false: snapshots made before it lack it.
+local STAT_MAPS = { by_rule = true, by_action = true, errors_by_rule = true, by_outcome = false }
 
 local REC_SEEN, REC_ALLOW, REC_COOL, REC_FIXED = store.REC_SEEN, store.REC_ALLOW, store.REC_COOL, store.REC_FIXED
 local ROOM = store.ROOM
@@ -270,10 +271,12 @@ local function check_snapshot(s, self)
   local st = want_table(s.st, "st")
   for k, v in pairs(st) do
     if type(k) ~= "string" then bad("st is wrong") end
-    if STAT_MAPS[k] then check_map_of(v, "st." .. k, "string", is_int)
+    if STAT_MAPS[k] ~= nil then check_map_of(v, "st." .. k, "string", is_int)
     elseif not is_int(v) then bad("st.%s is not a whole number", k) end
   end
-  for k in pairs(STAT_MAPS) do want_table(st[k], "st." .. k) end
+  for k, required in pairs(STAT_MAPS) do
+    if required then want_table(st[k], "st." .. k) end
+  end
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -384,7 +387,7 @@ function Engine:restore(s)
   -- for each rule of this engine.
   local st = {}
   for name in pairs(self.st) do
-    if not STAT_MAPS[name] then st[name] = 0 end
+    if STAT_MAPS[name] == nil then st[name] = 0 else st[name] = {} end
   end
   for name, v in pairs(t.st) do st[name] = v end
   for _, r in ipairs(self.rules) do

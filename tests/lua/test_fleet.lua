@@ -5,6 +5,7 @@ local T = require "testlib"
 local cjson = require "cjson"
 local rtcadmin = require "rtcadmin"
 local raid = require "fleetlib"
+local promtext = require "promtext"
 
 local emu = T.emulator()
 local APP = T.APP
@@ -403,9 +404,11 @@ end)
 
 T.case("SIGTERM: the engine finishes its batch, releases its shards at once and exits 0", function()
   fresh()
+  local ma, mb = dir .. "/t1.prom", dir .. "/t2.prom"
   local a = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer t1 --dry-run --json --state-every 60"
-    .. " --keep-log")
-  local b = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer t2 --dry-run --json --idle 6 --keep-log")
+    .. " --keep-log --metrics " .. q(ma))
+  local b = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer t2 --dry-run --json --idle 6 --keep-log"
+    .. " --metrics " .. q(mb) .. " --metrics-every 0.5")
   wait_split({ "t1", "t2" }, 20)
   local p1 = start("ingest --to " .. q(URL) .. " " .. q(file1))
   T.sleep(0.5) -- in the middle of the producer's batches
@@ -426,6 +429,16 @@ T.case("SIGTERM: the engine finishes its batch, releases its shards at once and 
   T.eq(pending, 0)
   T.eq(behind, 0)
   T.eq(F.kept(), #raid.lines(by_room, half1), "--keep-log: nothing trimmed")
+  -- --metrics: each engine counts what it decided; t2 does not count again what t1's checkpoints
+  -- brought, so the two files add up to the events once each.
+  local n_events, n_decisions = 0, 0
+  for _, file in ipairs { ma, mb } do
+    local r = promtext.parse(assert(T.read_file(file), file))
+    n_events = n_events + r:sum("rtcadmin_policy_events_total")
+    n_decisions = n_decisions + r:sum("rtcadmin_policy_decisions_total", { outcome = "dry_run" })
+  end
+  T.eq(n_events, #raid.lines(by_room, half1))
+  T.eq(n_decisions, total(want), "one dry-run decision each")
 end)
 
 T.case("a checkpoint that cannot be restored: said clearly, its shard left alone, not reset", function()

@@ -199,6 +199,16 @@ rule "kick-all" { on = "chat", when = function() return true end, action = kick 
   for _ in pairs(resent) do n_resent = n_resent + 1 end
   print(string.format("# takeover from event %d; %d decisions found sent in the journal, %d resent",
     takeovers[2], recovered, n_resent))
+  -- The metrics' engine counters (host:counters()) hold each event and decision once: the new holder
+  -- decided the events after the checkpoint again, and those the old one had counted are not counted
+  -- twice.
+  local c, events, decisions = ng.counters()
+  T.eq(events, s.last_seq, "every stored event counted once")
+  T.eq(c.policy.events.decided, s.last_seq, "each one decided")
+  T.eq(decisions, s.last_seq, "one decision each, counted once")
+  -- (A decision the old holder counted is not counted again as recovered; one it sent but had not
+  -- counted yet when it was killed is.)
+  T.ok((c.policy.decisions["kick-all"].kick.recovered or 0) <= recovered, "recovered at most as the audit says")
   ng.stop()
 end)
 

@@ -323,7 +323,8 @@ end
 -- and GET /stats (callback.stats). o: emu, secret, rules (a rules file's text), workers (4),
 -- client (Lua fields added to rtcadmin.client{...}), engine (added to policy.new{...}), host (added to
 -- host.new{...}), dict_size ("16m"). The engine's audit records go to the error log at NOTICE as
--- `rtcadmin audit {json}`. Returns T.nginx's object with status(), master_pid(), worker_pids().
+-- `rtcadmin audit {json}`. Returns T.nginx's object with status(), stats(), counters() (GET
+-- /counters: host:counters(), its events, its decisions), master_pid(), worker_pids().
 function T.host_nginx(o)
   local app = string.format([[
 local rtcadmin = require "rtcadmin"
@@ -367,6 +368,8 @@ return M
     location = /status { content_by_lua_block { ngx.say(require("cjson").encode(require("hostapp").host:status())) } }
     location = /stats { content_by_lua_block { ngx.say(require("cjson").encode(
       require("rtcadmin.callback").stats("rtcadmin_events"))) } }
+    location = /counters { content_by_lua_block { ngx.say(require("cjson").encode(
+      require("hostapp").host:counters())) } }
   }
 ]],
   }
@@ -377,6 +380,18 @@ return M
   end
   function ng.status() return get("/status") end
   function ng.stats() return get("/stats") end
+  -- host:counters(), and the events and the decisions in it added up.
+  function ng.counters()
+    local c = get("/counters")
+    local events, decisions = 0, 0
+    for _, n in pairs(c.policy.events) do events = events + n end
+    for _, by_action in pairs(c.policy.decisions) do
+      for _, by_outcome in pairs(by_action) do
+        for _, n in pairs(by_outcome) do decisions = decisions + n end
+      end
+    end
+    return c, events, decisions
+  end
   function ng.master_pid() return assert(T.read_file(ng.prefix .. "/logs/nginx.pid")):match("%d+") end
   function ng.worker_pids()
     local p = io.popen("pgrep -P " .. ng.master_pid())
