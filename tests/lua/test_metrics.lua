@@ -258,6 +258,21 @@ local function rtcadmin(args, env)
   return code, out, err
 end
 
+T.case("docs/metrics.md: the example alert rules are valid rules for Prometheus (promtool)", function()
+  local doc = assert(T.read_file(T.source_dir .. "/docs/metrics.md"))
+  local yaml = doc:match("## Example alert rules\n\n```yaml\n(.-)```")
+  T.ok(yaml and yaml:find("alert: RtcadminThrottled", 1, true), "the rules block")
+  local rules = T.write_file(dir .. "/rules.yml", yaml)
+  local out, code = T.capture("promtool check rules " .. q(rules) .. " 2>&1")
+  T.eq(code, 0, out)
+  T.match(out, "SUCCESS: 6 rules found")
+  -- (and promtool fails a broken one, so the check means something)
+  local broken = T.write_file(dir .. "/broken.yml", (yaml:gsub("rate%(rtcadmin_api_throttled_total%[5m%]%)",
+    "rate(rtcadmin_api_throttled_total[5m]")))
+  local _, bcode = T.capture("promtool check rules " .. q(broken) .. " 2>&1")
+  T.ok(bcode ~= 0, "a broken expression is refused")
+end)
+
 T.case("rtcadmin run --metrics FILE: the file parses and says what the summary says", function()
   emu.reset()
   local file = dir .. "/rtcadmin.prom"
@@ -284,6 +299,9 @@ T.case("rtcadmin run --metrics FILE: the file parses and says what the summary s
   local stats = emu.stats()
   T.eq(r:sum("rtcadmin_api_request_duration_seconds_count"), stats.requests, "attempts = what the emulator saw")
   T.ok(not io.open(file .. ".tmp"), "nothing left beside it")
+  -- Prometheus' own checker (Debian's promtool) takes the file, lint included.
+  local pout, pcode = T.capture("promtool check metrics < " .. q(file) .. " 2>&1")
+  T.eq(pcode, 0, "promtool check metrics: " .. pout)
   -- Usage errors.
   local _
   code, _, err = rtcadmin("run examples/rules examples/events/raid.jsonl --dry-run --metrics-every 1")

@@ -675,6 +675,16 @@ function T.numbered_files(dir, format)
   end
 end
 
+-- Runs a shell command: its stdout (stderr too if the command says 2>&1) and exit status, on every Lua.
+function T.capture(cmd)
+  local p = assert(io.popen("(" .. cmd .. "); echo \"__exit=$?\"", "r"))
+  local out = p:read("*a")
+  p:close()
+  local code
+  out = out:gsub("__exit=(%d+)\n$", function(c) code = tonumber(c) return "" end)
+  return out, code
+end
+
 function T.read_file(path)
   local f = io.open(path, "r")
   if not f then return nil end
