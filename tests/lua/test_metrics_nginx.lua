@@ -202,8 +202,8 @@ T.case("the example: /metrics behind its token, API calls, callbacks and the hos
   T.no_match(text, "raider_", "no user id in a label")
   -- Prometheus' own checker (Debian's promtool) takes the page, lint included.
   local page = T.write_file(ng.prefix .. "/metrics.txt", text)
-  local out, code = T.capture("promtool check metrics < " .. q(page) .. " 2>&1")
-  T.eq(code, 0, "promtool check metrics: " .. out)
+  local checked, status = T.capture("promtool check metrics < " .. q(page) .. " 2>&1")
+  T.eq(status, 0, "promtool check metrics: " .. checked)
   ng.stop()
 end)
 
