@@ -225,7 +225,9 @@ function M.run(self, internal)
   self:warn(string.format("rtcadmin: engine %s reading %s (%d shards)", name, conn:where(), log.n))
   -- --metrics: every engine this process had (their totals), written between rounds when due.
   local ticker = self.opts.metrics and self:metrics_writer(metrics_every, function()
-    return { clients = { client or nil }, engines = #worker.engines > 0 and worker:own_stats() or { first } }
+    return { clients = { client or nil }, engines = #worker.engines > 0 and worker:own_stats() or { first },
+             fleet = { read = worker.read, acked = worker.acked, written = worker.checkpoints,
+                       restored = worker.restored, shards = #worker:owned_list() } }
   end)
   rtcadmin.catch_signals()
   -- At the end of the input (--idle), actions waiting for a retry end (done, or reported failed)

@@ -94,7 +94,8 @@ function M.add(into, t)
 end
 
 -- The counters of a process: opts.clients (clients), opts.engines (policy engines), opts.callbacks
--- (a table like callback.stats()'s). Engines' state keys are added up.
+-- (a table like callback.stats()'s), opts.fleet (a fleet engine's {read, acked, written, restored,
+-- shards}). Engines' state keys are added up.
 function M.collect(opts)
   local t = { api = {}, policy = { events = {}, decisions = {}, rule_errors = {} } }
   for _, c in ipairs(opts.clients or {}) do M.add(t.api, M.api_counters(c:stats())) end
@@ -104,6 +105,7 @@ function M.collect(opts)
     t.state_keys = (t.state_keys or 0) + st.keys
   end
   if opts.callbacks then t.callbacks = M.add({}, opts.callbacks) end
+  if opts.fleet then t.fleet = M.add({}, opts.fleet) end
   return t
 end
 
@@ -212,6 +214,25 @@ local FAMILIES = {
   { "rtcadmin_policy_state_keys", "gauge", "(app, room, user) and room records the policy engine keeps.", {},
     function(t, emit)
       if t.state_keys then emit({}, t.state_keys) end
+    end },
+  -- A fleet engine's (rtcadmin run --from; docs/fleet.md): no samples elsewhere.
+  { "rtcadmin_fleet_entries_total", "counter",
+    "Log entries this fleet engine read, and acknowledged (with the checkpoint that covers them).", { "state" },
+    function(t, emit)
+      if t.fleet then
+        emit({ "acknowledged" }, t.fleet.acked)
+        emit({ "read" }, t.fleet.read)
+      end
+    end },
+  { "rtcadmin_fleet_checkpoints_total", "counter", "Shard checkpoints this fleet engine wrote, and restored.",
+    { "op" }, function(t, emit)
+      if t.fleet then
+        emit({ "restored" }, t.fleet.restored)
+        emit({ "written" }, t.fleet.written)
+      end
+    end },
+  { "rtcadmin_fleet_shards", "gauge", "Shards this fleet engine holds the lease of.", {}, function(t, emit)
+      if t.fleet then emit({}, t.fleet.shards) end
     end },
   { "rtcadmin_build_info", "gauge", "The rtcadmin version and the Lua it runs on; always 1.", { "version", "lua" },
     function(_, emit, info) emit({ info.version, info.lua }, 1) end },

@@ -433,14 +433,26 @@ T.case("SIGTERM: the engine finishes its batch, releases its shards at once and 
   T.eq(F.kept(), #raid.lines(by_room, half1), "--keep-log: nothing trimmed")
   -- --metrics: each engine counts what it decided; t2 does not count again what t1's checkpoints
   -- brought, so the two files add up to the events once each.
-  local n_events, n_decisions = 0, 0
-  for _, file in ipairs { ma, mb } do
+  local n_events, n_decisions, read, acked = 0, 0, 0, 0
+  local files = {}
+  for i, file in ipairs { ma, mb } do
     local r = promtext.parse(assert(T.read_file(file), file))
+    files[i] = r
     n_events = n_events + r:sum("rtcadmin_policy_events_total")
     n_decisions = n_decisions + r:sum("rtcadmin_policy_decisions_total", { outcome = "dry_run" })
+    read = read + r:value("rtcadmin_fleet_entries_total", { state = "read" })
+    acked = acked + r:value("rtcadmin_fleet_entries_total", { state = "acknowledged" })
+    T.eq(r:value("rtcadmin_fleet_shards"), 0, "no shard held at the end")
+    local checked, status = T.capture("promtool check metrics < " .. q(file) .. " 2>&1")
+    T.eq(status, 0, "promtool check metrics: " .. checked)
   end
-  T.eq(n_events, #raid.lines(by_room, half1))
+  local n = #raid.lines(by_room, half1)
+  T.eq(n_events, n)
   T.eq(n_decisions, total(want), "one dry-run decision each")
+  T.eq(read, n, "entries read, once each")
+  T.eq(acked, n, "entries acknowledged, once each")
+  T.ok(files[1]:value("rtcadmin_fleet_checkpoints_total", { op = "written" }) >= 1, "t1 checkpointed its shards")
+  T.ok(files[2]:value("rtcadmin_fleet_checkpoints_total", { op = "restored" }) >= 1, "t2 restored them")
 end)
 
 T.case("a checkpoint that cannot be restored: said clearly, its shard left alone, not reset", function()

@@ -97,7 +97,8 @@ T.case("the renderer: every family, escaped label values, consistent histograms"
   local want = { "rtcadmin_api_requests_total", "rtcadmin_api_request_duration_seconds", "rtcadmin_api_retries_total",
     "rtcadmin_api_throttled_total", "rtcadmin_limiter_wait_seconds_total", "rtcadmin_callbacks_total",
     "rtcadmin_policy_events_total", "rtcadmin_policy_decisions_total", "rtcadmin_policy_rule_errors_total",
-    "rtcadmin_policy_state_keys", "rtcadmin_build_info" }
+    "rtcadmin_policy_state_keys", "rtcadmin_fleet_entries_total", "rtcadmin_fleet_checkpoints_total",
+    "rtcadmin_fleet_shards", "rtcadmin_build_info" }
   T.same(r.order, want, "the families, in order")
   for _, name in ipairs(want) do T.ok(r.families[name].help ~= "", name .. " has its HELP") end
   T.eq(r:value("rtcadmin_api_requests_total", { action = "KickUser", outcome = "ok" }), 3, "ok")
