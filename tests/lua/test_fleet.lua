@@ -358,15 +358,31 @@ T.case("live, kill -9 mid-run: every action sent, none twice but the ones in fli
   T.ok(recovered > 0, "decisions made again by the new owner and not sent again: " .. recovered)
   local got = received()
   for k, n in pairs(want) do T.ok((got[k] or 0) >= n, "sent: " .. k) end
-  -- Requests beyond the single run's, by target: only as many as the audit marks resent. (A ban
-  -- sent again finds the user banned and extends the ban: UpdateBanRoomUserRule.)
-  local extra = {}
+  -- Requests beyond the single run's, by target: only as many as the audit marks resent. A ban
+  -- sent again finds the user banned and extends that ban (UpdateBanRoomUserRule): such an extension
+  -- comes only with a BanRoomUser sent again.
+  local sends, bans, extensions = {}, {}, {}
   for k, n in pairs(got) do
-    local target = k:match("^[^|]*|(.*)$")
-    extra[target] = (extra[target] or 0) + n - (want[k] or 0)
+    local action, target = k:match("^([^|]*)|(.*)$")
+    local more = n - (want[k] or 0)
+    if action == "UpdateBanRoomUserRule" then extensions[target] = (extensions[target] or 0) + more
+    else sends[target] = (sends[target] or 0) + more end
+    if action == "BanRoomUser" then bans[target] = (bans[target] or 0) + more end
   end
-  for target, n in pairs(extra) do
-    T.ok(n <= (resent[target] or 0), "sent again only when marked resent: " .. target .. " +" .. n)
+  local function detail(target)
+    local out = {}
+    for k, n in pairs(got) do
+      if k:sub(-#target - 1) == "|" .. target then out[#out + 1] = k .. " " .. (want[k] or 0) .. "->" .. n end
+    end
+    return table.concat(out, ", ") .. "; resent " .. (resent[target] or 0)
+  end
+  for target, n in pairs(sends) do
+    T.ok(n <= (resent[target] or 0), "sent again only when marked resent: " .. target .. " +" .. n .. ": "
+      .. detail(target))
+  end
+  for target, n in pairs(extensions) do
+    T.ok(n <= math.max(0, bans[target] or 0), "an extension only after a ban sent again: " .. target .. " +" .. n
+      .. ": " .. detail(target))
   end
   local pending, behind = backlog()
   T.eq(pending, 0)
