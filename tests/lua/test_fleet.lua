@@ -213,26 +213,34 @@ T.case("ingest and run: configuration errors are clear, at start, and never show
   T.match(err, "this fleet has 16 shards %(rtcadmin:fleet:shards%), not 8")
 end)
 
-T.case("3 engines, 2 producers, 60 rooms: the decisions of a single run", function()
-  fresh()
-  T.ok(TOTAL >= 5000, "at least 5 000 events: " .. TOTAL)
-  local want = single_run()
-  T.ok(count(want) > 500, "the raid makes decisions: " .. count(want))
-  local engines = {}
+-- 3 engines named <name>1..3 (with `flags`) split the shards, the 2 producers send a half each; the
+-- engines' decisions once they ended (within `seconds`).
+local function three_engines(name, flags, seconds)
+  local engines, names = {}, {}
   for i = 1, 3 do
-    engines[i] = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer e" .. i
-      .. " --dry-run --json --idle 6")
+    names[i] = name .. i
+    engines[i] = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer " .. names[i] .. " " .. flags
+      .. " --json --idle 6")
   end
-  wait_split({ "e1", "e2", "e3" }, 20)
+  wait_split(names, 20)
   local p1 = start("ingest --to " .. q(URL) .. " " .. q(file1))
   local p2 = start("ingest --to " .. q(URL) .. " " .. q(file2))
   T.eq(p1.wait(60), 0, p1.err())
   T.eq(p2.wait(60), 0, p2.err())
   local got = {}
   for i, e in ipairs(engines) do
-    T.eq(e.wait(90), 0, "engine " .. i .. ": " .. e.err())
+    T.eq(e.wait(seconds), 0, "engine " .. i .. ": " .. e.err())
     decisions(e.out(), got)
   end
+  return got
+end
+
+T.case("3 engines, 2 producers, 60 rooms: the decisions of a single run", function()
+  fresh()
+  T.ok(TOTAL >= 5000, "at least 5 000 events: " .. TOTAL)
+  local want = single_run()
+  T.ok(count(want) > 500, "the raid makes decisions: " .. count(want))
+  local got = three_engines("e", "--dry-run", 90)
   T.eq(entries(), TOTAL)
   T.eq(count(got), count(want), diff(want, got))
   T.same(got, want, diff(want, got))
@@ -258,20 +266,7 @@ end
 T.case("3 live engines, 2 producers, 60 rooms: the emulator carries out a single run's actions", function()
   local _, want = live_reference(60, "all-live")
   T.ok(total(want) > 500, "actions: " .. total(want))
-  local engines = {}
-  for i = 1, 3 do
-    engines[i] = start("run " .. q(RULES) .. " --from " .. q(URL) .. " --consumer le" .. i .. " --json --idle 6")
-  end
-  wait_split({ "le1", "le2", "le3" }, 20)
-  local p1 = start("ingest --to " .. q(URL) .. " " .. q(file1))
-  local p2 = start("ingest --to " .. q(URL) .. " " .. q(file2))
-  T.eq(p1.wait(60), 0, p1.err())
-  T.eq(p2.wait(60), 0, p2.err())
-  local got = {}
-  for i, e in ipairs(engines) do
-    T.eq(e.wait(180), 0, "engine " .. i .. ": " .. e.err())
-    decisions(e.out(), got)
-  end
+  local got = three_engines("le", "", 180)
   T.same(once(got), once(single_run()), diff(once(single_run()), once(got)))
   local carried = received()
   T.same(carried, want, diff(want, carried))
